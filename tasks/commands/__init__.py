@@ -1,0 +1,14 @@
+"""The invoke task collections, one module per domain, gathered into one root namespace."""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+from tasks.commands.preflight import preflight
+from tasks.commands.rebuild import rebuild
+from tasks.commands.setup import setup_cpp_auto
+
+ns = Collection()
+for _task in (preflight, setup_cpp_auto, rebuild):
+    ns.add_task(_task)
+ns.configure({"run": {"echo": False}})

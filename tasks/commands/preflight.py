@@ -1,0 +1,45 @@
+"""invoke preflight: is the C++ reference backend usable? With --repair, make it so."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from invoke import task
+
+from tasks import ui
+from tasks.backends import spec_for
+from tasks.commands._runner import print_json, suite_context, suite_task
+from tasks.errors import SuiteError
+from tasks.preflight import repair_mode_from, run_preflight
+
+
+@task(
+    help={
+        "backend": "llama or bitnet",
+        "repair": "auto (install when missing), never, or always (reinstall); "
+        "default: auto in a terminal, never when CI is set",
+        "verbose": "show every command and a traceback on errors",
+        "json": "print one JSON document on stdout",
+    }
+)
+@suite_task
+def preflight(c: Any, backend: str = "llama", repair: str = "", verbose: bool = False, json: bool = False) -> None:
+    """Check that a C++ reference backend is usable; repair it when allowed."""
+    ctx = suite_context()
+    try:
+        spec = spec_for(backend)
+        mode = repair_mode_from(repair or None, ctx.env)
+        report = run_preflight(ctx, spec, mode=mode)
+    except SuiteError as exc:
+        if json:
+            print_json(
+                {
+                    "backend": backend,
+                    "available": False,
+                    "error": {"message": exc.message, "next_step": exc.next_step, "exit_code": exc.exit_code},
+                }
+            )
+        raise
+    ui.say(report.summary(), "ok")
+    if json:
+        print_json(report.to_json())

@@ -1,0 +1,36 @@
+"""invoke rebuild: re-detect backends, build the shim against each, write the constants file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from invoke import task
+
+from tasks import ui
+from tasks.commands._runner import suite_context, suite_task
+from tasks.errors import BuildFailed, UnclassifiedError
+from tasks.rebuild import constants_are_current, rebuild as run_rebuild
+
+
+@task(
+    help={
+        "verbose": "show every command and a traceback on errors",
+        "check": "build and write nothing; exit 1 when the constants file is out of date",
+    }
+)
+@suite_task
+def rebuild(c: Any, verbose: bool = False, check: bool = False) -> None:
+    """Re-detect every backend, build the cpp/ shim against each one found, write the constants file."""
+    ctx = suite_context()
+    if check:
+        if not constants_are_current(ctx):
+            raise UnclassifiedError(
+                f"the constants file {ctx.constants_path} is out of date",
+                next_step="run `invoke rebuild`",
+            )
+        ui.say(f"the constants file {ctx.constants_path} is current", "ok")
+        return
+    result = run_rebuild(ctx)
+    if result.shim_failures:
+        name, error = next(iter(result.shim_failures.items()))
+        raise BuildFailed(f"the shim for {name} did not build: {error.message}", log_path=error.log_path)

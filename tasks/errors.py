@@ -1,0 +1,130 @@
+"""Every fatal error of the suite and its exit code, defined in one place.
+
+The exit codes are part of the public contract (CONTRACT.md). Each subclass of
+:class:`SuiteError` owns one code, so a code is never chosen at a call site.
+Every error carries one sentence of what went wrong and one of what to do next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+
+class SuiteError(Exception):
+    """A failure that ends a command with the contract's exit code."""
+
+    exit_code: ClassVar[int] = 1
+    default_next_step: ClassVar[str] = "rerun with --verbose to see the details"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        next_step: str | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.next_step = next_step or self.default_next_step
+        self.log_path = log_path
+
+    def render(self) -> str:
+        """The lines a user sees: what went wrong, where the log is, what to do next."""
+        lines = [f"error: {self.message}"]
+        if self.log_path is not None:
+            lines.append(f"  log: {self.log_path}")
+        lines.append(f"  next: {self.next_step}")
+        return "\n".join(lines)
+
+
+class UnclassifiedError(SuiteError):
+    exit_code = 1
+
+
+class BackendUnavailable(SuiteError):
+    """The backend is not usable and the caller did not allow a repair."""
+
+    exit_code = 1
+
+
+class LockTimeout(SuiteError):
+    exit_code = 1
+    default_next_step = "check whether another setup is still running, or raise BITNET_LOCK_TIMEOUT (seconds)"
+
+
+class ReexecTargetMissing(SuiteError):
+    exit_code = 2
+    default_next_step = (
+        "install invoke into this environment (python -m pip install invoke) and rerun the command"
+    )
+
+
+class NetworkError(SuiteError):
+    exit_code = 3
+    default_next_step = (
+        "check the network, or use an offline source: LLAMA_CPP_SOURCE=pypi or a local directory"
+    )
+
+
+class PermissionDenied(SuiteError):
+    exit_code = 4
+    default_next_step = "make the directory writable, or point BITNET_CACHE_DIR at a writable one"
+
+
+class BuildFailed(SuiteError):
+    exit_code = 5
+    default_next_step = "read the build log above; fix the toolchain or the source and rerun"
+
+
+class BadInput(SuiteError):
+    exit_code = 6
+    default_next_step = "check the arguments (invoke --help <task>) and rerun"
+
+
+class RevalidationFailed(SuiteError):
+    exit_code = 8
+    default_next_step = (
+        "run `invoke rebuild --verbose` and `invoke preflight --verbose` to see what detection finds"
+    )
+
+
+class ParityFailed(SuiteError):
+    exit_code = 10
+    default_next_step = "rerun with --trace to see where the candidate diverges"
+
+
+class CommandFailed(SuiteError):
+    """A subprocess exited non-zero. Callers classify it into one of the errors above."""
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int,
+        output_tail: str,
+        *,
+        log_path: Path | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output_tail = output_tail
+        super().__init__(
+            f"`{argv[0]}` exited with code {returncode}",
+            log_path=log_path,
+        )
+
+
+class ProgramNotFound(SuiteError):
+    """An executable the suite needs is not on PATH."""
+
+    exit_code = 1
+
+    def __init__(self, program: str, *, hint: str | None = None) -> None:
+        self.program = program
+        super().__init__(
+            f"`{program}` was not found on PATH",
+            next_step=hint or f"install {program} (for example with apt-get) and rerun",
+        )

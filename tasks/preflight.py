@@ -1,0 +1,172 @@
+"""invoke preflight: is a backend usable, and if not, repair it and prove it in a fresh process.
+
+The flow of the seed specification, in order:
+
+1. Guard: a process started with ``BITNET_REPAIR_PARENT=1`` is the re-executed child. It
+   never repairs; it validates (detection passes *and* the constants file it read at start-up
+   lists the backend) and exits 0, or 8 when the repair did not take.
+2. Detection. Available and not ``--repair always``: done.
+3. ``--repair never`` (the default when a CI variable is set): say what is missing and stop.
+4. Repair: ``setup-cpp-auto`` under the backend's lock (network errors retried), then
+   ``rebuild`` (shim + constants file), then re-exec the same command with the guard set
+   and the new library directory on the loader path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn, get_args
+
+from tasks import detect, install, ui
+from tasks.backends import BackendSpec, library_path_variable
+from tasks.context import SuiteContext
+from tasks.errors import BackendUnavailable, BadInput, RevalidationFailed
+
+RepairMode = Literal["auto", "never", "always"]
+REPAIR_MODES: tuple[str, ...] = get_args(RepairMode)
+
+# Set by the common CI services; a pipeline must not start a multi-minute build by surprise.
+CI_VARIABLES = (
+    "CI",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "BUILDKITE",
+    "CIRCLECI",
+    "TRAVIS",
+    "JENKINS_URL",
+    "TF_BUILD",
+    "TEAMCITY_VERSION",
+    "BITBUCKET_BUILD_NUMBER",
+    "APPVEYOR",
+    "DRONE",
+    "CODEBUILD_BUILD_ID",
+)
+
+
+def running_in_ci(env: Mapping[str, str]) -> bool:
+    return any(env.get(name, "").strip().lower() not in {"", "0", "false", "no"} for name in CI_VARIABLES)
+
+
+def repair_mode_from(value: str | None, env: Mapping[str, str]) -> RepairMode:
+    if value is None or value == "":
+        return "never" if running_in_ci(env) else "auto"
+    if value not in REPAIR_MODES:
+        raise BadInput(
+            f"--repair {value!r} is not a repair mode",
+            next_step=f"use one of: {', '.join(REPAIR_MODES)}",
+        )
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreflightReport:
+    backend: str
+    display: str
+    available: bool
+    repaired: bool
+    detection: detect.Detection
+    constants_status: str
+
+    def to_json(self) -> dict[str, Any]:
+        marker = self.detection.marker or {}
+        return {
+            "backend": self.backend,
+            "available": self.available,
+            "repaired": self.repaired,
+            "origin": self.detection.origin,
+            "install_dir": str(self.detection.root) if self.detection.root else None,
+            "lib_dir": str(self.detection.lib_dir) if self.detection.lib_dir else None,
+            "include_dirs": [str(p) for p in self.detection.include_dirs],
+            "source": marker.get("source"),
+            "reason": self.detection.reason,
+            "constants": self.constants_status,
+        }
+
+    def summary(self) -> str:
+        where = f"{self.detection.origin}: {self.detection.root}"
+        source = (self.detection.marker or {}).get("source") or {}
+        commit = source.get("commit", "")
+        extra = f", commit {commit[:12]}" if commit else ""
+        tail = " (auto-repaired)" if self.repaired else ""
+        return f"{self.display} is available ({where}{extra}){tail}"
+
+
+Reexec = Callable[..., NoReturn]
+
+
+def run_preflight(
+    ctx: SuiteContext,
+    spec: BackendSpec,
+    *,
+    mode: RepairMode,
+    reexec: Reexec | None = None,
+) -> PreflightReport:
+    """Return a report for an available backend, raise a SuiteError, or re-exec (no return)."""
+    if ctx.is_repair_child:
+        return _validate_after_repair(ctx, spec)
+
+    found = detect.detect(spec, env=ctx.env, cache=ctx.cache)
+    if found.available and mode != "always":
+        _warn_if_constants_stale(ctx, spec)
+        return _report(ctx, spec, found, repaired=False)
+
+    if not found.available and found.origin == spec.dir_env:
+        raise BadInput(
+            f"{spec.dir_env} points at {found.root}, which is not a usable {spec.display} build: {found.reason}",
+            next_step=f"fix that build or unset {spec.dir_env} so the suite can install one into its cache",
+        )
+    if mode == "never":
+        raise BackendUnavailable(
+            f"{spec.display} is not available: {found.reason}",
+            next_step=(
+                f"run `invoke preflight --backend {spec.name} --repair auto` to install it, "
+                f"or set {spec.dir_env} to an existing build"
+            ),
+        )
+
+    why = "--repair always" if found.available else found.reason
+    ui.say(f"repairing {spec.display} ({why})")
+    result = install.setup_backend(spec, cache=ctx.cache, env=ctx.env, force=(mode == "always"))
+
+    from tasks.rebuild import rebuild
+
+    rebuild(ctx)
+    if reexec is None:
+        from tasks.reexec import reexec_current_command
+
+        reexec = reexec_current_command
+    libvar = library_path_variable()
+    current = ctx.env.get(libvar, "")
+    reexec(env_updates={libvar: str(result.lib_dir) + (f":{current}" if current else "")})
+
+
+def _validate_after_repair(ctx: SuiteContext, spec: BackendSpec) -> PreflightReport:
+    found = detect.detect(spec, env=ctx.env, cache=ctx.cache)
+    if not found.available:
+        raise RevalidationFailed(f"{spec.display} is still unavailable after the repair: {found.reason}")
+    if not ctx.constants.has(spec.name):
+        raise RevalidationFailed(
+            f"{spec.display} was installed but the constants file {ctx.constants_path} "
+            f"does not list it ({ctx.constants.problem or 'marked unavailable'})"
+        )
+    return _report(ctx, spec, found, repaired=True)
+
+
+def _warn_if_constants_stale(ctx: SuiteContext, spec: BackendSpec) -> None:
+    if not ctx.constants.has(spec.name):
+        ui.warn(
+            f"the constants file does not list {spec.display} yet ({ctx.constants.problem or 'stale'}); "
+            "`invoke rebuild` records it and builds the shim"
+        )
+
+
+def _report(ctx: SuiteContext, spec: BackendSpec, found: detect.Detection, *, repaired: bool) -> PreflightReport:
+    return PreflightReport(
+        backend=spec.name,
+        display=spec.display,
+        available=found.available,
+        repaired=repaired,
+        detection=found,
+        constants_status=ctx.constants.status,
+    )

@@ -1,0 +1,112 @@
+"""invoke rebuild: re-detect every backend, build the cpp/ shim against each one found, and
+write the constants file (the Python counterpart of the Rust original's ``rebuild_xtask``)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tasks import ui
+from tasks.backends import SPECS, BackendSpec
+from tasks.constants import BackendRecord, is_current, write_constants
+from tasks.context import SuiteContext
+from tasks.detect import Detection, detect
+from tasks.errors import SuiteError
+
+
+@dataclass(frozen=True, kw_only=True)
+class RebuildResult:
+    path: Path
+    records: Mapping[str, BackendRecord]
+    written: bool
+    shim_failures: Mapping[str, SuiteError]
+
+
+def record_for(detection: Detection) -> BackendRecord:
+    marker = detection.marker or {}
+    source = marker.get("source") if isinstance(marker.get("source"), dict) else {}
+    flags = marker.get("build_flags") if isinstance(marker.get("build_flags"), list) else []
+    return BackendRecord(
+        available=detection.available,
+        reason=detection.reason,
+        origin=detection.origin,
+        install_dir=str(detection.root) if detection.root else None,
+        lib_dir=str(detection.lib_dir) if detection.lib_dir else None,
+        include_dirs=[str(p) for p in detection.include_dirs],
+        source={str(k): str(v) for k, v in (source or {}).items()},
+        build_flags=[str(f) for f in flags or []],
+    )
+
+
+def detect_all(ctx: SuiteContext) -> dict[str, Detection]:
+    return {name: detect(spec, env=ctx.env, cache=ctx.cache) for name, spec in SPECS.items()}
+
+
+def rebuild(ctx: SuiteContext, *, build_shims: bool = True, check: bool = False) -> RebuildResult:
+    """Detect, build shims, write the constants file if it changed.
+
+    With ``check`` nothing is built or written; the result says whether the file is current.
+    """
+    records: dict[str, BackendRecord] = {}
+    failures: dict[str, SuiteError] = {}
+    for name, detection in detect_all(ctx).items():
+        record = record_for(detection)
+        state = "available" if detection.available else f"not available ({detection.reason})"
+        ui.say(f"{SPECS[name].display}: {state}", "ok" if detection.available else "info")
+        if detection.available and build_shims and not check:
+            try:
+                record = _with_shim(ctx, SPECS[name], detection, record)
+            except SuiteError as exc:
+                failures[name] = exc
+                ui.say(f"the shim for {SPECS[name].display} did not build: {exc.message}", "error")
+        records[name] = record
+    path = ctx.constants_path
+    if check:
+        return RebuildResult(path=path, records=records, written=False, shim_failures=failures)
+    written = write_constants(path, records)
+    ui.say(f"constants file {'written' if written else 'unchanged'}: {path}")
+    return RebuildResult(path=path, records=records, written=written, shim_failures=failures)
+
+
+def constants_are_current(ctx: SuiteContext) -> bool:
+    """``invoke rebuild --check``: does the constants file match what detection finds now?"""
+    result = rebuild(ctx, check=True)
+    return is_current(result.path, _without_shim_fields(result.records, ctx))
+
+
+def _without_shim_fields(records: Mapping[str, BackendRecord], ctx: SuiteContext) -> dict[str, BackendRecord]:
+    # A check does not build shims; compare against the shim fields already on file.
+    merged = {}
+    for name, record in records.items():
+        old = ctx.constants.record(name)
+        merged[name] = replace(record, shim=old.shim, shim_api=old.shim_api) if old else record
+    return merged
+
+
+def shim_build_dir(ctx: SuiteContext, backend: str, lib_dir: Path) -> Path:
+    key = hashlib.sha256(str(lib_dir).encode()).hexdigest()[:12]
+    return ctx.cache.builds / f"shim-{backend}-{key}"
+
+
+def _with_shim(
+    ctx: SuiteContext, spec: BackendSpec, detection: Detection, record: BackendRecord
+) -> BackendRecord:
+    from tasks import shim
+
+    assert detection.lib_dir is not None
+    log_path = ctx.cache.logs / f"shim-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    ctx.cache.ensure()
+    built = shim.build_shim(
+        include_dirs=list(detection.include_dirs),
+        lib_dir=detection.lib_dir,
+        build_dir=shim_build_dir(ctx, spec.name, detection.lib_dir),
+        log_path=log_path,
+        env=ctx.env,
+        backend=spec.name,
+        backend_commit=record.source.get("commit", "unknown"),
+        build_flags=" ".join(record.build_flags),
+    )
+    return replace(record, shim=str(built.executable), shim_api=built.api)

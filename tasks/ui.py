@@ -1,0 +1,147 @@
+"""What humans read: status lines, progress and tables on stderr.
+
+Plain status lines are written without importing rich, so a quick command (a preflight that
+finds its backend) does not pay rich's import time; progress bars and tables load rich on
+first use. Colour follows NO_COLOR, FORCE_COLOR and whether stderr is a terminal.
+Machine-readable output never comes through here: it goes to stdout from the task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+Level = Literal["info", "ok", "warn", "error", "debug"]
+
+_STYLES: dict[Level, str] = {
+    "info": "",
+    "ok": "\x1b[32m",
+    "warn": "\x1b[33m",
+    "error": "\x1b[31m",
+    "debug": "\x1b[2m",
+}
+_RESET = "\x1b[0m"
+
+_verbose = False
+
+
+def set_verbose(verbose: bool) -> None:
+    global _verbose
+    _verbose = verbose
+
+
+def is_verbose() -> bool:
+    return _verbose
+
+
+def use_color() -> bool:
+    # https://no-color.org: any non-empty NO_COLOR disables colour.
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def say(message: str, level: Level = "info") -> None:
+    """Write one status line to stderr (debug lines only with --verbose)."""
+    if level == "debug" and not _verbose:
+        return
+    style = _STYLES[level] if use_color() else ""
+    text = f"{style}{message}{_RESET}" if style else message
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def debug(message: str) -> None:
+    say(message, "debug")
+
+
+def warn(message: str) -> None:
+    say(f"warning: {message}", "warn")
+
+
+def console() -> Console:
+    """The rich console on stderr; imported on first use."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(stderr=True, highlight=False)
+    return _console
+
+
+_console: Console | None = None
+
+
+class ProgressTask(Protocol):
+    def advance_to(self, completed: float, total: float | None = None) -> None: ...
+    def describe(self, text: str) -> None: ...
+
+
+class _RichTask:
+    def __init__(self, progress: object, task_id: object) -> None:
+        self._progress = progress
+        self._task_id = task_id
+
+    def advance_to(self, completed: float, total: float | None = None) -> None:
+        self._progress.update(self._task_id, completed=completed, total=total)  # type: ignore[attr-defined]
+
+    def describe(self, text: str) -> None:
+        self._progress.update(self._task_id, description=text)  # type: ignore[attr-defined]
+
+
+class _QuietTask:
+    """Used when stderr is not a terminal: no live display, only the start and end lines."""
+
+    def advance_to(self, completed: float, total: float | None = None) -> None:
+        pass
+
+    def describe(self, text: str) -> None:
+        pass
+
+
+@contextmanager
+def progress(
+    description: str, *, total: float | None = None, unit: Literal["bytes", "steps"] = "steps"
+) -> Iterator[ProgressTask]:
+    """A progress bar on stderr for a download or a build; a plain line when not a terminal."""
+    con = console()
+    if not con.is_terminal:
+        say(f"{description} ...")
+        yield _QuietTask()
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
+    columns: list[object] = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
+    if unit == "bytes":
+        columns += [DownloadColumn(), TransferSpeedColumn()]
+    else:
+        columns += [MofNCompleteColumn()]
+    columns.append(TimeElapsedColumn())
+    with Progress(*columns, console=con, transient=False) as bar:  # type: ignore[arg-type]
+        task_id = bar.add_task(description, total=total)
+        yield _RichTask(bar, task_id)
+
+
+def flush_all() -> None:
+    """Flush Python's buffers: os.exec* does not (see the os.execv documentation)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken stream
+            stream.flush()

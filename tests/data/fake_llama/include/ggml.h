@@ -1,0 +1,2 @@
+#pragma once
+int ggml_fake_version(void);

@@ -1,0 +1,66 @@
+"""Helpers for tests that drive real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA = REPO_ROOT / "tests" / "data"
+FAKE_LLAMA = DATA / "fake_llama"
+
+
+def run_invoke(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path = REPO_ROOT,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m invoke <args>` from the repository root, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def copy_fake_llama(dest: Path) -> Path:
+    shutil.copytree(FAKE_LLAMA, dest)
+    return dest
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.invalid",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.invalid",
+    )
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def fake_llama_git_repo(root: Path) -> tuple[str, str]:
+    """A bare git repository holding the fake llama project; returns (file:// URL, commit)."""
+    work = copy_fake_llama(root / "fake-llama-work")
+    git("init", "-q", "-b", "main", cwd=work)
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", "fake llama", cwd=work)
+    commit = git("rev-parse", "HEAD", cwd=work)
+    bare = root / "fake-llama.git"
+    git("clone", "-q", "--bare", str(work), str(bare), cwd=root)
+    # Let clients fetch a commit by its hash, as the big hosts allow.
+    git("config", "uploadpack.allowReachableSHA1InWant", "true", cwd=bare)
+    git("config", "uploadpack.allowAnySHA1InWant", "true", cwd=bare)
+    return bare.as_uri(), commit

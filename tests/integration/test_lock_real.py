@@ -1,0 +1,93 @@
+"""The per-backend lock across real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import BadInput, LockTimeout
+from tasks.lock import exclusive_lock, lock_timeout_from, owner_path
+from tests.helpers import DATA
+
+pytestmark = pytest.mark.integration
+
+HOLDER = DATA / "lock_holder.py"
+
+
+def _wait_for(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+def _start_holder(tmp_path: Path, name: str, lock: Path, timeout: float = 60) -> tuple[subprocess.Popen[str], Path, Path]:
+    ready, release = tmp_path / f"{name}.ready", tmp_path / f"{name}.release"
+    holder = subprocess.Popen(
+        [sys.executable, str(HOLDER), str(lock), str(ready), str(release), str(timeout)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return holder, ready, release
+
+
+def test_a_waiter_says_who_holds_the_lock_and_gets_it_after_release(tmp_path: Path) -> None:
+    lock = tmp_path / "locks" / "llama.lock"
+    first, ready1, release1 = _start_holder(tmp_path, "first", lock)
+    _wait_for(ready1)
+    second, ready2, release2 = _start_holder(tmp_path, "second", lock)
+    time.sleep(0.5)
+    assert not ready2.exists(), "the second process got a lock that was held"
+    release1.touch()
+    assert first.wait(timeout=20) == 0
+    _wait_for(ready2)
+    release2.touch()
+    assert second.wait(timeout=20) == 0
+    assert second.stderr is not None
+    err = second.stderr.read()
+    assert f"held by pid {first.pid}" in err
+    assert "waiting for the lock" in err and "got the lock after" in err
+    assert not owner_path(lock).exists()
+
+
+def test_sigkill_of_the_holder_frees_the_lock(tmp_path: Path) -> None:
+    lock = tmp_path / "llama.lock"
+    holder, ready, _release = _start_holder(tmp_path, "victim", lock)
+    _wait_for(ready)
+    os.kill(holder.pid, signal.SIGKILL)
+    assert holder.wait(timeout=20) == -signal.SIGKILL
+    started = time.monotonic()
+    with exclusive_lock(lock, purpose="test", timeout=5):
+        pass
+    assert time.monotonic() - started < 2
+
+
+def test_timeout_is_a_clear_error(tmp_path: Path) -> None:
+    lock = tmp_path / "llama.lock"
+    holder, ready, release = _start_holder(tmp_path, "holder", lock)
+    _wait_for(ready)
+    try:
+        with pytest.raises(LockTimeout) as info, exclusive_lock(lock, purpose="test", timeout=0.3):
+            pass
+        assert str(holder.pid) in info.value.message
+        assert "BITNET_LOCK_TIMEOUT" in info.value.next_step
+        assert info.value.exit_code == 1
+    finally:
+        release.touch()
+        holder.wait(timeout=20)
+
+
+def test_lock_timeout_from_env() -> None:
+    assert lock_timeout_from({}) == 3600.0
+    assert lock_timeout_from({"BITNET_LOCK_TIMEOUT": "2.5"}) == 2.5
+    with pytest.raises(BadInput):
+        lock_timeout_from({"BITNET_LOCK_TIMEOUT": "soon"})
+    with pytest.raises(BadInput):
+        lock_timeout_from({"BITNET_LOCK_TIMEOUT": "-1"})

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from tasks import preflight as pf
+from tasks.backends import LLAMA
+from tasks.constants import BackendRecord, Constants
+from tasks.context import SuiteContext
+from tasks.detect import Detection
+from tasks.errors import BackendUnavailable, BadInput, RevalidationFailed
+from tasks.install import SetupResult
+from tasks.paths import CacheLayout
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "auto"),
+        ({"CI": "true"}, "never"),
+        ({"CI": "1"}, "never"),
+        ({"CI": "false"}, "auto"),
+        ({"CI": ""}, "auto"),
+        ({"GITHUB_ACTIONS": "true"}, "never"),
+        ({"GITLAB_CI": "true"}, "never"),
+        ({"JENKINS_URL": "http://ci"}, "never"),
+    ],
+)
+def test_default_repair_mode(env: dict[str, str], expected: str) -> None:
+    assert pf.repair_mode_from(None, env) == expected
+
+
+def test_explicit_mode_wins_over_ci() -> None:
+    assert pf.repair_mode_from("auto", {"CI": "true"}) == "auto"
+    assert pf.repair_mode_from("always", {}) == "always"
+
+
+def test_bad_mode_is_bad_input() -> None:
+    with pytest.raises(BadInput) as info:
+        pf.repair_mode_from("sometimes", {})
+    assert info.value.exit_code == 6
+
+
+def _ctx(tmp_path: Path, *, env: dict[str, str] | None = None, constants: Constants | None = None) -> SuiteContext:
+    cache = CacheLayout(tmp_path / "cache")
+    return SuiteContext(
+        repo_root=tmp_path,
+        cache=cache,
+        env=env or {},
+        constants=constants or Constants(path=tmp_path / "c.json", status="missing", problem="none"),
+    )
+
+
+def _detection(available: bool, *, origin: str = "cache", root: Path | None = None) -> Detection:
+    return Detection(
+        backend="llama",
+        available=available,
+        reason="" if available else "not installed",
+        origin=origin,
+        root=root,
+        lib_dir=(root / "lib") if (available and root) else None,
+    )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+
+@pytest.fixture
+def flow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Recorder:
+    rec = Recorder()
+    state = {"available": False}
+
+    def fake_detect(spec: Any, *, env: Any, cache: Any) -> Detection:
+        rec.calls.append(("detect", None))
+        return _detection(state["available"], root=tmp_path / "inst")
+
+    def fake_setup(spec: Any, *, cache: Any, env: Any, force: bool) -> SetupResult:
+        rec.calls.append(("setup", force))
+        return SetupResult(
+            backend="llama", action="installed", install_dir=tmp_path / "inst", lib_dir=tmp_path / "inst" / "lib"
+        )
+
+    def fake_rebuild(ctx: Any, **kwargs: Any) -> None:
+        rec.calls.append(("rebuild", None))
+
+    monkeypatch.setattr(pf.detect, "detect", fake_detect)
+    monkeypatch.setattr(pf.install, "setup_backend", fake_setup)
+    monkeypatch.setattr("tasks.rebuild.rebuild", fake_rebuild)
+    rec.state = state  # type: ignore[attr-defined]
+    return rec
+
+
+class Reexeced(Exception):
+    pass
+
+
+def _fake_reexec(rec: Recorder) -> Any:
+    def reexec(*, env_updates: dict[str, str]) -> NoReturn:
+        rec.calls.append(("reexec", env_updates))
+        raise Reexeced
+
+    return reexec
+
+
+def test_available_backend_needs_no_repair(flow: Recorder, tmp_path: Path) -> None:
+    flow.state["available"] = True  # type: ignore[attr-defined]
+    report = pf.run_preflight(_ctx(tmp_path), LLAMA, mode="auto", reexec=_fake_reexec(flow))
+    assert report.available and not report.repaired
+    assert [c[0] for c in flow.calls] == ["detect"]
+
+
+def test_auto_repairs_then_rebuilds_then_reexecs_with_the_library_dir(flow: Recorder, tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, env={"LD_LIBRARY_PATH": "/opt/x"})
+    with pytest.raises(Reexeced):
+        pf.run_preflight(ctx, LLAMA, mode="auto", reexec=_fake_reexec(flow))
+    assert [c[0] for c in flow.calls] == ["detect", "setup", "rebuild", "reexec"]
+    assert flow.calls[1][1] is False  # not forced
+    assert flow.calls[3][1] == {"LD_LIBRARY_PATH": f"{tmp_path / 'inst' / 'lib'}:/opt/x"}
+
+
+def test_always_forces_a_reinstall_even_when_available(flow: Recorder, tmp_path: Path) -> None:
+    flow.state["available"] = True  # type: ignore[attr-defined]
+    with pytest.raises(Reexeced):
+        pf.run_preflight(_ctx(tmp_path), LLAMA, mode="always", reexec=_fake_reexec(flow))
+    assert ("setup", True) in flow.calls
+
+
+def test_never_reports_and_stops(flow: Recorder, tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailable) as info:
+        pf.run_preflight(_ctx(tmp_path), LLAMA, mode="never", reexec=_fake_reexec(flow))
+    assert "--repair auto" in info.value.next_step
+    assert [c[0] for c in flow.calls] == ["detect"]
+
+
+def test_the_child_never_repairs(flow: Recorder, tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, env={"BITNET_REPAIR_PARENT": "1"})
+    with pytest.raises(RevalidationFailed) as info:
+        pf.run_preflight(ctx, LLAMA, mode="always", reexec=_fake_reexec(flow))
+    assert info.value.exit_code == 8
+    assert [c[0] for c in flow.calls] == ["detect"]
+
+
+def test_the_child_needs_the_constants_to_list_the_backend(flow: Recorder, tmp_path: Path) -> None:
+    flow.state["available"] = True  # type: ignore[attr-defined]
+    env = {"BITNET_REPAIR_PARENT": "1"}
+    with pytest.raises(RevalidationFailed):
+        pf.run_preflight(_ctx(tmp_path, env=env), LLAMA, mode="auto", reexec=_fake_reexec(flow))
+    listed = Constants(
+        path=tmp_path / "c.json", status="ok", backends={"llama": BackendRecord(available=True)}
+    )
+    report = pf.run_preflight(_ctx(tmp_path, env=env, constants=listed), LLAMA, mode="auto")
+    assert report.repaired and report.available
