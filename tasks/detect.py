@@ -33,6 +33,7 @@ _LIB_SUBDIRS = (
     "lib",
     "lib64",
     "bin",
+    "build",
     "build/bin",
     "build/lib",
     "build/src",

@@ -62,6 +62,7 @@ def setup_backend(
         raise BadInput(f"setup of {spec.display} is not available in this version of the suite")
     source_text = source_text or env.get(spec.source_env) or None
     wanted = _wanted_identity(spec, source_text=source_text, ref=ref, env=env)
+    cmake_args = recipe.cmake_args(env)  # the toolchain check comes before any lock or download
     cache.ensure()
     install_dir = cache.install_dir(spec.name)
 
@@ -87,7 +88,15 @@ def setup_backend(
             policy=retry.RetryPolicy.from_env(env),
         )
         return _build_and_install(
-            spec, recipe, fetched, cache=cache, env=env, force=force, jobs=jobs, started=started
+            spec,
+            recipe,
+            fetched,
+            cmake_args=cmake_args,
+            cache=cache,
+            env=env,
+            force=force,
+            jobs=jobs,
+            started=started,
         )
 
 
@@ -151,6 +160,7 @@ def _build_and_install(
     recipe: Recipe,
     fetched: sources.FetchedSource,
     *,
+    cmake_args: tuple[str, ...],
     cache: CacheLayout,
     env: Mapping[str, str],
     force: bool,
@@ -165,7 +175,7 @@ def _build_and_install(
     project = cmake.CMakeProject(
         source_dir=fetched.path,
         build_dir=build_dir,
-        cmake_args=recipe.cmake_args,
+        cmake_args=cmake_args,
         targets=recipe.targets,
         jobs=jobs,
         env=env,
@@ -214,7 +224,7 @@ def _build_and_install(
         {
             "backend": spec.name,
             "source": dict(fetched.identity),
-            "build_flags": cmake.flags_summary(recipe.cmake_args),
+            "build_flags": cmake.flags_summary(cmake_args),
             "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "build_dir": str(build_dir),
         },

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import cmake
+from tasks import bitnet_build, cmake
 from tasks.backends import BackendName
 
 # Only what the reference needs: the llama library and the ggml libraries it links. No
@@ -35,7 +35,9 @@ LLAMA_CMAKE_ARGS: tuple[str, ...] = (
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
     backend: BackendName
-    cmake_args: tuple[str, ...]
+    # The -D flags (and compilers) for this environment; may raise when the toolchain is unfit,
+    # which setup checks before it takes a lock or touches the network.
+    cmake_args: Callable[[Mapping[str, str]], tuple[str, ...]]
     targets: tuple[str, ...]
     # Fill an empty staging directory from a finished build.
     stage: Callable[[cmake.CMakeProject, Path, Path], None]
@@ -53,12 +55,21 @@ def _stage_with_cmake_install(project: cmake.CMakeProject, staging: Path, log_pa
 
 LLAMA_RECIPE = Recipe(
     backend="llama",
-    cmake_args=LLAMA_CMAKE_ARGS,
+    cmake_args=lambda env: LLAMA_CMAKE_ARGS,
     targets=("llama",),
     stage=_stage_with_cmake_install,
 )
 
-RECIPES: dict[BackendName, Recipe] = {"llama": LLAMA_RECIPE}
+# microsoft/BitNet, built the way its setup_env.py builds it, minus the model conversion.
+BITNET_RECIPE = Recipe(
+    backend="bitnet",
+    cmake_args=bitnet_build.cmake_args,
+    targets=("llama",),
+    stage=bitnet_build.stage_from_build_tree,
+    prepare=bitnet_build.prepare_source,
+)
+
+RECIPES: dict[BackendName, Recipe] = {"llama": LLAMA_RECIPE, "bitnet": BITNET_RECIPE}
 
 
 def recipe_for(backend: BackendName) -> Recipe | None:

@@ -64,3 +64,24 @@ def fake_llama_git_repo(root: Path) -> tuple[str, str]:
     git("config", "uploadpack.allowReachableSHA1InWant", "true", cwd=bare)
     git("config", "uploadpack.allowAnySHA1InWant", "true", cwd=bare)
     return bare.as_uri(), commit
+
+
+FAKE_BITNET = DATA / "fake_bitnet"
+
+
+def make_fake_bitnet(dest: Path) -> Path:
+    """A microsoft/BitNet-shaped tree: the top level plus its llama.cpp fork as 3rdparty/llama.cpp."""
+    shutil.copytree(FAKE_BITNET, dest)
+    copy_fake_llama(dest / "3rdparty" / "llama.cpp")
+    return dest
+
+
+def tool_only_path(tmp: Path, tools: Sequence[str]) -> str:
+    """A PATH holding only the named tools (symlinked), to hide everything else."""
+    bin_dir = tmp / "only-bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in tools:
+        found = shutil.which(tool)
+        if found and not (bin_dir / tool).exists():
+            (bin_dir / tool).symlink_to(found)
+    return str(bin_dir)

@@ -1,0 +1,1 @@
+// preset LUT kernels for bitnet_b1_58-3B (tl1)
