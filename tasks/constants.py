@@ -142,13 +142,11 @@ def render(backends: Mapping[str, BackendRecord], *, previous: Constants) -> byt
     for name, record in sorted(backends.items()):
         old = previous.backends.get(name) if previous.status == "ok" else None
         if old is not None and old.without_timestamp() == record.without_timestamp():
-            record = replace(record, detected_at=old.detected_at)
-        elif not record.detected_at:
-            record = replace(record, detected_at=now_iso())
-        stamped[name] = asdict(record)
-    unchanged = previous.status == "ok" and {
-        n: asdict(r) for n, r in sorted(previous.backends.items())
-    } == stamped
+            stamp = old.detected_at
+        else:
+            stamp = record.detected_at or now_iso()
+        stamped[name] = asdict(replace(record, detected_at=stamp))
+    unchanged = previous.status == "ok" and {n: asdict(r) for n, r in sorted(previous.backends.items())} == stamped
     generated_at = previous.generated_at if unchanged and previous.generated_at else now_iso()
     return dump_json(
         {

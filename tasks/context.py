@@ -10,8 +10,7 @@ from pathlib import Path
 
 from tasks.constants import Constants, read_constants
 from tasks.paths import CacheLayout, cache_root_from, constants_path_from, repo_root
-
-REPAIR_PARENT_ENV = "BITNET_REPAIR_PARENT"
+from tasks.reexec import is_repair_child
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +27,7 @@ class SuiteContext:
     @property
     def is_repair_child(self) -> bool:
         """Set on the re-executed child: it validates and never repairs (the recursion guard)."""
-        return self.env.get(REPAIR_PARENT_ENV) == "1"
+        return is_repair_child(self.env)
 
 
 def load_context(environ: Mapping[str, str] | None = None) -> SuiteContext:

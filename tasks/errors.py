@@ -56,16 +56,12 @@ class LockTimeout(SuiteError):
 
 class ReexecTargetMissing(SuiteError):
     exit_code = 2
-    default_next_step = (
-        "install invoke into this environment (python -m pip install invoke) and rerun the command"
-    )
+    default_next_step = "install invoke into this environment (python -m pip install invoke) and rerun the command"
 
 
 class NetworkError(SuiteError):
     exit_code = 3
-    default_next_step = (
-        "check the network, or use an offline source: LLAMA_CPP_SOURCE=pypi or a local directory"
-    )
+    default_next_step = "check the network, or use an offline source: LLAMA_CPP_SOURCE=pypi or a local directory"
 
 
 class PermissionDenied(SuiteError):
@@ -85,9 +81,7 @@ class BadInput(SuiteError):
 
 class RevalidationFailed(SuiteError):
     exit_code = 8
-    default_next_step = (
-        "run `invoke rebuild --verbose` and `invoke preflight --verbose` to see what detection finds"
-    )
+    default_next_step = "run `invoke rebuild --verbose` and `invoke preflight --verbose` to see what detection finds"
 
 
 class ParityFailed(SuiteError):

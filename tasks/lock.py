@@ -108,4 +108,3 @@ def _write_owner_note(lock_path: Path, purpose: str) -> None:
         owner_path(lock_path).write_text(json.dumps(note), encoding="utf-8")
     except OSError as exc:  # pragma: no cover (lock dir became unwritable after locking)
         ui.debug(f"could not write the lock owner note: {exc}")
-

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, get_args
 
-from tasks import detect, install, ui
+from tasks import detect, ui
 from tasks.backends import BackendSpec, library_path_variable
 from tasks.context import SuiteContext
 from tasks.errors import BackendUnavailable, BadInput, RevalidationFailed
@@ -127,6 +127,8 @@ def run_preflight(
 
     why = "--repair always" if found.available else found.reason
     ui.say(f"repairing {spec.display} ({why})")
+    from tasks import install  # the repair path only: keeps a passing preflight quick to start
+
     result = install.setup_backend(spec, cache=ctx.cache, env=ctx.env, force=(mode == "always"))
 
     from tasks.rebuild import rebuild

@@ -41,10 +41,6 @@ def record_for(detection: Detection) -> BackendRecord:
     )
 
 
-def detect_all(ctx: SuiteContext) -> dict[str, Detection]:
-    return {name: detect(spec, env=ctx.env, cache=ctx.cache) for name, spec in SPECS.items()}
-
-
 def rebuild(ctx: SuiteContext, *, build_shims: bool = True, check: bool = False) -> RebuildResult:
     """Detect, build shims, write the constants file if it changed.
 
@@ -52,17 +48,18 @@ def rebuild(ctx: SuiteContext, *, build_shims: bool = True, check: bool = False)
     """
     records: dict[str, BackendRecord] = {}
     failures: dict[str, SuiteError] = {}
-    for name, detection in detect_all(ctx).items():
+    for spec in SPECS.values():
+        detection = detect(spec, env=ctx.env, cache=ctx.cache)
         record = record_for(detection)
         state = "available" if detection.available else f"not available ({detection.reason})"
-        ui.say(f"{SPECS[name].display}: {state}", "ok" if detection.available else "info")
+        ui.say(f"{spec.display}: {state}", "ok" if detection.available else "info")
         if detection.available and build_shims and not check:
             try:
-                record = _with_shim(ctx, SPECS[name], detection, record)
+                record = _with_shim(ctx, spec, detection, record)
             except SuiteError as exc:
-                failures[name] = exc
-                ui.say(f"the shim for {SPECS[name].display} did not build: {exc.message}", "error")
-        records[name] = record
+                failures[spec.name] = exc
+                ui.say(f"the shim for {spec.display} did not build: {exc.message}", "error")
+        records[spec.name] = record
     path = ctx.constants_path
     if check:
         return RebuildResult(path=path, records=records, written=False, shim_failures=failures)
@@ -91,9 +88,7 @@ def shim_build_dir(ctx: SuiteContext, backend: str, lib_dir: Path) -> Path:
     return ctx.cache.builds / f"shim-{backend}-{key}"
 
 
-def _with_shim(
-    ctx: SuiteContext, spec: BackendSpec, detection: Detection, record: BackendRecord
-) -> BackendRecord:
+def _with_shim(ctx: SuiteContext, spec: BackendSpec, detection: Detection, record: BackendRecord) -> BackendRecord:
     from tasks import shim
 
     assert detection.lib_dir is not None

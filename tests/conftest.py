@@ -28,11 +28,11 @@ def _no_real_cache() -> Iterator[None]:
         raise YouForgotToChooseACacheDir("tests must set BITNET_CACHE_DIR or pass a cache root")
 
     original = paths.default_cache_root
-    paths.default_cache_root = refuse  # type: ignore[assignment]
+    paths.default_cache_root = refuse
     try:
         yield
     finally:
-        paths.default_cache_root = original  # type: ignore[assignment]
+        paths.default_cache_root = original
 
 
 @pytest.fixture
@@ -108,7 +108,9 @@ def llama_install(request: pytest.FixtureRequest) -> Path:
         return Path(override)
     run: RealLlamaRun = request.getfixturevalue("real_llama")
     if run.first is None or run.first.returncode != 0:
-        pytest.fail(f"the real llama.cpp setup failed; see test_e2e_preflight:\n{run.first and run.first.stderr[-3000:]}")
+        pytest.fail(
+            f"the real llama.cpp setup failed; see test_e2e_preflight:\n{run.first and run.first.stderr[-3000:]}"
+        )
     return run.install
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import Collection
+from invoke.collection import Collection
 
 from tasks.commands.preflight import preflight
 from tasks.commands.rebuild import rebuild

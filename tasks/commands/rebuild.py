@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from invoke import task
+from invoke.tasks import task
 
 from tasks import ui
 from tasks.commands._runner import suite_context, suite_task
 from tasks.errors import BuildFailed, UnclassifiedError
-from tasks.rebuild import constants_are_current, rebuild as run_rebuild
+from tasks.rebuild import constants_are_current
+from tasks.rebuild import rebuild as run_rebuild
 
 
 @task(

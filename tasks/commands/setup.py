@@ -5,12 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from invoke import task
+from invoke.tasks import task
 
-from tasks import install
 from tasks.backends import SPECS, library_path_variable, spec_for
 from tasks.commands._runner import suite_context, suite_task
-from tasks.emit import emit_lines
 from tasks.errors import BadInput
 
 EMIT_SHELLS = ("sh", "fish", "pwsh", "cmd")
@@ -41,12 +39,19 @@ def setup_cpp_auto(
 ) -> None:
     """Get a backend's source, build it with CMake and install it into the cache."""
     if emit and emit not in EMIT_SHELLS:
-        raise BadInput(f"--emit {emit!r} is not a shell I can write for", next_step=f"use one of: {', '.join(EMIT_SHELLS)}")
+        raise BadInput(
+            f"--emit {emit!r} is not a shell I can write for", next_step=f"use one of: {', '.join(EMIT_SHELLS)}"
+        )
     if jobs < 0:
         raise BadInput(f"--jobs {jobs} must be a positive number")
     names = list(SPECS) if backend == "all" else [spec_for(backend).name]
     if source and len(names) > 1:
-        raise BadInput("--source names one backend's source", next_step="use --backend llama or --backend bitnet with --source")
+        raise BadInput(
+            "--source names one backend's source", next_step="use --backend llama or --backend bitnet with --source"
+        )
+    from tasks import install
+    from tasks.emit import emit_lines
+
     ctx = suite_context()
     set_vars: dict[str, str] = {}
     lib_dirs: list[str] = []

@@ -84,13 +84,17 @@ def test_missing_submodule_is_bad_input(tmp_path: Path, base_env: dict[str, str]
 def test_a_plain_llama_build_is_not_a_bitnet_build(tmp_path: Path, base_env: dict[str, str]) -> None:
     """Detection recognises bitnet.cpp by the kernels inside libggml, not by a name."""
     llama = copy_fake_llama(tmp_path / "llama")
-    subprocess.run(["cmake", "-S", str(llama), "-B", str(llama / "build"), "-G", "Ninja"], check=True, capture_output=True)
+    subprocess.run(
+        ["cmake", "-S", str(llama), "-B", str(llama / "build"), "-G", "Ninja"], check=True, capture_output=True
+    )
     subprocess.run(["cmake", "--build", str(llama / "build")], check=True, capture_output=True)
     env = {**base_env, "BITNET_CPP_DIR": str(llama)}
     result = run_invoke(["preflight", "--backend", "bitnet", "--repair", "never"], env=env)
     assert result.returncode == 6
     assert "quantize_i2_s" in result.stderr
-    ok = run_invoke(["preflight", "--backend", "llama", "--repair", "never"], env={**base_env, "LLAMA_CPP_DIR": str(llama)})
+    ok = run_invoke(
+        ["preflight", "--backend", "llama", "--repair", "never"], env={**base_env, "LLAMA_CPP_DIR": str(llama)}
+    )
     assert ok.returncode == 0, ok.stderr
 
 
@@ -106,7 +110,9 @@ def test_both_backends_side_by_side_and_emit_covers_both(
     result = run_invoke(["setup-cpp-auto", "--backend", "all", "--emit", "sh"], env=env)
     assert result.returncode == 0, result.stderr
     script = result.stdout + '\nprintf "%s\\n%s\\n%s\\n" "$LLAMA_CPP_DIR" "$BITNET_CPP_DIR" "$LD_LIBRARY_PATH"\n'
-    out = subprocess.run(["sh", "-c", script], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["sh", "-c", script], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True
+    )
     llama_dir, bitnet_dir, libpath = out.stdout.splitlines()
     assert llama_dir == str(cache_dir / "installs" / "llama")
     assert bitnet_dir == str(cache_dir / "installs" / "bitnet")

@@ -28,7 +28,9 @@ def _wait_for(path: Path, timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
-def _start_holder(tmp_path: Path, name: str, lock: Path, timeout: float = 60) -> tuple[subprocess.Popen[str], Path, Path]:
+def _start_holder(
+    tmp_path: Path, name: str, lock: Path, timeout: float = 60
+) -> tuple[subprocess.Popen[str], Path, Path]:
     ready, release = tmp_path / f"{name}.ready", tmp_path / f"{name}.release"
     holder = subprocess.Popen(
         [sys.executable, str(HOLDER), str(lock), str(ready), str(release), str(timeout)],

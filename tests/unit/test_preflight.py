@@ -87,8 +87,8 @@ def flow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Recorder:
     def fake_rebuild(ctx: Any, **kwargs: Any) -> None:
         rec.calls.append(("rebuild", None))
 
-    monkeypatch.setattr(pf.detect, "detect", fake_detect)
-    monkeypatch.setattr(pf.install, "setup_backend", fake_setup)
+    monkeypatch.setattr("tasks.detect.detect", fake_detect)
+    monkeypatch.setattr("tasks.install.setup_backend", fake_setup)
     monkeypatch.setattr("tasks.rebuild.rebuild", fake_rebuild)
     rec.state = state  # type: ignore[attr-defined]
     return rec
@@ -149,8 +149,6 @@ def test_the_child_needs_the_constants_to_list_the_backend(flow: Recorder, tmp_p
     env = {"BITNET_REPAIR_PARENT": "1"}
     with pytest.raises(RevalidationFailed):
         pf.run_preflight(_ctx(tmp_path, env=env), LLAMA, mode="auto", reexec=_fake_reexec(flow))
-    listed = Constants(
-        path=tmp_path / "c.json", status="ok", backends={"llama": BackendRecord(available=True)}
-    )
+    listed = Constants(path=tmp_path / "c.json", status="ok", backends={"llama": BackendRecord(available=True)})
     report = pf.run_preflight(_ctx(tmp_path, env=env, constants=listed), LLAMA, mode="auto")
     assert report.repaired and report.available
