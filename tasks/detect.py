@@ -14,6 +14,7 @@ loader would hand it to the other.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,12 +68,21 @@ class Detection:
     marker: Mapping[str, Any] | None = None
 
 
+def probe_interpreter() -> str:
+    """A Python to run the load check: ours, unless it has vanished (a virtual environment
+    deleted while a repair ran); the check needs only the standard library."""
+    for candidate in (sys.executable, getattr(sys, "_base_executable", "")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return shutil.which("python3") or shutil.which("python") or sys.executable
+
+
 def detect(
     spec: BackendSpec,
     *,
     env: Mapping[str, str],
     cache: CacheLayout,
-    python: str = sys.executable,
+    python: str | None = None,
 ) -> Detection:
     """Find ``spec``'s backend: the directory in its environment variable first, then the cache."""
     override = env.get(spec.dir_env)
@@ -113,7 +123,7 @@ def probe(
     *,
     origin: str,
     require_marker: bool,
-    python: str = sys.executable,
+    python: str | None = None,
 ) -> Detection:
     """Check one directory: marker, libraries, includes, a real load and the symbols."""
 
@@ -200,7 +210,9 @@ def check_loadable(spec: BackendSpec, libraries: Mapping[str, Path], *, python: 
     ordered = [str(libraries[n]) for n in spec_library_names() if n in libraries]
     groups = [list(group) for group in spec.required_symbols]
     try:
-        result = proc.run([python, "-I", "-S", "-c", _PROBE, json.dumps(ordered), json.dumps(groups)])
+        result = proc.run(
+            [python or probe_interpreter(), "-I", "-S", "-c", _PROBE, json.dumps(ordered), json.dumps(groups)]
+        )
         verdict = json.loads(result.output.strip().splitlines()[-1])
     except (SuiteError, ValueError, IndexError) as exc:
         return f"the library load check could not run: {exc}"

@@ -120,3 +120,17 @@ def test_both_backends_side_by_side_and_emit_covers_both(
     for backend in ("llama", "bitnet"):
         check = run_invoke(["preflight", "--backend", backend, "--repair", "never"], env=base_env)
         assert check.returncode == 0, check.stderr
+
+
+@needs_clang
+def test_preflight_bitnet_repairs_from_a_local_source_like_llama(
+    tmp_path: Path, base_env: dict[str, str], cache_dir: Path
+) -> None:
+    env = {**base_env, "BITNET_CPP_SOURCE": str(make_fake_bitnet(tmp_path / "BitNet"))}
+    result = run_invoke(["preflight", "--backend", "bitnet", "--repair", "auto", "--json"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "repairing bitnet.cpp" in result.stderr
+    assert "[reexec] Attempting exec()..." in result.stderr
+    document = json.loads(result.stdout)
+    assert document["backend"] == "bitnet" and document["available"] and document["repaired"]
+    assert not (cache_dir / "installs" / "llama").exists()  # only the backend asked for

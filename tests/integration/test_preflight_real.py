@@ -80,3 +80,54 @@ def test_repair_installs_rebuilds_reexecs_and_the_child_validates(
     assert again.returncode == 0, again.stderr
     assert "repairing" not in again.stderr and "[reexec]" not in again.stderr
     assert "llama.cpp is available" in again.stderr
+
+
+def test_repair_falls_back_to_an_invoke_subprocess_when_the_interpreter_is_gone(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A virtual environment removed while the build runs (AC2): the fast path is impossible,
+    the `invoke` on PATH runs the same command with the guard, and its exit code is ours."""
+    import site
+    import subprocess
+    import sys
+    import time
+
+    venv = tmp_path / "throwaway-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    purelib = next(
+        Path(p) for p in (*site.getsitepackages(), site.getusersitepackages()) if (Path(p) / "invoke").is_dir()
+    )
+    site_dir = next(venv.glob("lib/python*/site-packages"))
+    (site_dir / "suite-deps.pth").write_text(f"{purelib}\n")
+    venv_python = venv / "bin" / "python"
+
+    source = copy_fake_llama(tmp_path / "src")
+    started, release = tmp_path / "started", tmp_path / "release"
+    env = {
+        **base_env,
+        "LLAMA_CPP_SOURCE": str(source),
+        "FAKE_LLAMA_STARTED": str(started),
+        "FAKE_LLAMA_RELEASE": str(release),
+    }
+    proc = subprocess.Popen(
+        [str(venv_python), "-m", "invoke", "preflight", "--backend", "llama", "--repair", "auto"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for entry in (venv / "bin").iterdir():  # the environment disappears mid-repair
+        entry.unlink()
+    release.touch()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "[reexec] exe exists: false" in err
+    assert "[reexec] Trying invoke fallback..." in err
+    assert "[reexec] Fallback child exited with code: 0" in err
+    assert "(auto-repaired)" in err
