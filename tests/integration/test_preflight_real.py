@@ -125,7 +125,7 @@ def test_repair_falls_back_to_an_invoke_subprocess_when_the_interpreter_is_gone(
     for entry in (venv / "bin").iterdir():  # the environment disappears mid-repair
         entry.unlink()
     release.touch()
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "[reexec] exe exists: false" in err
     assert "[reexec] Trying invoke fallback..." in err
