@@ -22,6 +22,17 @@ BITNET_CPP_COMMIT = "16da220ae2b510caff437d403288882687f44ae5"
 BITNET_CPP_GIT_URL = "https://github.com/microsoft/BitNet"
 
 
+# The C API the shim needs, in either generation of its names.
+_LLAMA_API_SYMBOLS: tuple[tuple[str, ...], ...] = (
+    ("llama_backend_init",),
+    ("llama_model_load_from_file", "llama_load_model_from_file"),
+    ("llama_decode",),
+    ("llama_get_logits_ith",),
+    ("llama_batch_init",),
+    ("llama_tokenize",),
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class BackendSpec:
     name: BackendName
@@ -49,14 +60,7 @@ LLAMA = BackendSpec(
     git_url=LLAMA_CPP_GIT_URL,
     commit=LLAMA_CPP_COMMIT,
     libraries=("ggml-base", "ggml-cpu", "ggml", "llama"),
-    required_symbols=(
-        ("llama_backend_init",),
-        ("llama_model_load_from_file", "llama_load_model_from_file"),
-        ("llama_decode",),
-        ("llama_get_logits_ith",),
-        ("llama_batch_init",),
-        ("llama_tokenize",),
-    ),
+    required_symbols=_LLAMA_API_SYMBOLS,
     pypi_fallback=True,
 )
 
@@ -70,14 +74,7 @@ BITNET = BackendSpec(
     git_url=BITNET_CPP_GIT_URL,
     commit=BITNET_CPP_COMMIT,
     libraries=("ggml-base", "ggml-cpu", "ggml", "llama"),
-    required_symbols=(
-        ("llama_backend_init",),
-        ("llama_model_load_from_file", "llama_load_model_from_file"),
-        ("llama_decode",),
-        ("llama_get_logits_ith",),
-        ("llama_tokenize",),
-        ("quantize_i2_s",),
-    ),
+    required_symbols=(*_LLAMA_API_SYMBOLS, ("quantize_i2_s",)),
     pypi_fallback=False,
 )
 

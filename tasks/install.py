@@ -69,7 +69,7 @@ def setup_backend(
     if not force and wanted is not None and wanted.get("kind") != "local":
         done = _installed_with(spec, install_dir, wanted)
         if done is not None:
-            return _up_to_date(spec, install_dir, done, started)
+            return _already_installed(spec, install_dir, done, started)
 
     timeout = lock.lock_timeout_from(env)
     with lock.exclusive_lock(cache.lock_path(spec.name), purpose=f"set up {spec.display}", timeout=timeout):
@@ -77,7 +77,7 @@ def setup_backend(
             done = _installed_with(spec, install_dir, wanted)
             if done is not None:
                 ui.say(f"another process finished installing {spec.display} while we waited")
-                return _up_to_date(spec, install_dir, done, started)
+                return _already_installed(spec, install_dir, done, started)
         _remove_leftovers(cache, spec.name)
         fetched = sources.fetch_default_or(
             source_text,
@@ -126,10 +126,16 @@ def _installed_with(spec: BackendSpec, install_dir: Path, wanted: Mapping[str, s
     return marker
 
 
-def _up_to_date(spec: BackendSpec, install_dir: Path, marker: Mapping[str, Any], started: float) -> SetupResult:
-    source = marker.get("source") or {}
-    label = source.get("commit") or source.get("location") or "?"
-    ui.say(f"{spec.display} is already installed at {install_dir} ({label}); nothing to do", "ok")
+def _up_to_date(
+    spec: BackendSpec,
+    install_dir: Path,
+    source: Mapping[str, str],
+    started: float,
+    *,
+    why: str,
+    log_path: Path | None = None,
+) -> SetupResult:
+    ui.say(f"{spec.display} {why}; nothing to do", "ok")
     return SetupResult(
         backend=spec.name,
         action="up-to-date",
@@ -137,7 +143,14 @@ def _up_to_date(spec: BackendSpec, install_dir: Path, marker: Mapping[str, Any],
         lib_dir=install_dir / "lib",
         source=source,
         seconds=time.monotonic() - started,
+        log_path=log_path,
     )
+
+
+def _already_installed(spec: BackendSpec, install_dir: Path, marker: Mapping[str, Any], started: float) -> SetupResult:
+    source = marker.get("source") or {}
+    label = source.get("commit") or source.get("location") or "?"
+    return _up_to_date(spec, install_dir, source, started, why=f"is already installed at {install_dir} ({label})")
 
 
 def _remove_leftovers(cache: CacheLayout, backend: str) -> None:
@@ -193,14 +206,12 @@ def _build_and_install(
         and same_source(marker.get("source") or {}, fetched.identity)
         and detect.probe(spec, install_dir, origin="cache", require_marker=True).available
     ):
-        ui.say(f"{spec.display} at {install_dir} is up to date with {fetched.path}; nothing to do", "ok")
-        return SetupResult(
-            backend=spec.name,
-            action="up-to-date",
-            install_dir=install_dir,
-            lib_dir=install_dir / "lib",
-            source=fetched.identity,
-            seconds=time.monotonic() - started,
+        return _up_to_date(
+            spec,
+            install_dir,
+            fetched.identity,
+            started,
+            why=f"at {install_dir} is up to date with {fetched.path}",
             log_path=log_path,
         )
 

@@ -42,8 +42,7 @@ def cache_dir(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def base_env(cache_dir: Path, tmp_path: Path) -> dict[str, str]:
+def child_env(cache_dir: Path) -> dict[str, str]:
     """An environment for child processes: this interpreter first on PATH, a private cache,
     no CI-driven repair defaults, no colour, and no backend overrides from the developer's shell."""
     env = {
@@ -56,6 +55,11 @@ def base_env(cache_dir: Path, tmp_path: Path) -> dict[str, str]:
     env["NO_COLOR"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
+
+
+@pytest.fixture
+def base_env(cache_dir: Path) -> dict[str, str]:
+    return child_env(cache_dir)
 
 
 # --- the real pinned llama.cpp, built once per test session ---------------------------------
@@ -86,14 +90,7 @@ def real_llama(tmp_path_factory: pytest.TempPathFactory) -> RealLlamaRun:
     """From an empty cache: `invoke preflight --backend llama --repair auto`, with no network
     but the package registries (so the git source fails and the PyPI sdist is used)."""
     cache_dir = tmp_path_factory.mktemp("real-llama") / "cache"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("BITNET_", "LLAMA_CPP_")) and k not in {"CI", "GITHUB_ACTIONS"}
-    }
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
-    env["BITNET_CACHE_DIR"] = str(cache_dir)
-    env["NO_COLOR"] = "1"
+    env = child_env(cache_dir)
     env["CI"] = "true"  # as in CI: repair only because the command line asks for it
     started = time.monotonic()
     first = run_invoke(["preflight", "--backend", "llama", "--repair", "auto"], env=env, timeout=1500)

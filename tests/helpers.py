@@ -6,12 +6,22 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = REPO_ROOT / "tests" / "data"
 FAKE_LLAMA = DATA / "fake_llama"
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    """Block until a rendezvous file appears (a real process says it reached a point)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.02)
 
 
 def run_invoke(

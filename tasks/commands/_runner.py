@@ -36,6 +36,7 @@ def suite_task(body: F) -> F:
     @functools.wraps(body)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         verbose = bool(kwargs.get("verbose"))
+        previous = ui.is_verbose()
         ui.set_verbose(verbose)
         try:
             return body(*args, **kwargs)
@@ -60,6 +61,8 @@ def suite_task(body: F) -> F:
                 "error",
             )
             raise Exit(code=1) from None
+        finally:
+            ui.set_verbose(previous)
 
     return wrapper  # type: ignore[return-value]
 

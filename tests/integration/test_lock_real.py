@@ -13,19 +13,11 @@ import pytest
 
 from tasks.errors import BadInput, LockTimeout
 from tasks.lock import exclusive_lock, lock_timeout_from, owner_path
-from tests.helpers import DATA
+from tests.helpers import DATA, wait_for
 
 pytestmark = pytest.mark.integration
 
 HOLDER = DATA / "lock_holder.py"
-
-
-def _wait_for(path: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never appeared")
-        time.sleep(0.02)
 
 
 def _start_holder(
@@ -43,13 +35,13 @@ def _start_holder(
 def test_a_waiter_says_who_holds_the_lock_and_gets_it_after_release(tmp_path: Path) -> None:
     lock = tmp_path / "locks" / "llama.lock"
     first, ready1, release1 = _start_holder(tmp_path, "first", lock)
-    _wait_for(ready1)
+    wait_for(ready1)
     second, ready2, release2 = _start_holder(tmp_path, "second", lock)
     time.sleep(0.5)
     assert not ready2.exists(), "the second process got a lock that was held"
     release1.touch()
     assert first.wait(timeout=20) == 0
-    _wait_for(ready2)
+    wait_for(ready2)
     release2.touch()
     assert second.wait(timeout=20) == 0
     assert second.stderr is not None
@@ -62,7 +54,7 @@ def test_a_waiter_says_who_holds_the_lock_and_gets_it_after_release(tmp_path: Pa
 def test_sigkill_of_the_holder_frees_the_lock(tmp_path: Path) -> None:
     lock = tmp_path / "llama.lock"
     holder, ready, _release = _start_holder(tmp_path, "victim", lock)
-    _wait_for(ready)
+    wait_for(ready)
     os.kill(holder.pid, signal.SIGKILL)
     assert holder.wait(timeout=20) == -signal.SIGKILL
     started = time.monotonic()
@@ -74,7 +66,7 @@ def test_sigkill_of_the_holder_frees_the_lock(tmp_path: Path) -> None:
 def test_timeout_is_a_clear_error(tmp_path: Path) -> None:
     lock = tmp_path / "llama.lock"
     holder, ready, release = _start_holder(tmp_path, "holder", lock)
-    _wait_for(ready)
+    wait_for(ready)
     try:
         with pytest.raises(LockTimeout) as info, exclusive_lock(lock, purpose="test", timeout=0.3):
             pass

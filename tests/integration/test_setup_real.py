@@ -16,21 +16,13 @@ import pytest
 
 from tasks.detect import INSTALL_MARKER
 from tasks.lock import exclusive_lock
-from tests.helpers import REPO_ROOT, copy_fake_llama, fake_llama_git_repo, run_invoke
+from tests.helpers import REPO_ROOT, copy_fake_llama, fake_llama_git_repo, run_invoke, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def _setup_args(source: str, *extra: str) -> list[str]:
     return ["setup-cpp-auto", "--backend", "llama", "--source", source, *extra]
-
-
-def _wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never appeared")
-        time.sleep(0.05)
 
 
 def _builds(log: Path) -> int:
@@ -96,7 +88,7 @@ def test_four_concurrent_setups_build_once_and_all_succeed(
         for _ in range(4)
     ]
     try:
-        _wait_for(started)
+        wait_for(started)
         time.sleep(1.0)  # let the other three reach the lock
         release.touch()
         results = [p.communicate(timeout=300) for p in procs]
@@ -128,7 +120,7 @@ def test_setup_killed_mid_build_leaves_no_install_and_the_next_run_completes(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    _wait_for(started)
+    wait_for(started)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
 
