@@ -205,7 +205,7 @@ print(json.dumps({"missing": missing}))
 """
 
 
-def check_loadable(spec: BackendSpec, libraries: Mapping[str, Path], *, python: str = sys.executable) -> str:
+def check_loadable(spec: BackendSpec, libraries: Mapping[str, Path], *, python: str | None = None) -> str:
     """Load the libraries in a fresh interpreter; return the problem, or "" when they are usable."""
     ordered = [str(libraries[n]) for n in spec_library_names() if n in libraries]
     groups = [list(group) for group in spec.required_symbols]

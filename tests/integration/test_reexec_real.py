@@ -117,9 +117,7 @@ def install_real_invoke(bin_dir: Path) -> Path:
     return target
 
 
-def run(
-    argv: Sequence[str | Path], env: dict[str, str], cwd: Path = DATA
-) -> subprocess.CompletedProcess[str]:
+def run(argv: Sequence[str | Path], env: dict[str, str], cwd: Path = DATA) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [os.fspath(a) for a in argv],
         cwd=cwd,
@@ -187,9 +185,7 @@ def test_exec_keeps_the_pid_and_spawns_nothing(env: dict[str, str], bin_dir: Pat
 # --- tier 2: the invoke fallback ---------------------------------------------------------------
 
 
-def test_missing_interpreter_takes_the_invoke_fallback(
-    env: dict[str, str], bin_dir: Path, venv_python: Path
-) -> None:
+def test_missing_interpreter_takes_the_invoke_fallback(env: dict[str, str], bin_dir: Path, venv_python: Path) -> None:
     fake_invoke = install_fake_invoke(bin_dir)
     env["REEXEC_TEST_DELETE_INTERPRETER"] = str(venv_python)
     args = ["preflight", "--backend", "bitnet", "--repair", "auto"]
@@ -356,9 +352,7 @@ def test_sigterm_to_the_parent_reaches_the_fallback_child(
 ) -> None:
     python = prepare("fallback", env=env, bin_dir=bin_dir, venv_python=venv_python)
     ready, got_it = tmp_path / "ready", tmp_path / "got-sigterm"
-    env.update(
-        REEXEC_TEST_WAIT_FOR_SIGTERM="1", REEXEC_TEST_READY=str(ready), REEXEC_TEST_GOT_SIGTERM=str(got_it)
-    )
+    env.update(REEXEC_TEST_WAIT_FOR_SIGTERM="1", REEXEC_TEST_READY=str(ready), REEXEC_TEST_GOT_SIGTERM=str(got_it))
 
     with subprocess.Popen(
         [str(python), "driver.py"], cwd=DATA, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -174,9 +174,7 @@ def test_plan_sets_the_guard_and_passes_everything_else_through() -> None:
         "BITNET_GPU_LAYERS": "0",
         "HOME": "/home/u",
     }
-    plan = make_plan(
-        "/py", ["py", "-m", "invoke"], ["m"], environ=environ, env_updates={"LD_LIBRARY_PATH": "/lib/x"}
-    )
+    plan = make_plan("/py", ["py", "-m", "invoke"], ["m"], environ=environ, env_updates={"LD_LIBRARY_PATH": "/lib/x"})
     assert dict(plan.child_env) == {**environ, "LD_LIBRARY_PATH": "/lib/x", REPAIR_PARENT_ENV: "1"}
     assert REPAIR_PARENT_ENV not in environ  # the caller's mapping is untouched
 
@@ -500,9 +498,7 @@ def test_missing_interpreter_skips_exec(capsys: pytest.CaptureFixture[str], tmp_
     ]
 
 
-def test_missing_script_skips_exec(
-    capsys: pytest.CaptureFixture[str], interpreter: str, tmp_path: Path
-) -> None:
+def test_missing_script_skips_exec(capsys: pytest.CaptureFixture[str], interpreter: str, tmp_path: Path) -> None:
     script = str(tmp_path / "deleted" / "invoke")
     execve = FakeExec()
     foreground = FakeForeground()
@@ -540,9 +536,7 @@ def test_windows_always_spawns(capsys: pytest.CaptureFixture[str], interpreter: 
 
 
 @pytest.mark.parametrize("code", [0, 1, 42, 130, 143])
-def test_fallback_exit_code_becomes_ours(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, code: int
-) -> None:
+def test_fallback_exit_code_becomes_ours(capsys: pytest.CaptureFixture[str], tmp_path: Path, code: int) -> None:
     missing = str(tmp_path / "python")
     exit_, lines = run_reexec(
         capsys,

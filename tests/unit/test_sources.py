@@ -35,6 +35,7 @@ from tasks.sources import (
     identify_source,
     parse_source,
 )
+from tasks.sources import fetch as sources_fetch
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -391,7 +392,8 @@ class FakeFetch:
 
 def chain(monkeypatch: pytest.MonkeyPatch, outcomes, *, spec=LLAMA, text=None, ref=None, env=None):
     fake = FakeFetch(outcomes)
-    monkeypatch.setattr(sources, "fetch_source", fake)
+    # fetch_default_or looks fetch_source up in tasks.sources.fetch, so that is where to patch it.
+    monkeypatch.setattr(sources_fetch, "fetch_source", fake)
     result = fetch_default_or(
         text,
         spec=spec,
@@ -444,6 +446,7 @@ def test_both_unreachable_is_one_network_error_naming_both(monkeypatch: pytest.M
         chain(monkeypatch, {"git": NetworkError("git down"), "pypi": NetworkError("index down")})
     assert "git down" in info.value.message and "index down" in info.value.message
     assert "LLAMA_CPP_SOURCE" in info.value.next_step
+    assert "pypi" not in info.value.next_step  # the index is down too, so it is no way out
 
 
 def test_explicit_source_wins_and_never_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
