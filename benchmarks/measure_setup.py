@@ -17,9 +17,7 @@ with BITNET_CACHE_DIR=DIR); TREE defaults to the source tree that install was bu
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,12 +37,39 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> float:
     return time.perf_counter() - started
 
 
+def _source_tree(cache: Path) -> Path:
+    candidates = sorted(cache.glob("sources/*/**/include/llama.h"), key=lambda p: len(p.parts))
+    if not candidates:
+        raise SystemExit(f"no llama.cpp source tree under {cache}/sources; pass --source")
+    return candidates[0].parent.parent
+
+
+def _plain_cmake(source: Path) -> float:
+    """What a person would type: configure and build the same target with the same flags."""
+    with tempfile.TemporaryDirectory() as tmp:
+        build = Path(tmp) / "build"
+        started = time.perf_counter()
+        for cmd in (
+            ["cmake", "-S", str(source), "-B", str(build), "-G", "Ninja", *LLAMA_CMAKE_ARGS],
+            ["cmake", "--build", str(build), "--target", "llama", "-j", str(os.cpu_count() or 1)],
+        ):
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - started
+
+
+def _cold_setup(source: Path, env: dict[str, str]) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        cold_env = {**env, "BITNET_CACHE_DIR": str(Path(tmp) / "cache"), "LLAMA_CPP_SOURCE": str(source)}
+        return timed([sys.executable, "-m", "invoke", "setup-cpp-auto", "--backend", "llama"], cold_env)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--source", type=Path)
     parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--cold-rounds", type=int, default=2)
     args = parser.parse_args()
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BITNET_", "LLAMA_CPP_"))}
@@ -68,30 +93,14 @@ def main() -> None:
     )
 
     if not args.skip_cold:
-        marker = json.loads((args.cache / "installs" / "llama" / ".bitnet-suite-install.json").read_text())
-        source = args.source or Path(marker["source"].get("path") or marker["build_dir"])
-        if not (source / "CMakeLists.txt").exists():
-            candidates = sorted(args.cache.glob("sources/*/**/include/llama.h"), key=lambda p: len(p.parts))
-            source = candidates[0].parent.parent
-        jobs = str(os.cpu_count() or 1)
-        with tempfile.TemporaryDirectory() as tmp:
-            plain_build = Path(tmp) / "plain"
-            started = time.perf_counter()
-            subprocess.run(
-                ["cmake", "-S", str(source), "-B", str(plain_build), "-G", "Ninja", *LLAMA_CMAKE_ARGS],
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            subprocess.run(
-                ["cmake", "--build", str(plain_build), "--target", "llama", "-j", jobs],
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            figures["plain_cmake_cold_s"] = time.perf_counter() - started
-            shutil.rmtree(plain_build)
-            cold_env = {**env, "BITNET_CACHE_DIR": str(Path(tmp) / "cache"), "LLAMA_CPP_SOURCE": str(source)}
-            figures["setup_cold_s"] = timed([py, "-m", "invoke", "setup-cpp-auto", "--backend", "llama"], cold_env)
-        figures["setup_cold_ratio_to_plain_cmake"] = figures["setup_cold_s"] / figures["plain_cmake_cold_s"]
+        source = args.source or _source_tree(args.cache)
+        plain_times, setup_times = [], []
+        for _ in range(args.cold_rounds):  # alternate, so drift in machine speed hits both sides
+            plain_times.append(_plain_cmake(source))
+            setup_times.append(_cold_setup(source, env))
+        figures["plain_cmake_cold_s"] = statistics.median(plain_times)
+        figures["setup_cold_s"] = statistics.median(setup_times)
+        figures["setup_cold_ratio_to_plain_cmake"] = sum(setup_times) / sum(plain_times)
 
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {args.runs} runs each")
     for key, value in figures.items():

@@ -120,8 +120,9 @@ def run_preflight(
         raise BackendUnavailable(
             f"{spec.display} is not available: {found.reason}",
             next_step=(
-                f"run `invoke preflight --backend {spec.name} --repair auto` to install it, "
-                f"or set {spec.dir_env} to an existing build"
+                f"run `invoke preflight --backend {spec.name} --repair auto` to install it"
+                + ("" if spec.pypi_fallback else f" (offline: first set {spec.source_env} to a local checkout)")
+                + f", or set {spec.dir_env} to an existing build"
             ),
         )
 

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ def run(
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     chunks: list[str] = []
     log = open(log_path, "a", encoding="utf-8", errors="replace") if log_path else None  # noqa: SIM115
+    started = time.monotonic()
     try:
         if log is not None:
             log.write(f"+ {shlex.join(args)}\n")
@@ -104,6 +106,7 @@ def run(
                 raise
     finally:
         if log is not None:
+            log.write(f"# finished in {time.monotonic() - started:.1f}s\n")
             log.close()
     result = Completed(argv=args, returncode=exit_code_of(returncode), output="".join(chunks))
     if check and result.returncode != 0:
