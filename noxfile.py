@@ -32,7 +32,8 @@ def tests(session: nox.Session) -> None:
 def slow(session: nox.Session) -> None:
     """The tests marked slow (longer real builds)."""
     _install(session, "test")
-    session.run("pytest", "-m", "slow", *session.posargs)
+    # pytest exits 5 when no test carries the marker; that is not a failure of this session.
+    session.run("pytest", "-m", "slow", *session.posargs, success_codes=[0, 5])
 
 
 @nox.session(python=PYTHON)
