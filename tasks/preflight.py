@@ -14,8 +14,10 @@ The flow of the seed specification, in order:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, NoReturn, get_args
 
 from tasks import detect, ui
@@ -108,8 +110,14 @@ def run_preflight(
 
     found = detect.detect(spec, env=ctx.env, cache=ctx.cache)
     if found.available and mode != "always":
-        _warn_if_constants_stale(ctx, spec)
-        return _report(ctx, spec, found, repaired=False)
+        if ctx.constants.has(spec.name) or mode == "never":
+            _warn_if_constants_stale(ctx, spec)
+            return _report(ctx, spec, found, repaired=False)
+        # Usable, but the constants this process started with do not record it (and so no
+        # shim is recorded either): the repair is only the rebuild and the re-exec.
+        ui.say(f"repairing the constants file: it does not list {spec.display} ({ctx.constants.problem or 'stale'})")
+        assert found.lib_dir is not None
+        _rebuild_and_reexec(ctx, found.lib_dir, reexec)
 
     if not found.available and found.origin == spec.dir_env:
         raise BadInput(
@@ -131,7 +139,10 @@ def run_preflight(
     from tasks import install  # the repair path only: keeps a passing preflight quick to start
 
     result = install.setup_backend(spec, cache=ctx.cache, env=ctx.env, force=(mode == "always"))
+    _rebuild_and_reexec(ctx, result.lib_dir, reexec)
 
+
+def _rebuild_and_reexec(ctx: SuiteContext, lib_dir: Path, reexec: Reexec | None) -> NoReturn:
     from tasks.rebuild import rebuild
 
     rebuild(ctx)
@@ -141,7 +152,7 @@ def run_preflight(
         reexec = reexec_current_command
     libvar = library_path_variable()
     current = ctx.env.get(libvar, "")
-    reexec(env_updates={libvar: str(result.lib_dir) + (f":{current}" if current else "")})
+    reexec(env_updates={libvar: str(lib_dir) + (f"{os.pathsep}{current}" if current else "")})
 
 
 def _validate_after_repair(ctx: SuiteContext, spec: BackendSpec) -> PreflightReport:

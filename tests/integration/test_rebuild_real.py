@@ -48,10 +48,17 @@ def test_a_damaged_constants_file_means_detect_again(
     env = {**base_env, "LLAMA_CPP_DIR": str(llama_install)}
     path = cache_dir / "constants.json"
     path.write_text('{"schema": "bitnet-suite/constants", "version": 1, "backe')
-    check = run_invoke(["preflight", "--backend", "llama", "--json"], env=env)
+    check = run_invoke(["preflight", "--backend", "llama", "--json", "--repair", "never"], env=env)
     assert check.returncode == 0, check.stderr
     assert json.loads(check.stdout)["constants"] == "corrupt"
-    assert run_invoke(["rebuild"], env=env, timeout=600).returncode == 0
+    assert "invoke rebuild" in check.stderr
+    # With repair allowed, the repair is the rebuild alone, proven in a re-executed process.
+    repaired = run_invoke(["preflight", "--backend", "llama", "--json"], env=env, timeout=600)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "repairing the constants file" in repaired.stderr and "[reexec]" in repaired.stderr
+    assert "building llama.cpp" not in repaired.stderr
+    document = json.loads(repaired.stdout)
+    assert document["repaired"] is True and document["constants"] == "ok"
     assert read_constants(path).status == "ok"
 
 

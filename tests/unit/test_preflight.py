@@ -106,11 +106,31 @@ def _fake_reexec(rec: Recorder) -> Any:
     return reexec
 
 
-def test_available_backend_needs_no_repair(flow: Recorder, tmp_path: Path) -> None:
+LISTED = {"llama": BackendRecord(available=True)}
+
+
+def test_available_and_recorded_backend_needs_no_repair(flow: Recorder, tmp_path: Path) -> None:
     flow.state["available"] = True  # type: ignore[attr-defined]
-    report = pf.run_preflight(_ctx(tmp_path), LLAMA, mode="auto", reexec=_fake_reexec(flow))
+    constants = Constants(path=tmp_path / "c.json", status="ok", backends=LISTED)
+    report = pf.run_preflight(_ctx(tmp_path, constants=constants), LLAMA, mode="auto", reexec=_fake_reexec(flow))
     assert report.available and not report.repaired
     assert [c[0] for c in flow.calls] == ["detect"]
+
+
+def test_available_but_unrecorded_backend_is_repaired_by_a_rebuild_only(flow: Recorder, tmp_path: Path) -> None:
+    flow.state["available"] = True  # type: ignore[attr-defined]
+    with pytest.raises(Reexeced):
+        pf.run_preflight(_ctx(tmp_path), LLAMA, mode="auto", reexec=_fake_reexec(flow))
+    assert [c[0] for c in flow.calls] == ["detect", "rebuild", "reexec"]
+
+
+def test_never_accepts_an_available_but_unrecorded_backend(
+    flow: Recorder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flow.state["available"] = True  # type: ignore[attr-defined]
+    report = pf.run_preflight(_ctx(tmp_path), LLAMA, mode="never", reexec=_fake_reexec(flow))
+    assert report.available
+    assert "invoke rebuild" in capsys.readouterr().err
 
 
 def test_auto_repairs_then_rebuilds_then_reexecs_with_the_library_dir(flow: Recorder, tmp_path: Path) -> None:
