@@ -41,19 +41,19 @@ def record_for(detection: Detection) -> BackendRecord:
     )
 
 
-def rebuild(ctx: SuiteContext, *, build_shims: bool = True, check: bool = False) -> RebuildResult:
-    """Detect, build shims, write the constants file if it changed.
+def _detected(ctx: SuiteContext) -> list[tuple[BackendSpec, Detection]]:
+    return [(spec, detect(spec, env=ctx.env, cache=ctx.cache)) for spec in SPECS.values()]
 
-    With ``check`` nothing is built or written; the result says whether the file is current.
-    """
+
+def rebuild(ctx: SuiteContext, *, build_shims: bool = True) -> RebuildResult:
+    """Detect, build a shim against each backend found, write the constants file if it changed."""
     records: dict[str, BackendRecord] = {}
     failures: dict[str, SuiteError] = {}
-    for spec in SPECS.values():
-        detection = detect(spec, env=ctx.env, cache=ctx.cache)
+    for spec, detection in _detected(ctx):
         record = record_for(detection)
         state = "available" if detection.available else f"not available ({detection.reason})"
         ui.say(f"{spec.display}: {state}", "ok" if detection.available else "info")
-        if detection.available and build_shims and not check:
+        if detection.available and build_shims:
             try:
                 record = _with_shim(ctx, spec, detection, record)
             except SuiteError as exc:
@@ -61,26 +61,24 @@ def rebuild(ctx: SuiteContext, *, build_shims: bool = True, check: bool = False)
                 ui.say(f"the shim for {spec.display} did not build: {exc.message}", "error")
         records[spec.name] = record
     path = ctx.constants_path
-    if check:
-        return RebuildResult(path=path, records=records, written=False, shim_failures=failures)
     written = write_constants(path, records)
     ui.say(f"constants file {'written' if written else 'unchanged'}: {path}")
     return RebuildResult(path=path, records=records, written=written, shim_failures=failures)
 
 
 def constants_are_current(ctx: SuiteContext) -> bool:
-    """``invoke rebuild --check``: does the constants file match what detection finds now?"""
-    result = rebuild(ctx, check=True)
-    return is_current(result.path, _without_shim_fields(result.records, ctx))
+    """``invoke rebuild --check``: does the constants file match what detection finds now?
 
-
-def _without_shim_fields(records: Mapping[str, BackendRecord], ctx: SuiteContext) -> dict[str, BackendRecord]:
-    # A check does not build shims; compare against the shim fields already on file.
-    merged = {}
-    for name, record in records.items():
-        old = ctx.constants.record(name)
-        merged[name] = replace(record, shim=old.shim, shim_api=old.shim_api) if old else record
-    return merged
+    Nothing is built, so the shim fields on file are taken as they are.
+    """
+    records: dict[str, BackendRecord] = {}
+    for spec, detection in _detected(ctx):
+        record = record_for(detection)
+        old = ctx.constants.record(spec.name)
+        if old is not None and record.available:
+            record = replace(record, shim=old.shim, shim_api=old.shim_api)
+        records[spec.name] = record
+    return is_current(ctx.constants_path, records)
 
 
 def shim_build_dir(ctx: SuiteContext, backend: str, lib_dir: Path) -> Path:
