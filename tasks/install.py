@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 from tasks import cmake, detect, lock, retry, sources, ui
 from tasks.backends import BackendSpec
-from tasks.errors import BadInput, BuildFailed
+from tasks.errors import BuildFailed
 from tasks.fsutil import remove_tree, write_json_atomic
 from tasks.paths import CacheLayout, os_error
-from tasks.recipes import Recipe, recipe_for
+from tasks.recipes import RECIPES, Recipe
 
 Action = Literal["installed", "up-to-date", "rebuilt"]
 
@@ -57,10 +57,8 @@ def setup_backend(
     jobs: int | None = None,
 ) -> SetupResult:
     started = time.monotonic()
-    recipe = recipe_for(spec.name)
-    if recipe is None:
-        raise BadInput(f"setup of {spec.display} is not available in this version of the suite")
-    source_text = source_text or env.get(spec.source_env) or None
+    recipe = RECIPES[spec.name]
+    source_text = sources.resolve_source_text(source_text, spec=spec, env=env)
     wanted = _wanted_identity(spec, source_text=source_text, ref=ref, env=env)
     cmake_args = recipe.cmake_args(env)  # the toolchain check comes before any lock or download
     cache.ensure()

@@ -70,7 +70,3 @@ BITNET_RECIPE = Recipe(
 )
 
 RECIPES: dict[BackendName, Recipe] = {"llama": LLAMA_RECIPE, "bitnet": BITNET_RECIPE}
-
-
-def recipe_for(backend: BackendName) -> Recipe | None:
-    return RECIPES.get(backend)
