@@ -31,13 +31,27 @@ class CMakeProject:
     @property
     def generator(self) -> str | None:
         # Keep whatever generator an existing build dir was configured with: CMake refuses to switch.
-        cache = self.build_dir / "CMakeCache.txt"
-        if cache.exists():
-            for line in cache.read_text(encoding="utf-8", errors="replace").splitlines():
-                if line.startswith("CMAKE_GENERATOR:INTERNAL="):
-                    return line.split("=", 1)[1]
-        path = self.env.get("PATH", os.defpath)
-        return "Ninja" if shutil.which("ninja", path=path) else None
+        return read_cache(self.build_dir).get("CMAKE_GENERATOR") or preferred_generator(self.env)
+
+
+def preferred_generator(env: Mapping[str, str]) -> str | None:
+    """Ninja when the child's PATH has it; otherwise CMake's default (None)."""
+    return "Ninja" if shutil.which("ninja", path=env.get("PATH", os.defpath)) else None
+
+
+def read_cache(build_dir: Path) -> dict[str, str]:
+    """The entries of ``build_dir``'s CMakeCache.txt by name (types dropped); empty if none."""
+    entries: dict[str, str] = {}
+    try:
+        text = (build_dir / "CMakeCache.txt").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return entries
+    for line in text.splitlines():
+        if not line or line.startswith(("#", "//")) or "=" not in line:
+            continue
+        key_and_type, value = line.split("=", 1)
+        entries[key_and_type.split(":", 1)[0]] = value
+    return entries
 
 
 def configure_args(project: CMakeProject) -> list[str]:
@@ -127,18 +141,6 @@ def _next_step_for(stage: str, tail: str) -> str:
     if stage == "configure":
         return "read the CMake error in the log; check the source tree and the CMake version (>= 3.22)"
     return "read the compiler error in the log; rerun with --jobs 1 to see the first error in order"
-
-
-def read_cache_variable(build_dir: Path, name: str) -> str | None:
-    cache = build_dir / "CMakeCache.txt"
-    try:
-        text = cache.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(f"{name}:"):
-            return line.split("=", 1)[1]
-    return None
 
 
 def flags_summary(cmake_args: Sequence[str]) -> list[str]:

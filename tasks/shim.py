@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from tasks import proc, ui
+from tasks import cmake, proc, ui
 from tasks.errors import (
     BackendUnavailable,
     BadInput,
@@ -91,7 +90,7 @@ def build_shim(
     source = source_dir or shim_source_dir()
     _check_backend_layout(include_dirs, lib_dir)
     make_dir(log_path.parent)
-    generator = "Ninja" if shutil.which("ninja", path=env.get("PATH", os.defpath)) else None
+    generator = cmake.preferred_generator(env)
     _discard_build_dir_of_other_generator(build_dir, generator)
     make_dir(build_dir)
 
@@ -192,7 +191,7 @@ def _check_backend_layout(include_dirs: Sequence[Path], lib_dir: Path) -> None:
 
 def _discard_build_dir_of_other_generator(build_dir: Path, generator: str | None) -> None:
     """CMake refuses to switch generators in place; a stale build dir is rebuilt from scratch."""
-    cached = _read_cmake_cache(build_dir / "CMakeCache.txt").get("CMAKE_GENERATOR")
+    cached = cmake.read_cache(build_dir).get("CMAKE_GENERATOR")
     if cached is None:
         return
     if (generator is not None and cached != generator) or (generator is None and cached == "Ninja"):
@@ -207,22 +206,8 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _read_cmake_cache(path: Path) -> dict[str, str]:
-    entries: dict[str, str] = {}
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return entries
-    for line in text.splitlines():
-        if not line or line.startswith(("#", "//")) or "=" not in line:
-            continue
-        key_and_type, value = line.split("=", 1)
-        entries[key_and_type.split(":", 1)[0]] = value
-    return entries
-
-
 def _api_from_cache(cache_path: Path, log_path: Path) -> ApiGeneration:
-    api = _read_cmake_cache(cache_path).get("BITNET_SHIM_API")
+    api = cmake.read_cache(cache_path.parent).get("BITNET_SHIM_API")
     if api == "current":
         return "current"
     if api == "legacy":
