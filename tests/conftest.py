@@ -15,8 +15,6 @@ import pytest
 
 from tasks import paths
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 class YouForgotToChooseACacheDir(AssertionError):
     pass

@@ -9,16 +9,20 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = REPO_ROOT / "tests" / "data"
 FAKE_LLAMA = DATA / "fake_llama"
 
 
-def wait_for(path: Path, timeout: float = 60) -> None:
-    """Block until a rendezvous file appears (a real process says it reached a point)."""
+def wait_for(path: Path, timeout: float = 60, *, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Block until a rendezvous file appears (a real process says it reached a point); fail at
+    once if ``proc``, the process expected to create it, has already ended."""
     deadline = time.monotonic() + timeout
     while not path.exists():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended with code {proc.returncode} before {path.name} appeared")
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} never appeared")
         time.sleep(0.02)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tasks.constants import read_constants
-from tests.helpers import copy_fake_llama, run_invoke
+from tests.helpers import REPO_ROOT, copy_fake_llama, run_invoke, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,6 @@ def test_repair_falls_back_to_an_invoke_subprocess_when_the_interpreter_is_gone(
     import site
     import subprocess
     import sys
-    import time
 
     venv = tmp_path / "throwaway-venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -111,17 +110,13 @@ def test_repair_falls_back_to_an_invoke_subprocess_when_the_interpreter_is_gone(
     }
     proc = subprocess.Popen(
         [str(venv_python), "-m", "invoke", "preflight", "--backend", "llama", "--repair", "auto"],
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not started.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(started, 120, proc=proc)
     for entry in (venv / "bin").iterdir():  # the environment disappears mid-repair
         entry.unlink()
     release.touch()

@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -24,13 +23,14 @@ from typing import Any, Literal
 import invoke
 import pytest
 
+from tests.helpers import REPO_ROOT, wait_for
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(120),
     pytest.mark.skipif(sys.platform == "win32", reason="exec() and POSIX signals"),
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = REPO_ROOT / "tests" / "data" / "reexec"
 # Where this interpreter finds invoke: a venv python or a bare symlink to this interpreter may
 # not see the same site-packages, so the children get it on PYTHONPATH.
@@ -337,16 +337,6 @@ def test_arguments_arrive_exactly(
 # --- signals -----------------------------------------------------------------------------------
 
 
-def wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"the driver ended early with code {proc.returncode}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path.name} never appeared")
-        time.sleep(0.02)
-
-
 def test_sigterm_to_the_parent_reaches_the_fallback_child(
     env: dict[str, str], bin_dir: Path, venv_python: Path, tmp_path: Path
 ) -> None:
@@ -358,7 +348,7 @@ def test_sigterm_to_the_parent_reaches_the_fallback_child(
         [str(python), "driver.py"], cwd=DATA, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     ) as proc:
         try:
-            wait_for(ready, proc)
+            wait_for(ready, WAIT, proc=proc)
             child_pid = int(ready.read_text(encoding="utf-8"))
             assert child_pid != proc.pid
             proc.send_signal(signal.SIGTERM)
