@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,7 @@ def probe(
     marker = read_marker(root)
     if require_marker and (marker is None or marker.get("backend") != spec.name):
         return missing(f"{root} has no complete install (the install marker is missing)")
-    libraries = find_libraries(root)
+    libraries = find_libraries(spec, root)
     absent = [name for name in _REQUIRED_LIBS if name not in libraries]
     if absent:
         names = ", ".join(f"lib{n}" for n in absent)
@@ -156,9 +156,9 @@ def probe(
     )
 
 
-def find_libraries(root: Path) -> dict[str, Path]:
+def find_libraries(spec: BackendSpec, root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for name in spec_library_names():
+    for name in spec.libraries:
         for sub in _LIB_SUBDIRS:
             for suffix in shared_library_suffixes():
                 candidate = root / sub / f"lib{name}{suffix}"
@@ -168,10 +168,6 @@ def find_libraries(root: Path) -> dict[str, Path]:
             if name in found:
                 break
     return found
-
-
-def spec_library_names() -> tuple[str, ...]:
-    return ("ggml-base", "ggml-cpu", "ggml", "llama")
 
 
 def find_include_dirs(root: Path) -> tuple[Path, ...]:
@@ -207,7 +203,7 @@ print(json.dumps({"missing": missing}))
 
 def check_loadable(spec: BackendSpec, libraries: Mapping[str, Path], *, python: str | None = None) -> str:
     """Load the libraries in a fresh interpreter; return the problem, or "" when they are usable."""
-    ordered = [str(libraries[n]) for n in spec_library_names() if n in libraries]
+    ordered = [str(libraries[n]) for n in spec.libraries if n in libraries]
     groups = [list(group) for group in spec.required_symbols]
     try:
         result = proc.run(
@@ -224,7 +220,3 @@ def check_loadable(spec: BackendSpec, libraries: Mapping[str, Path], *, python: 
             f"so this is not a usable {spec.display} build"
         )
     return ""
-
-
-def library_dirs(detections: Sequence[Detection]) -> list[str]:
-    return [str(d.lib_dir) for d in detections if d.available and d.lib_dir is not None]
