@@ -41,7 +41,8 @@ class BackendSpec:
     source_env: str
     git_url: str
     commit: str
-    # Libraries a build must provide, in load order (a dependency before its dependants).
+    # Libraries detection looks for, in load order (a dependency before its dependants);
+    # ggml-base and ggml-cpu exist only in newer trees, llama and ggml always.
     libraries: tuple[str, ...]
     # C symbols that prove the libraries are this backend; each inner tuple means "any of".
     required_symbols: tuple[tuple[str, ...], ...]

@@ -64,18 +64,20 @@ def setup_backend(
     cache.ensure()
     install_dir = cache.install_dir(spec.name)
 
-    if not force and wanted is not None and wanted.get("kind") != "local":
-        done = _installed_with(spec, install_dir, wanted)
-        if done is not None:
-            return _already_installed(spec, install_dir, done, started)
+    def finished_install() -> dict[str, Any] | None:
+        # A local directory is always rebuilt incrementally; its build decides "nothing to do".
+        if force or wanted is None or wanted.get("kind") == "local":
+            return None
+        return _installed_with(spec, install_dir, wanted)
+
+    if (done := finished_install()) is not None:
+        return _already_installed(spec, install_dir, done, started)
 
     timeout = lock.lock_timeout_from(env)
     with lock.exclusive_lock(cache.lock_path(spec.name), purpose=f"set up {spec.display}", timeout=timeout):
-        if not force and wanted is not None and wanted.get("kind") != "local":
-            done = _installed_with(spec, install_dir, wanted)
-            if done is not None:
-                ui.say(f"another process finished installing {spec.display} while we waited")
-                return _already_installed(spec, install_dir, done, started)
+        if (done := finished_install()) is not None:  # another process may have done it meanwhile
+            ui.say(f"another process finished installing {spec.display} while we waited")
+            return _already_installed(spec, install_dir, done, started)
         _remove_leftovers(cache, spec.name)
         fetched = sources.fetch_default_or(
             source_text,
