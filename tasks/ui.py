@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 Level = Literal["info", "ok", "warn", "error", "debug"]
 
@@ -83,28 +84,21 @@ _console: Console | None = None
 
 class ProgressTask(Protocol):
     def advance_to(self, completed: float, total: float | None = None) -> None: ...
-    def describe(self, text: str) -> None: ...
 
 
 class _RichTask:
-    def __init__(self, progress: object, task_id: object) -> None:
+    def __init__(self, progress: Progress, task_id: TaskID) -> None:
         self._progress = progress
         self._task_id = task_id
 
     def advance_to(self, completed: float, total: float | None = None) -> None:
-        self._progress.update(self._task_id, completed=completed, total=total)  # type: ignore[attr-defined]
-
-    def describe(self, text: str) -> None:
-        self._progress.update(self._task_id, description=text)  # type: ignore[attr-defined]
+        self._progress.update(self._task_id, completed=completed, total=total)
 
 
 class _QuietTask:
     """Used when stderr is not a terminal: no live display, only the start and end lines."""
 
     def advance_to(self, completed: float, total: float | None = None) -> None:
-        pass
-
-    def describe(self, text: str) -> None:
         pass
 
 
@@ -123,19 +117,20 @@ def progress(
         DownloadColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         SpinnerColumn,
         TextColumn,
         TimeElapsedColumn,
         TransferSpeedColumn,
     )
 
-    columns: list[object] = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
+    columns: list[ProgressColumn] = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
     if unit == "bytes":
         columns += [DownloadColumn(), TransferSpeedColumn()]
     else:
         columns += [MofNCompleteColumn()]
     columns.append(TimeElapsedColumn())
-    with Progress(*columns, console=con, transient=False) as bar:  # type: ignore[arg-type]
+    with Progress(*columns, console=con, transient=False) as bar:
         task_id = bar.add_task(description, total=total)
         yield _RichTask(bar, task_id)
 
