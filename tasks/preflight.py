@@ -110,12 +110,15 @@ def run_preflight(
 
     found = detect.detect(spec, env=ctx.env, cache=ctx.cache)
     if found.available and mode != "always":
-        if ctx.constants.has(spec.name) or mode == "never":
-            _warn_if_constants_stale(ctx, spec)
+        if ctx.constants.has(spec.name):
             return _report(ctx, spec, found, repaired=False)
         # Usable, but the constants this process started with do not record it (and so no
         # shim is recorded either): the repair is only the rebuild and the re-exec.
-        ui.say(f"repairing the constants file: it does not list {spec.display} ({ctx.constants.problem or 'stale'})")
+        unlisted = f"it does not list {spec.display} ({ctx.constants.problem or 'stale'})"
+        if mode == "never":
+            ui.warn(f"the constants file is stale: {unlisted}; `invoke rebuild` records it and builds the shim")
+            return _report(ctx, spec, found, repaired=False)
+        ui.say(f"repairing the constants file: {unlisted}")
         assert found.lib_dir is not None
         _rebuild_and_reexec(ctx, found.lib_dir, reexec)
 
@@ -165,14 +168,6 @@ def _validate_after_repair(ctx: SuiteContext, spec: BackendSpec) -> PreflightRep
             f"does not list it ({ctx.constants.problem or 'marked unavailable'})"
         )
     return _report(ctx, spec, found, repaired=True)
-
-
-def _warn_if_constants_stale(ctx: SuiteContext, spec: BackendSpec) -> None:
-    if not ctx.constants.has(spec.name):
-        ui.warn(
-            f"the constants file does not list {spec.display} yet ({ctx.constants.problem or 'stale'}); "
-            "`invoke rebuild` records it and builds the shim"
-        )
 
 
 def _report(ctx: SuiteContext, spec: BackendSpec, found: detect.Detection, *, repaired: bool) -> PreflightReport:
