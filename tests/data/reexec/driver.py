@@ -59,13 +59,21 @@ def sabotage_interpreter() -> None:
             os.chmod(target, stat.S_IRWXU)
 
 
+def announce(path: str) -> None:
+    """Write our pid to a rendezvous file in one step: the test polls for the file and reads it at
+    once, so it must never see the file created but still empty."""
+    partial = Path(f"{path}.partial")
+    partial.write_text(str(os.getpid()), encoding="utf-8")
+    os.replace(partial, path)
+
+
 def wait_for_sigterm() -> None:
     def on_sigterm(signum: int, _frame: FrameType | None) -> None:
-        Path(os.environ["REEXEC_TEST_GOT_SIGTERM"]).write_text(str(os.getpid()), encoding="utf-8")
+        announce(os.environ["REEXEC_TEST_GOT_SIGTERM"])
         os._exit(7)
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    Path(os.environ["REEXEC_TEST_READY"]).write_text(str(os.getpid()), encoding="utf-8")
+    announce(os.environ["REEXEC_TEST_READY"])
     time.sleep(20)
     raise SystemExit(99)  # the signal never came
 
