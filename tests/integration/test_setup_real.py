@@ -76,29 +76,40 @@ def test_four_concurrent_setups_build_once_and_all_succeed(
         "FAKE_LLAMA_STARTED": str(started),
         "FAKE_LLAMA_RELEASE": str(release),
     }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "invoke", *_setup_args(f"{url}@{commit}")],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
+    # stderr goes to files so the test can see, while the build is held, that the other three are
+    # really waiting on the lock rather than assume they got there within some sleep.
+    err_paths = [tmp_path / f"stderr-{i}.txt" for i in range(4)]
+    procs = []
+    for err_path in err_paths:
+        with err_path.open("w", encoding="utf-8") as err:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "invoke", *_setup_args(f"{url}@{commit}")],
+                    cwd=REPO_ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
+            )
+
+    def waiting() -> int:
+        return sum("waiting for the lock" in path.read_text(encoding="utf-8") for path in err_paths)
+
     try:
         wait_for(started)
-        time.sleep(1.0)  # let the other three reach the lock
+        deadline = time.monotonic() + 120
+        while waiting() < 3:
+            assert time.monotonic() < deadline, [path.read_text(encoding="utf-8") for path in err_paths]
+            time.sleep(0.05)
         release.touch()
-        results = [p.communicate(timeout=300) for p in procs]
+        for p in procs:
+            p.wait(timeout=300)
     finally:
         for p in procs:
             p.kill()
-    codes = [p.returncode for p in procs]
-    assert codes == [0, 0, 0, 0], [r[1] for r in results]
+    errs = [path.read_text(encoding="utf-8") for path in err_paths]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errs
     assert _builds(builds) == 1
-    errs = [r[1] for r in results]
     assert sum("llama.cpp installed at" in e for e in errs) == 1
     assert sum("waiting for the lock" in e for e in errs) == 3
     assert sum("another process finished installing" in e for e in errs) == 3
