@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tests.conftest as suite_conftest
 from tasks.errors import BadInput, BuildFailed
 from tasks.shim import Shim, ShimBuild, build_shim
 from tests.gguf_models import (
@@ -29,28 +28,6 @@ LEGACY_API_DIR = Path(__file__).resolve().parent.parent / "data" / "legacy_llama
 BUILD_FLAGS = '-DGGML_NATIVE=OFF;-DLLAMA_CURL=OFF "quoted value"'
 BACKEND_COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
 UNICODE_TEXTS = ("héllo wörld — 你好 🙂", "Ünïcödé 🦙 llama.cpp\n\ttabs and  spaces", "日本語のテキスト")
-
-# The lead's tests/conftest.py provides `llama_install` and `llama_source` (building the pinned
-# llama.cpp once per session when the BITNET_TEST_* variables are unset). Until it does, these
-# stand-ins take the variables or skip; they are only defined when conftest has none.
-if not hasattr(suite_conftest, "llama_install"):
-
-    @pytest.fixture(scope="session")
-    def llama_install() -> Path:
-        value = os.environ.get("BITNET_TEST_LLAMA_INSTALL")
-        if not value:
-            pytest.skip("set BITNET_TEST_LLAMA_INSTALL to a llama.cpp install prefix")
-        return Path(value)
-
-
-if not hasattr(suite_conftest, "llama_source"):
-
-    @pytest.fixture(scope="session")
-    def llama_source() -> Path:
-        value = os.environ.get("BITNET_TEST_LLAMA_SOURCE")
-        if not value:
-            pytest.skip("set BITNET_TEST_LLAMA_SOURCE to a llama.cpp source tree")
-        return Path(value)
 
 
 @pytest.fixture(scope="module")
