@@ -1,15 +1,13 @@
-"""invoke's entry point; the suite itself is the package ``tasks/``.
+"""invoke's entry point when the suite runs from this repository: ``invoke --list``.
 
-invoke imports this file under the name ``tasks`` (its loader prefers ``tasks.py`` to
-``tasks/__init__.py``), while ``import tasks`` anywhere else finds the package. To keep a
-single ``tasks`` module object, this file hands the name over to the package before
-anything else imports it, and only re-exports the root collection.
+The task collections live in ``tasks/``; the wheel ships them as ``bitnet_crossval.tasks``
+(see ``[tool.setuptools.package-dir]`` in pyproject.toml), which is also what the
+``bitnet-crossval`` console script runs. Importing them under that one name means every
+process has one module object per task module, whichever way it was started.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
+from bitnet_crossval.tasks import ns
 
-del sys.modules[__name__]
-ns = importlib.import_module("tasks.commands").ns
+__all__ = ["ns"]

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks.recipes import LLAMA_CMAKE_ARGS  # noqa: E402
+from bitnet_crossval.provision.recipes import LLAMA_CMAKE_ARGS  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> float:

@@ -1,10 +1,14 @@
-"""The bitnet task suite: provisioning of C++ reference backends and per-token cross-validation.
-
-This package is the library; ``tasks/commands`` holds the invoke tasks that call it, and the
-``tasks.py`` file beside this package is only invoke's entry point. Importing this package
-imports nothing heavy.
-"""
+"""The invoke task collections, one module per domain, gathered into one root namespace."""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from invoke.collection import Collection
+
+from .preflight import preflight
+from .rebuild import rebuild
+from .setup import setup_cpp_auto
+
+ns = Collection()
+for _task in (preflight, setup_cpp_auto, rebuild):
+    ns.add_task(_task)
+ns.configure({"run": {"echo": False}})

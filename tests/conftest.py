@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import paths
+from bitnet_crossval.store import layout as paths
 
 
 class YouForgotToChooseACacheDir(AssertionError):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.bitnet_build import find_clang
-from tasks.detect import INSTALL_MARKER
-from tasks.errors import BuildFailed
+from bitnet_crossval.backends.detect import INSTALL_MARKER
+from bitnet_crossval.errors import BuildFailed
+from bitnet_crossval.provision.bitnet_build import find_clang
 from tests.helpers import copy_fake_llama, make_fake_bitnet, run_invoke, tool_only_path
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.backends import LLAMA
-from tasks.detect import INSTALL_MARKER, detect, probe
-from tasks.paths import CacheLayout
+from bitnet_crossval.backends.detect import INSTALL_MARKER, detect, probe
+from bitnet_crossval.backends.specs import LLAMA
+from bitnet_crossval.store.layout import CacheLayout
 from tests.helpers import FAKE_LLAMA
 
 pytestmark = pytest.mark.integration

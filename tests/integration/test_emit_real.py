@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.emit import emit_lines
+from bitnet_crossval.provision.emit import emit_lines
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import BadInput, LockTimeout
-from tasks.lock import exclusive_lock, lock_timeout_from, owner_path
+from bitnet_crossval.errors import BadInput, LockTimeout
+from bitnet_crossval.store.lock import exclusive_lock, lock_timeout_from, owner_path
 from tests.helpers import DATA, wait_for
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.constants import read_constants
+from bitnet_crossval.store.constants import read_constants
 from tests.helpers import REPO_ROOT, copy_fake_llama, run_invoke, wait_for
 
 pytestmark = pytest.mark.integration

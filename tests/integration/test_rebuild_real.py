@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.constants import read_constants
+from bitnet_crossval.store.constants import read_constants
 from tests.helpers import copy_fake_llama, run_invoke
 
 pytestmark = pytest.mark.integration

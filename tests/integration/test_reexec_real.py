@@ -1,4 +1,4 @@
-"""tasks.reexec with real processes: exec keeps the PID, a missing or broken interpreter takes the
+"""bitnet_crossval.repair.reexec with real processes: exec keeps the PID, a missing or broken interpreter takes the
 invoke fallback, exit codes and signals come back, the guard stops a second re-exec, and every
 argument arrives as it was sent.
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.errors import BadInput, BuildFailed
-from tasks.shim import Shim, ShimBuild, build_shim
+from bitnet_crossval.errors import BadInput, BuildFailed
+from bitnet_crossval.reference.build import ShimBuild, build_shim
+from bitnet_crossval.reference.client import Shim
 from tests.gguf_models import (
     BOS_ID,
     TinyLlamaSpec,

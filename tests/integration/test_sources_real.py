@@ -23,12 +23,10 @@ from typing import Literal
 
 import pytest
 
-from tasks import sources
-from tasks.backends import BITNET, LLAMA, LLAMA_CPP_COMMIT
-from tasks.errors import BadInput, NetworkError
-from tasks.paths import CacheLayout
-from tasks.retry import RetryPolicy
-from tasks.sources import (
+from bitnet_crossval.backends.specs import BITNET, LLAMA, LLAMA_CPP_COMMIT
+from bitnet_crossval.errors import BadInput, NetworkError
+from bitnet_crossval.provision import sources
+from bitnet_crossval.provision.sources import (
     MARKER_NAME,
     PYPI_SDIST_NAME,
     SourceSpec,
@@ -37,6 +35,8 @@ from tasks.sources import (
     identify_source,
     parse_source,
 )
+from bitnet_crossval.store.layout import CacheLayout
+from bitnet_crossval.util.retry import RetryPolicy
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.constants import (
+from bitnet_crossval.store.constants import (
     SCHEMA,
     SCHEMA_VERSION,
     BackendRecord,

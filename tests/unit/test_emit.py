@@ -4,8 +4,8 @@ import shlex
 
 import pytest
 
-from tasks.emit import SHELLS, emit_lines, quote_fish, quote_pwsh, quote_sh
-from tasks.errors import BadInput
+from bitnet_crossval.errors import BadInput
+from bitnet_crossval.provision.emit import SHELLS, emit_lines, quote_fish, quote_pwsh, quote_sh
 
 NASTY = [
     "/plain/path",

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.backends import LLAMA_CPP_COMMIT
-from tasks.install import build_dir_for, same_source
-from tasks.paths import CacheLayout
+from bitnet_crossval.backends.specs import LLAMA_CPP_COMMIT
+from bitnet_crossval.provision.install import build_dir_for, same_source
+from bitnet_crossval.store.layout import CacheLayout
 
 PINNED_GIT = {"kind": "git", "location": "https://github.com/ggml-org/llama.cpp", "commit": LLAMA_CPP_COMMIT}
 PYPI = {"kind": "pypi", "location": "llama-cpp-python==0.3.36", "commit": LLAMA_CPP_COMMIT}

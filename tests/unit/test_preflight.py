@@ -5,14 +5,14 @@ from typing import Any, NoReturn
 
 import pytest
 
-from tasks import preflight as pf
-from tasks.backends import LLAMA
-from tasks.constants import BackendRecord, Constants
-from tasks.context import SuiteContext
-from tasks.detect import Detection
-from tasks.errors import BackendUnavailable, BadInput, RevalidationFailed
-from tasks.install import SetupResult
-from tasks.paths import CacheLayout
+from bitnet_crossval.backends.detect import Detection
+from bitnet_crossval.backends.specs import LLAMA
+from bitnet_crossval.context import SuiteContext
+from bitnet_crossval.errors import BackendUnavailable, BadInput, RevalidationFailed
+from bitnet_crossval.provision.install import SetupResult
+from bitnet_crossval.repair import preflight as pf
+from bitnet_crossval.store.constants import BackendRecord, Constants
+from bitnet_crossval.store.layout import CacheLayout
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,6 @@ def test_bad_mode_is_bad_input() -> None:
 def _ctx(tmp_path: Path, *, env: dict[str, str] | None = None, constants: Constants | None = None) -> SuiteContext:
     cache = CacheLayout(tmp_path / "cache")
     return SuiteContext(
-        repo_root=tmp_path,
         cache=cache,
         env=env or {},
         constants=constants or Constants(path=tmp_path / "c.json", status="missing", problem="none"),
@@ -87,9 +86,9 @@ def flow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Recorder:
     def fake_rebuild(ctx: Any, **kwargs: Any) -> None:
         rec.calls.append(("rebuild", None))
 
-    monkeypatch.setattr("tasks.detect.detect", fake_detect)
-    monkeypatch.setattr("tasks.install.setup_backend", fake_setup)
-    monkeypatch.setattr("tasks.rebuild.rebuild", fake_rebuild)
+    monkeypatch.setattr("bitnet_crossval.backends.detect.detect", fake_detect)
+    monkeypatch.setattr("bitnet_crossval.provision.install.setup_backend", fake_setup)
+    monkeypatch.setattr("bitnet_crossval.repair.rebuild.rebuild", fake_rebuild)
     rec.state = state  # type: ignore[attr-defined]
     return rec
 

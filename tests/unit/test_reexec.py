@@ -1,4 +1,4 @@
-"""tasks.reexec without real processes: the plan, the choice of tier, the fallback command and the
+"""bitnet_crossval.repair.reexec without real processes: the plan, the choice of tier, the fallback command and the
 diagnostic lines. A fake ``execve`` records what it was given and raises SystemExit in place of
 replacing the process (nox ``tests/test__cli.py`` does the same)."""
 
@@ -13,9 +13,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from tasks import ui
-from tasks.errors import ProgramNotFound, ReexecTargetMissing
-from tasks.reexec import (
+from bitnet_crossval.errors import ProgramNotFound, ReexecTargetMissing
+from bitnet_crossval.repair.reexec import (
     REPAIR_PARENT_ENV,
     ReexecPlan,
     exec_skip_reason,
@@ -25,6 +24,7 @@ from tasks.reexec import (
     reexec_current_command,
     script_of,
 )
+from bitnet_crossval.util import ui
 
 SPECIAL_ARGS = [
     "--prompt",

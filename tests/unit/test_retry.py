@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from tasks.errors import BadInput, NetworkError
-from tasks.retry import BUDGET_ENV, RETRIES_ENV, RetryPolicy, backoff_delay, with_retries
+from bitnet_crossval.errors import BadInput, NetworkError
+from bitnet_crossval.util.retry import BUDGET_ENV, RETRIES_ENV, RetryPolicy, backoff_delay, with_retries
 
 
 def is_network(exc: BaseException) -> bool:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from invoke.exceptions import Exit
 
-from tasks.commands._runner import suite_task
-from tasks.errors import BuildFailed, NetworkError, SuiteError
+from bitnet_crossval.errors import BuildFailed, NetworkError, SuiteError
+from bitnet_crossval.tasks._runner import suite_task
 
 
 @suite_task

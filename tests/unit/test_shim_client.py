@@ -1,4 +1,4 @@
-"""tasks.shim without C++: a fake ``bitnet-shim`` (a small Python script) for the client, and a
+"""bitnet_crossval.reference.shim without C++: a fake ``bitnet-shim`` (a small Python script) for the client, and a
 fake ``cmake`` behind tasks.proc.run for build_shim."""
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tasks import proc, shim, ui
-from tasks.errors import (
+from bitnet_crossval.errors import (
     BackendUnavailable,
     BadInput,
     BuildFailed,
@@ -23,7 +22,11 @@ from tasks.errors import (
     SuiteError,
     UnclassifiedError,
 )
-from tasks.shim import Shim, build_shim
+from bitnet_crossval.reference import build as shim_build
+from bitnet_crossval.reference import client as shim
+from bitnet_crossval.reference.build import build_shim
+from bitnet_crossval.reference.client import Shim
+from bitnet_crossval.util import proc, ui
 
 FAKE_SHIM = """\
 import json, os, signal, sys
@@ -278,13 +281,13 @@ class FakeCmake:
                 f"CMAKE_GENERATOR:INTERNAL=Ninja\nBITNET_SHIM_API:INTERNAL={self.cache_api}\n"
             )
         else:
-            target = build_dir / shim.EXECUTABLE_NAME
+            target = build_dir / shim_build.EXECUTABLE_NAME
             target.write_bytes(self._shim_script.read_bytes())
             target.chmod(0o755)
         return proc.Completed(argv=args, returncode=0, output="")
 
 
-def _build(prefix: Path, tmp_path: Path, env: Mapping[str, str]) -> shim.ShimBuild:
+def _build(prefix: Path, tmp_path: Path, env: Mapping[str, str]) -> shim_build.ShimBuild:
     return build_shim(
         include_dirs=[prefix / "include"],
         lib_dir=prefix / "lib",
@@ -322,7 +325,7 @@ def test_build_configures_once_and_then_only_builds(
 
     assert first == second
     assert first.api == "current"
-    assert first.executable == tmp_path / "build" / shim.EXECUTABLE_NAME
+    assert first.executable == tmp_path / "build" / shim_build.EXECUTABLE_NAME
     steps = ["configure" if "-S" in c else "build" for c in cmake.calls]
     assert steps == ["configure", "build", "build"]
     configure = cmake.calls[0]

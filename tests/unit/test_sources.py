@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import sources
-from tasks.backends import BITNET, LLAMA, LLAMA_CPP_COMMIT
-from tasks.errors import (
+from bitnet_crossval.backends.specs import BITNET, LLAMA, LLAMA_CPP_COMMIT
+from bitnet_crossval.errors import (
     BadInput,
     CommandFailed,
     NetworkError,
@@ -24,9 +23,8 @@ from tasks.errors import (
     SuiteError,
     UnclassifiedError,
 )
-from tasks.paths import CacheLayout
-from tasks.retry import RetryPolicy
-from tasks.sources import (
+from bitnet_crossval.provision import sources
+from bitnet_crossval.provision.sources import (
     FetchedSource,
     SourceSpec,
     acceptable_identities,
@@ -35,7 +33,9 @@ from tasks.sources import (
     identify_source,
     parse_source,
 )
-from tasks.sources import fetch as sources_fetch
+from bitnet_crossval.provision.sources import fetch as sources_fetch
+from bitnet_crossval.store.layout import CacheLayout
+from bitnet_crossval.util.retry import RetryPolicy
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

@@ -1,0 +1,82 @@
+"""Where a backend's source tree comes from, and getting it into the cache.
+
+A source is a local directory (built in place), a git URL with an optional ``@REF``, an
+archive (a path or a URL), or ``pypi``: the llama.cpp tree vendored in the pinned
+llama-cpp-python sdist, which is the same commit as the default git source. Anything that
+crosses the network is retried for transient failures (:mod:`tasks.retry`) and every
+failure becomes one of the contract's errors (:func:`classify_failure`).
+
+Fetched trees land in ``<cache>/sources/<name>``, complete or not at all
+(:mod:`tasks.sources.staging`). Call the fetch functions while holding the backend's lock.
+
+One module per job: :mod:`~tasks.sources.spec` parses source strings,
+:mod:`~tasks.sources.fetch` fetches and identifies them, :mod:`~tasks.sources.git`,
+:mod:`~tasks.sources.download` and :mod:`~tasks.sources.archive` do the work for each kind,
+and :mod:`~tasks.sources.classify` maps failures to errors. This package re-exports the
+public names; import them from here.
+"""
+
+from __future__ import annotations
+
+from bitnet_crossval.provision.sources.archive import extract_archive
+from bitnet_crossval.provision.sources.classify import classify_failure, is_transient
+from bitnet_crossval.provision.sources.download import (
+    DEFAULT_INDEX_URL,
+    DEFAULT_TIMEOUT,
+    INDEX_ENV,
+    PIP_INDEX_ENV,
+    TIMEOUT_ENV,
+    index_url,
+)
+from bitnet_crossval.provision.sources.fetch import (
+    acceptable_identities,
+    fetch_default_or,
+    fetch_source,
+    identify_source,
+    pypi_identity,
+)
+from bitnet_crossval.provision.sources.spec import (
+    ARCHIVE_SUFFIXES,
+    GIT_SCHEMES,
+    PYPI_KEYWORD,
+    PYPI_REQUIREMENT,
+    PYPI_SDIST_NAME,
+    FetchedSource,
+    SourceKind,
+    SourceSpec,
+    is_archive_name,
+    parse_source,
+    redact_url,
+    resolve_source_text,
+)
+from bitnet_crossval.provision.sources.staging import MARKER_NAME
+
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "DEFAULT_INDEX_URL",
+    "DEFAULT_TIMEOUT",
+    "GIT_SCHEMES",
+    "INDEX_ENV",
+    "MARKER_NAME",
+    "PIP_INDEX_ENV",
+    "PYPI_KEYWORD",
+    "PYPI_REQUIREMENT",
+    "PYPI_SDIST_NAME",
+    "TIMEOUT_ENV",
+    "FetchedSource",
+    "SourceKind",
+    "SourceSpec",
+    "acceptable_identities",
+    "classify_failure",
+    "extract_archive",
+    "fetch_default_or",
+    "fetch_source",
+    "identify_source",
+    "index_url",
+    "is_archive_name",
+    "is_transient",
+    "parse_source",
+    "pypi_identity",
+    "redact_url",
+    "resolve_source_text",
+]

@@ -1,0 +1,215 @@
+"""Building the C++ reference shim (``cpp/``) against one backend install.
+
+:func:`build_shim` configures and compiles ``cpp/`` against a backend given as plain
+directories and reports which llama.cpp C API generation CMake detected; the result is checked
+by running the new executable's ``info``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import bitnet_crossval
+from bitnet_crossval.errors import BuildFailed, CommandFailed, SuiteError
+from bitnet_crossval.provision import cmake
+from bitnet_crossval.reference.client import Shim
+from bitnet_crossval.store.layout import make_dir
+from bitnet_crossval.util import proc, ui
+from bitnet_crossval.util.files import remove_tree, write_json_atomic
+
+ApiGeneration = Literal["current", "legacy"]
+
+EXECUTABLE_NAME = "bitnet-shim.exe" if sys.platform == "win32" else "bitnet-shim"
+CONFIGURE_STAMP = "bitnet-shim-configure.json"
+
+
+def shim_source_dir() -> Path:
+    """The shim's CMake project: ``bitnet_crossval/cpp`` in an installed wheel, the repository's
+    ``cpp/`` in a checkout (the wheel ships that directory under the library's name)."""
+    package = Path(bitnet_crossval.__file__).resolve().parent
+    for candidate in (package / "cpp", package.parent / "cpp"):
+        if (candidate / "CMakeLists.txt").is_file():
+            return candidate
+    raise BuildFailed(
+        f"the shim's sources are missing: neither {package / 'cpp'} nor {package.parent / 'cpp'} holds CMakeLists.txt",
+        next_step="reinstall the suite (pip install --force-reinstall bitnet-crossval-suite)",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShimBuild:
+    """A compiled shim and what it was compiled against."""
+
+    executable: Path
+    api: ApiGeneration
+    backend: str
+    backend_commit: str
+    build_dir: Path
+    log_path: Path
+
+
+def build_shim(
+    *,
+    include_dirs: Sequence[Path],
+    lib_dir: Path,
+    build_dir: Path,
+    log_path: Path,
+    env: Mapping[str, str],
+    backend: str,
+    backend_commit: str,
+    build_flags: str,
+    source_dir: Path | None = None,
+) -> ShimBuild:
+    """Configure and build ``cpp/`` against one backend; incremental in ``build_dir``.
+
+    The configure step is skipped when its inputs are unchanged since the last successful
+    one (CMake itself re-runs it when ``CMakeLists.txt`` or the backend's ``llama.h``
+    changes), so a repeated call costs one no-op ``cmake --build``.
+    """
+    source = source_dir or shim_source_dir()
+    _check_backend_layout(include_dirs, lib_dir)
+    make_dir(log_path.parent)
+    generator = cmake.preferred_generator(env)
+    _discard_build_dir_of_other_generator(build_dir, generator)
+    make_dir(build_dir)
+
+    definitions = {
+        "CMAKE_BUILD_TYPE": "Release",
+        "SHIM_INCLUDE_DIRS": ";".join(str(Path(d).absolute()) for d in include_dirs),
+        "SHIM_LIB_DIR": str(Path(lib_dir).absolute()),
+        "SHIM_BACKEND": backend,
+        "SHIM_BACKEND_COMMIT": backend_commit,
+        "SHIM_BUILD_FLAGS": build_flags,
+    }
+    configure = ["cmake", "-S", str(source), "-B", str(build_dir)]
+    if generator:
+        configure += ["-G", generator]
+    configure += [f"-D{key}={value}" for key, value in definitions.items()]
+    stamp = {"argv": configure}
+    stamp_path = build_dir / CONFIGURE_STAMP
+    cache_path = build_dir / "CMakeCache.txt"
+
+    if not (cache_path.exists() and _read_json(stamp_path) == stamp):
+        ui.debug(f"configuring the shim for {backend} in {build_dir}")
+        stamp_path.unlink(missing_ok=True)
+        try:
+            proc.run(configure, env=env, log_path=log_path)
+        except CommandFailed as exc:
+            raise BuildFailed(
+                f"configuring the shim against {backend} ({lib_dir}) failed",
+                log_path=log_path,
+                next_step=(
+                    "read the log: a missing llama.h/libllama or an unrecognised llama.cpp C API is "
+                    "reported there; check the backend install or rerun `invoke setup-cpp-auto`"
+                ),
+            ) from exc
+        write_json_atomic(stamp_path, stamp)
+
+    try:
+        # --config matters only to multi-config generators (Visual Studio, Xcode).
+        proc.run(["cmake", "--build", str(build_dir), "--config", "Release"], env=env, log_path=log_path)
+    except CommandFailed as exc:
+        raise BuildFailed(
+            f"compiling the shim against {backend} ({lib_dir}) failed",
+            log_path=log_path,
+            next_step="read the compiler errors in the log; the headers may not belong to these libraries",
+        ) from exc
+
+    api = _api_from_cache(cache_path, log_path)
+    executable = _find_executable(build_dir, log_path)
+    try:
+        reported = Shim(executable, env=env).info()
+    except SuiteError as exc:
+        raise BuildFailed(
+            f"the shim was built but does not run: {exc.message}",
+            log_path=log_path,
+            next_step=f"check that {lib_dir} holds the libraries the headers belong to",
+        ) from exc
+    if reported.get("api") != api:
+        raise BuildFailed(
+            f"the shim reports API {reported.get('api')!r} but CMake selected {api!r}",
+            log_path=log_path,
+            next_step=f"delete {build_dir} and rerun the build",
+        )
+    return ShimBuild(
+        executable=executable,
+        api=api,
+        backend=backend,
+        backend_commit=backend_commit,
+        build_dir=build_dir,
+        log_path=log_path,
+    )
+
+
+def _check_backend_layout(include_dirs: Sequence[Path], lib_dir: Path) -> None:
+    if not include_dirs:
+        raise BuildFailed(
+            "no include directories were given for the shim build",
+            next_step="pass the backend's <prefix>/include (and ggml's include dir if separate)",
+        )
+    for path in [*include_dirs, lib_dir]:
+        if ";" in str(path):
+            # CMake splits list values on ';' and offers no escape that survives every layer.
+            raise BuildFailed(
+                f"the path {path} contains ';', which CMake cannot take in a list",
+                next_step="move the backend install to a path without ';'",
+            )
+    if not any((Path(d) / "llama.h").is_file() for d in include_dirs):
+        raise BuildFailed(
+            f"llama.h was not found in {', '.join(str(d) for d in include_dirs)}",
+            next_step="point LLAMA_CPP_DIR / BITNET_CPP_DIR at an install with include/llama.h, "
+            "or run `invoke setup-cpp-auto`",
+        )
+    if not Path(lib_dir).is_dir():
+        raise BuildFailed(
+            f"the library directory {lib_dir} does not exist",
+            next_step="point LLAMA_CPP_DIR / BITNET_CPP_DIR at an install with lib/libllama, "
+            "or run `invoke setup-cpp-auto`",
+        )
+
+
+def _discard_build_dir_of_other_generator(build_dir: Path, generator: str | None) -> None:
+    """CMake refuses to switch generators in place; a stale build dir is rebuilt from scratch."""
+    cached = cmake.read_cache(build_dir).get("CMAKE_GENERATOR")
+    if cached is None:
+        return
+    if (generator is not None and cached != generator) or (generator is None and cached == "Ninja"):
+        ui.debug(f"{build_dir} was configured with {cached}, not {generator or 'the default'}: starting over")
+        remove_tree(build_dir)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _api_from_cache(cache_path: Path, log_path: Path) -> ApiGeneration:
+    api = cmake.read_cache(cache_path.parent).get("BITNET_SHIM_API")
+    if api == "current":
+        return "current"
+    if api == "legacy":
+        return "legacy"
+    raise BuildFailed(
+        f"the shim's CMake cache records no API generation ({cache_path})",
+        log_path=log_path,
+        next_step=f"delete {cache_path.parent} and rerun the build",
+    )
+
+
+def _find_executable(build_dir: Path, log_path: Path) -> Path:
+    # Multi-config generators (Visual Studio, Xcode) put it under the configuration name.
+    for candidate in (build_dir / EXECUTABLE_NAME, build_dir / "Release" / EXECUTABLE_NAME):
+        if candidate.is_file():
+            return candidate
+    raise BuildFailed(
+        f"the build finished but {EXECUTABLE_NAME} is not in {build_dir}",
+        log_path=log_path,
+        next_step=f"delete {build_dir} and rerun the build",
+    )

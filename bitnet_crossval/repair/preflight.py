@@ -1,0 +1,182 @@
+"""invoke preflight: is a backend usable, and if not, repair it and prove it in a fresh process.
+
+The flow of the seed specification, in order:
+
+1. Guard: a process started with ``BITNET_REPAIR_PARENT=1`` is the re-executed child. It
+   never repairs; it validates (detection passes *and* the constants file it read at start-up
+   lists the backend) and exits 0, or 8 when the repair did not take.
+2. Detection. Available and not ``--repair always``: done.
+3. ``--repair never`` (the default when a CI variable is set): say what is missing and stop.
+4. Repair: ``setup-cpp-auto`` under the backend's lock (network errors retried), then
+   ``rebuild`` (shim + constants file), then re-exec the same command with the guard set
+   and the new library directory on the loader path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NoReturn, get_args
+
+from bitnet_crossval.backends import detect
+from bitnet_crossval.backends.specs import BackendSpec, library_path_variable
+from bitnet_crossval.context import SuiteContext
+from bitnet_crossval.errors import BackendUnavailable, BadInput, RevalidationFailed
+from bitnet_crossval.util import ui
+
+RepairMode = Literal["auto", "never", "always"]
+REPAIR_MODES: tuple[str, ...] = get_args(RepairMode)
+
+# Set by the common CI services; a pipeline must not start a multi-minute build by surprise.
+CI_VARIABLES = (
+    "CI",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "BUILDKITE",
+    "CIRCLECI",
+    "TRAVIS",
+    "JENKINS_URL",
+    "TF_BUILD",
+    "TEAMCITY_VERSION",
+    "BITBUCKET_BUILD_NUMBER",
+    "APPVEYOR",
+    "DRONE",
+    "CODEBUILD_BUILD_ID",
+)
+
+
+def running_in_ci(env: Mapping[str, str]) -> bool:
+    return any(env.get(name, "").strip().lower() not in {"", "0", "false", "no"} for name in CI_VARIABLES)
+
+
+def repair_mode_from(value: str | None, env: Mapping[str, str]) -> RepairMode:
+    if value is None or value == "":
+        return "never" if running_in_ci(env) else "auto"
+    if value not in REPAIR_MODES:
+        raise BadInput(
+            f"--repair {value!r} is not a repair mode",
+            next_step=f"use one of: {', '.join(REPAIR_MODES)}",
+        )
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreflightReport:
+    backend: str
+    display: str
+    available: bool
+    repaired: bool
+    detection: detect.Detection
+    constants_status: str
+
+    def to_json(self) -> dict[str, Any]:
+        marker = self.detection.marker or {}
+        return {
+            "backend": self.backend,
+            "available": self.available,
+            "repaired": self.repaired,
+            "origin": self.detection.origin,
+            "install_dir": str(self.detection.root) if self.detection.root else None,
+            "lib_dir": str(self.detection.lib_dir) if self.detection.lib_dir else None,
+            "include_dirs": [str(p) for p in self.detection.include_dirs],
+            "source": marker.get("source"),
+            "reason": self.detection.reason,
+            "constants": self.constants_status,
+        }
+
+    def summary(self) -> str:
+        where = f"{self.detection.origin}: {self.detection.root}"
+        source = (self.detection.marker or {}).get("source") or {}
+        commit = source.get("commit", "")
+        extra = f", commit {commit[:12]}" if commit else ""
+        tail = " (auto-repaired)" if self.repaired else ""
+        return f"{self.display} is available ({where}{extra}){tail}"
+
+
+Reexec = Callable[..., NoReturn]
+
+
+def run_preflight(
+    ctx: SuiteContext,
+    spec: BackendSpec,
+    *,
+    mode: RepairMode,
+    reexec: Reexec | None = None,
+) -> PreflightReport:
+    """Return a report for an available backend, raise a SuiteError, or re-exec (no return)."""
+    if ctx.is_repair_child:
+        return _validate_after_repair(ctx, spec)
+
+    found = detect.detect(spec, env=ctx.env, cache=ctx.cache)
+    if found.available and mode != "always":
+        if ctx.constants.has(spec.name):
+            return _report(ctx, spec, found, repaired=False)
+        # Usable, but the constants this process started with do not record it (and so no
+        # shim is recorded either): the repair is only the rebuild and the re-exec.
+        unlisted = f"it does not list {spec.display} ({ctx.constants.problem or 'stale'})"
+        if mode == "never":
+            ui.warn(f"the constants file is stale: {unlisted}; `invoke rebuild` records it and builds the shim")
+            return _report(ctx, spec, found, repaired=False)
+        ui.say(f"repairing the constants file: {unlisted}")
+        assert found.lib_dir is not None
+        _rebuild_and_reexec(ctx, found.lib_dir, reexec)
+
+    if not found.available and found.origin == spec.dir_env:
+        raise BadInput(
+            f"{spec.dir_env} points at {found.root}, which is not a usable {spec.display} build: {found.reason}",
+            next_step=f"fix that build or unset {spec.dir_env} so the suite can install one into its cache",
+        )
+    if mode == "never":
+        raise BackendUnavailable(
+            f"{spec.display} is not available: {found.reason}",
+            next_step=(
+                f"run `invoke preflight --backend {spec.name} --repair auto` to install it"
+                + ("" if spec.pypi_fallback else f" (offline: first set {spec.source_env} to a local checkout)")
+                + f", or set {spec.dir_env} to an existing build"
+            ),
+        )
+
+    why = "--repair always" if found.available else found.reason
+    ui.say(f"repairing {spec.display} ({why})")
+    from bitnet_crossval.provision import install  # the repair path only: keeps a passing preflight quick to start
+
+    result = install.setup_backend(spec, cache=ctx.cache, env=ctx.env, force=(mode == "always"))
+    _rebuild_and_reexec(ctx, result.lib_dir, reexec)
+
+
+def _rebuild_and_reexec(ctx: SuiteContext, lib_dir: Path, reexec: Reexec | None) -> NoReturn:
+    from bitnet_crossval.repair.rebuild import rebuild
+
+    rebuild(ctx)
+    if reexec is None:
+        from bitnet_crossval.repair.reexec import reexec_current_command
+
+        reexec = reexec_current_command
+    libvar = library_path_variable()
+    current = ctx.env.get(libvar, "")
+    reexec(env_updates={libvar: str(lib_dir) + (f"{os.pathsep}{current}" if current else "")})
+
+
+def _validate_after_repair(ctx: SuiteContext, spec: BackendSpec) -> PreflightReport:
+    found = detect.detect(spec, env=ctx.env, cache=ctx.cache)
+    if not found.available:
+        raise RevalidationFailed(f"{spec.display} is still unavailable after the repair: {found.reason}")
+    if not ctx.constants.has(spec.name):
+        raise RevalidationFailed(
+            f"{spec.display} was installed but the constants file {ctx.constants_path} "
+            f"does not list it ({ctx.constants.problem or 'marked unavailable'})"
+        )
+    return _report(ctx, spec, found, repaired=True)
+
+
+def _report(ctx: SuiteContext, spec: BackendSpec, found: detect.Detection, *, repaired: bool) -> PreflightReport:
+    return PreflightReport(
+        backend=spec.name,
+        display=spec.display,
+        available=found.available,
+        repaired=repaired,
+        detection=found,
+        constants_status=ctx.constants.status,
+    )

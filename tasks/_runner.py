@@ -1,0 +1,73 @@
+"""What every task shares: the context read once per process, and one way to fail.
+
+A task body raises :class:`~tasks.errors.SuiteError`; :func:`suite_task` prints its sentence
+and next step on stderr and exits with its code through ``invoke.Exit``. Anything else is a
+bug: one line without a traceback, unless ``--verbose`` asked for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from invoke.exceptions import Exit
+
+from bitnet_crossval.context import SuiteContext, load_context
+from bitnet_crossval.errors import SuiteError
+from bitnet_crossval.util import ui
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_context: SuiteContext | None = None
+
+
+def suite_context() -> SuiteContext:
+    """The shared context, created on first use and then reused by every task in this process."""
+    global _context
+    if _context is None:
+        _context = load_context()
+    return _context
+
+
+def suite_task(body: F) -> F:
+    @functools.wraps(body)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = bool(kwargs.get("verbose"))
+        previous = ui.is_verbose()
+        ui.set_verbose(verbose)
+        try:
+            return body(*args, **kwargs)
+        except SuiteError as exc:
+            if verbose:
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+            ui.say(exc.render(), "error")
+            raise Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            ui.say("interrupted", "error")
+            raise Exit(code=130) from None
+        except (Exit, SystemExit):
+            raise
+        except Exception as exc:
+            if verbose:
+                raise
+            ui.say(
+                f"error: unexpected {type(exc).__name__}: {exc}\n"
+                "  next: rerun with --verbose for the traceback and report it",
+                "error",
+            )
+            raise Exit(code=1) from None
+        finally:
+            ui.set_verbose(previous)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(document: Any) -> None:
+    """The only way anything reaches stdout in --json mode: one document, then a newline."""
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    sys.stdout.flush()
