@@ -66,6 +66,8 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
+from bitnet_crossval.reference.build import build_shim  # noqa: E402
+from bitnet_crossval.reference.client import Shim  # noqa: E402
 from tests.helpers import run_invoke  # noqa: E402
 
 
@@ -120,3 +122,22 @@ def llama_source(request: pytest.FixtureRequest) -> Path:
     if not candidates:
         pytest.fail("the real llama.cpp setup left no source tree in the cache")
     return min(candidates, key=lambda p: len(p.parts)).parent.parent
+
+
+@pytest.fixture(scope="session")
+def llama_shim(llama_install: Path, tmp_path_factory: pytest.TempPathFactory) -> Shim:
+    """The C++ shim built once per session against the real pinned llama.cpp."""
+    work = tmp_path_factory.mktemp("llama-shim")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITNET_", "LLAMA_CPP_"))}
+    env["NO_COLOR"] = "1"
+    built = build_shim(
+        include_dirs=[llama_install / "include"],
+        lib_dir=llama_install / "lib",
+        build_dir=work / "build",
+        log_path=work / "build.log",
+        env=env,
+        backend="llama",
+        backend_commit="0c1e57098bba43ac29e6e3b677cdceebdd22334f",
+        build_flags="",
+    )
+    return Shim(built.executable, env=env, log_dir=work / "logs")
