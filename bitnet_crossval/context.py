@@ -1,16 +1,26 @@
-"""The one context every task shares: where things are, the environment, and the backend
-state read once at start-up from the constants file."""
+"""The one context every command shares: where things are, the environment, the backend state
+read once at start-up from the constants file, and this process's backend detections."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from bitnet_crossval.backends.detect import Detector
 from bitnet_crossval.repair.reexec import is_repair_child
 from bitnet_crossval.store.constants import Constants, read_constants
-from bitnet_crossval.store.layout import CacheLayout, cache_root_from, constants_path_from
+from bitnet_crossval.store.layout import (
+    CONSTANTS_ENV,
+    CacheLayout,
+    cache_root_from,
+    check_cache_root,
+    constants_path_from,
+)
+from bitnet_crossval.store.lock import lock_timeout_from
+from bitnet_crossval.util.files import refuse_non_regular
+from bitnet_crossval.util.retry import RetryPolicy, net_timeout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,6 +28,7 @@ class SuiteContext:
     cache: CacheLayout
     env: Mapping[str, str]
     constants: Constants
+    detector: Detector = field(compare=False)
 
     @property
     def constants_path(self) -> Path:
@@ -30,10 +41,20 @@ class SuiteContext:
 
 
 def load_context(environ: Mapping[str, str] | None = None) -> SuiteContext:
+    """The context of this process; the suite's environment variables are validated here, when a
+    command starts, so a bad value is reported before any lock, download or build."""
     env = dict(os.environ if environ is None else environ)
     root = cache_root_from(env)
+    check_cache_root(root)
+    constants_path = constants_path_from(env, root)
+    refuse_non_regular(constants_path, what=f"the constants file ({CONSTANTS_ENV})")
+    lock_timeout_from(env)
+    RetryPolicy.from_env(env)
+    net_timeout(env)
+    cache = CacheLayout(root)
     return SuiteContext(
-        cache=CacheLayout(root),
+        cache=cache,
         env=env,
-        constants=read_constants(constants_path_from(env, root)),
+        constants=read_constants(constants_path),
+        detector=Detector(env=env, cache=cache),
     )

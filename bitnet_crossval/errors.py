@@ -1,7 +1,7 @@
 """Every fatal error of the suite and its exit code, defined in one place.
 
-The exit codes are part of the public contract (CONTRACT.md). Each subclass of
-:class:`SuiteError` owns one code, so a code is never chosen at a call site.
+The exit codes are part of the suite's public interface (docs/reference/cli.md). Each
+subclass of :class:`SuiteError` owns one code, so a code is never chosen at a call site.
 Every error carries one sentence of what went wrong and one of what to do next.
 """
 
@@ -87,6 +87,18 @@ class RevalidationFailed(SuiteError):
 class ParityFailed(SuiteError):
     exit_code = 10
     default_next_step = "rerun with --trace to see where the candidate diverges"
+
+
+class Interrupted(SuiteError):
+    """Ctrl-C (SIGINT): the shells' 128 + 2."""
+
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__(
+            "interrupted (Ctrl-C); nothing half-written was kept",
+            next_step="rerun the command; finished downloads and builds are reused",
+        )
 
 
 class CommandFailed(SuiteError):

@@ -2,7 +2,7 @@
 
 A task body raises :class:`~tasks.errors.SuiteError`; :func:`suite_task` prints its sentence
 and next step on stderr and exits with its code through ``invoke.Exit``. Anything else is a
-bug: one line without a traceback, unless ``--verbose`` asked for it.
+bug: one sentence without a traceback, unless ``--verbose`` asked for it. Ctrl-C is exit 130.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from invoke.exceptions import Exit
 
 from bitnet_crossval.context import SuiteContext, load_context
-from bitnet_crossval.errors import SuiteError
+from bitnet_crossval.errors import Interrupted, SuiteError, UnclassifiedError
 from bitnet_crossval.util import ui
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,30 +41,38 @@ def suite_task(body: F) -> F:
         try:
             return body(*args, **kwargs)
         except SuiteError as exc:
-            if verbose:
-                import traceback
-
-                traceback.print_exc(file=sys.stderr)
+            _traceback_if(verbose)
             ui.say(exc.render(), "error")
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
-            ui.say("interrupted", "error")
+            _traceback_if(verbose)
+            ui.say(Interrupted().render(), "error")
             raise Exit(code=130) from None
         except (Exit, SystemExit):
             raise
         except Exception as exc:
-            if verbose:
-                raise
-            ui.say(
-                f"error: unexpected {type(exc).__name__}: {exc}\n"
-                "  next: rerun with --verbose for the traceback and report it",
-                "error",
+            _traceback_if(verbose)
+            bug = UnclassifiedError(
+                f"unexpected {type(exc).__name__}: {_one_line(str(exc))}",
+                next_step="rerun with --verbose for the traceback and report it",
             )
+            ui.say(bug.render(), "error")
             raise Exit(code=1) from None
         finally:
             ui.set_verbose(previous)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _traceback_if(verbose: bool) -> None:
+    if verbose:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
 
 
 def print_json(document: Any) -> None:

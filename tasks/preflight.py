@@ -18,7 +18,7 @@ from ._runner import print_json, suite_context, suite_task
     help={
         "backend": "llama or bitnet",
         "repair": "auto (install when missing), never, or always (reinstall); "
-        "default: auto in a terminal, never when CI is set",
+        "default: never when a CI variable (CI, GITHUB_ACTIONS, ...) is set, else auto",
         "verbose": "show every command and a traceback on errors",
         "json": "print one JSON document on stdout",
     }

@@ -35,4 +35,6 @@ def rebuild(c: Any, verbose: bool = False, check: bool = False) -> None:
     result = run_rebuild(ctx)
     if result.shim_failures:
         name, error = next(iter(result.shim_failures.items()))
-        raise BuildFailed(f"the shim for {name} did not build: {error.message}", log_path=error.log_path)
+        raise BuildFailed(
+            f"the shim for {name} did not build: {error.message}", log_path=error.log_path, next_step=error.next_step
+        )

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from invoke.tasks import task
 
-from bitnet_crossval.backends.specs import SPECS, library_path_variable, spec_for
+from bitnet_crossval.backends.platform import library_path_variable
+from bitnet_crossval.backends.specs import SPECS, spec_for
 from bitnet_crossval.errors import BadInput
 
 from ._runner import suite_context, suite_task
-
-EMIT_SHELLS = ("sh", "fish", "pwsh", "cmd")
 
 
 @task(
@@ -35,41 +35,37 @@ def setup_cpp_auto(
     ref: str = "",
     force: bool = False,
     emit: str = "",
-    jobs: int = 0,
+    jobs: str = "",
     verbose: bool = False,
 ) -> None:
     """Get a backend's source, build it with CMake and install it into the cache."""
-    if emit and emit not in EMIT_SHELLS:
-        raise BadInput(
-            f"--emit {emit!r} is not a shell I can write for", next_step=f"use one of: {', '.join(EMIT_SHELLS)}"
-        )
-    if jobs < 0:
-        raise BadInput(f"--jobs {jobs} must be a positive number")
-    names = list(SPECS) if backend == "all" else [spec_for(backend).name]
-    if source and len(names) > 1:
+    from bitnet_crossval.provision import install
+    from bitnet_crossval.provision.cmake import parse_jobs
+    from bitnet_crossval.provision.emit import emit_lines, parse_shell
+
+    shell = parse_shell(emit) if emit else None
+    parallel = parse_jobs(jobs)
+    specs = list(SPECS.values()) if backend == "all" else [spec_for(backend)]
+    if source and len(specs) > 1:
         raise BadInput(
             "--source names one backend's source", next_step="use --backend llama or --backend bitnet with --source"
         )
-    from bitnet_crossval.provision import install
-    from bitnet_crossval.provision.emit import emit_lines
-
     ctx = suite_context()
-    set_vars: dict[str, str] = {}
-    lib_dirs: list[str] = []
-    for name in names:
-        spec = SPECS[name]
-        result = install.setup_backend(
+    results = [
+        install.setup_backend(
             spec,
             cache=ctx.cache,
             env=ctx.env,
             source_text=source or None,
             ref=ref or None,
             force=force,
-            jobs=jobs or None,
+            jobs=parallel,
+            detector=ctx.detector,
         )
-        set_vars[spec.dir_env] = str(result.install_dir)
-        lib_dirs.append(str(result.lib_dir))
-    if emit:
-        sep = ";" if sys.platform == "win32" else ":"
-        lines = emit_lines(emit, set_vars=set_vars, prepend_paths={library_path_variable(): sep.join(lib_dirs)})  # type: ignore[arg-type]
+        for spec in specs
+    ]
+    if shell is not None:
+        set_vars = {spec.dir_env: str(result.install_dir) for spec, result in zip(specs, results, strict=True)}
+        lib_dirs = os.pathsep.join(str(result.lib_dir) for result in results)
+        lines = emit_lines(shell, set_vars=set_vars, prepend_paths={library_path_variable(): lib_dirs})
         sys.stdout.write("\n".join(lines) + "\n")

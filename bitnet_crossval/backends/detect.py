@@ -8,25 +8,27 @@ left by a killed setup never counts). A directory named by ``LLAMA_CPP_DIR`` /
 
 The load check runs in a separate interpreter: llama.cpp and bitnet.cpp both ship a
 ``libllama.so`` and ``libggml.so`` with the same sonames, and once one is loaded the dynamic
-loader would hand it to the other.
+loader would hand it to the other. It costs a process start, so a :class:`Detector` runs it at
+most once per process for an unchanged install and hands the result to whoever asks next.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bitnet_crossval.backends.specs import BackendSpec, shared_library_suffixes
+from bitnet_crossval.backends.platform import shared_library_suffixes
+from bitnet_crossval.backends.specs import SPECS, BackendSpec
 from bitnet_crossval.errors import SuiteError
 from bitnet_crossval.store.layout import CacheLayout
-from bitnet_crossval.util import proc
-
-INSTALL_MARKER = ".bitnet-suite-install.json"
+from bitnet_crossval.store.marker import MARKER_NAME, InstallMarker, read_marker
+from bitnet_crossval.util import proc, ui
 
 # Where a library may sit below a backend root: an install prefix, a llama.cpp build tree,
 # or a bitnet.cpp build tree (its llama.cpp is a subproject under 3rdparty/).
@@ -65,7 +67,24 @@ class Detection:
     lib_dir: Path | None = None
     include_dirs: tuple[Path, ...] = ()
     libraries: Mapping[str, Path] = field(default_factory=dict)
-    marker: Mapping[str, Any] | None = None
+    marker: InstallMarker | None = None
+
+    def relocated(self, new_root: Path) -> Detection:
+        """The same detection for a tree moved from ``root`` to ``new_root`` (a staging
+        directory renamed into place): the files are the same, only their paths change."""
+        old_root = self.root
+        assert old_root is not None
+
+        def moved(path: Path) -> Path:
+            return new_root / path.relative_to(old_root) if path.is_relative_to(old_root) else path
+
+        return replace(
+            self,
+            root=new_root,
+            lib_dir=moved(self.lib_dir) if self.lib_dir else None,
+            include_dirs=tuple(moved(p) for p in self.include_dirs),
+            libraries={name: moved(path) for name, path in self.libraries.items()},
+        )
 
 
 def probe_interpreter() -> str:
@@ -87,34 +106,21 @@ def detect(
     """Find ``spec``'s backend: the directory in its environment variable first, then the cache."""
     override = env.get(spec.dir_env)
     if override:
-        root = Path(override).expanduser()
-        if not root.is_dir():
-            return Detection(
-                backend=spec.name,
-                available=False,
-                origin=spec.dir_env,
-                root=root,
-                reason=f"{spec.dir_env}={override} is not a directory",
-            )
-        return probe(spec, root, origin=spec.dir_env, require_marker=False, python=python)
-    root = cache.install_dir(spec.name)
+        return detect_at(spec, Path(override).expanduser(), origin=spec.dir_env, python=python)
+    return detect_at(spec, cache.install_dir(spec.name), origin="cache", python=python)
+
+
+def detect_at(spec: BackendSpec, root: Path, *, origin: str, python: str | None = None) -> Detection:
+    """Check the install or build tree at ``root``; ``origin`` is "cache" (the marker is then
+    required) or the environment variable that named ``root``."""
     if not root.is_dir():
-        return Detection(
-            backend=spec.name,
-            available=False,
-            origin="cache",
-            root=root,
-            reason=f"{spec.display} is not installed in the cache ({root})",
+        reason = (
+            f"{spec.display} is not installed in the cache ({root})"
+            if origin == "cache"
+            else f"{origin}={root} is not a directory"
         )
-    return probe(spec, root, origin="cache", require_marker=True, python=python)
-
-
-def read_marker(root: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((root / INSTALL_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("backend") else None
+        return Detection(backend=spec.name, available=False, origin=origin, root=root, reason=reason)
+    return probe(spec, root, origin=origin, require_marker=origin == "cache", python=python)
 
 
 def probe(
@@ -131,7 +137,7 @@ def probe(
         return Detection(backend=spec.name, available=False, origin=origin, root=root, reason=reason, **found)
 
     marker = read_marker(root)
-    if require_marker and (marker is None or marker.get("backend") != spec.name):
+    if require_marker and (marker is None or marker.backend != spec.name):
         return missing(f"{root} has no complete install (the install marker is missing)")
     libraries = find_libraries(spec, root)
     absent = [name for name in _REQUIRED_LIBS if name not in libraries]
@@ -205,6 +211,8 @@ def check_loadable(spec: BackendSpec, libraries: Mapping[str, Path], *, python: 
     """Load the libraries in a fresh interpreter; return the problem, or "" when they are usable."""
     ordered = [str(libraries[n]) for n in spec.libraries if n in libraries]
     groups = [list(group) for group in spec.required_symbols]
+    # Tests count these lines to prove a process checks each install once.
+    ui.debug(f"load check of {spec.display}: {Path(ordered[-1]).parent} (pid {os.getpid()})")
     try:
         result = proc.run(
             [python or probe_interpreter(), "-I", "-S", "-c", _PROBE, json.dumps(ordered), json.dumps(groups)]
@@ -220,3 +228,61 @@ def check_loadable(spec: BackendSpec, libraries: Mapping[str, Path], *, python: 
             f"so this is not a usable {spec.display} build"
         )
     return ""
+
+
+def _fingerprint(spec: BackendSpec, root: Path) -> tuple[object, ...]:
+    """What an install looks like on disk, cheaply (a few ``stat`` calls): a replaced install,
+    a rewritten marker or a library deleted, truncated or overwritten changes it."""
+
+    def stat_of(path: Path) -> tuple[object, ...]:
+        try:
+            st = path.stat()
+        except OSError:
+            return (str(path), None)
+        return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+    libraries = find_libraries(spec, root) if root.is_dir() else {}
+    return (
+        stat_of(root),
+        stat_of(root / MARKER_NAME),
+        *(stat_of(path) for _name, path in sorted(libraries.items())),
+    )
+
+
+class Detector:
+    """Detection for one process: each backend is load-checked once while its install is
+    unchanged, and a result known from elsewhere (an install's health check) is taken as is."""
+
+    def __init__(self, *, env: Mapping[str, str], cache: CacheLayout, python: str | None = None) -> None:
+        self._env = env
+        self._cache = cache
+        self._python = python
+        self._known: dict[tuple[str, str], tuple[tuple[object, ...], Detection]] = {}
+
+    def detect(self, spec: BackendSpec) -> Detection:
+        """``spec``'s backend where the suite uses it: its environment variable's directory, else the cache."""
+        override = self._env.get(spec.dir_env)
+        if override:
+            return self._detect_at(spec, Path(override).expanduser(), origin=spec.dir_env)
+        return self.detect_cache_install(spec)
+
+    def detect_cache_install(self, spec: BackendSpec) -> Detection:
+        """The install in the cache, whatever the environment points at (setup installs there)."""
+        return self._detect_at(spec, self._cache.install_dir(spec.name), origin="cache")
+
+    def detect_all(self) -> list[tuple[BackendSpec, Detection]]:
+        return [(spec, self.detect(spec)) for spec in SPECS.values()]
+
+    def remember(self, spec: BackendSpec, found: Detection) -> None:
+        """Take ``found`` as the detection of the tree at ``found.root`` as it is on disk now."""
+        assert found.root is not None
+        self._known[(spec.name, str(found.root))] = (_fingerprint(spec, found.root), found)
+
+    def _detect_at(self, spec: BackendSpec, root: Path, *, origin: str) -> Detection:
+        fingerprint = _fingerprint(spec, root)
+        known = self._known.get((spec.name, str(root)))
+        if known is not None and known[0] == fingerprint:
+            return known[1]
+        found = detect_at(spec, root, origin=origin, python=self._python)
+        self._known[(spec.name, str(root))] = (fingerprint, found)
+        return found

@@ -3,7 +3,6 @@ and what a usable build of each must contain."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,27 +82,8 @@ SPECS: dict[BackendName, BackendSpec] = {"llama": LLAMA, "bitnet": BITNET}
 
 
 def spec_for(name: str) -> BackendSpec:
-    try:
-        return SPECS[name]  # type: ignore[index]
-    except KeyError:
-        raise BadInput(
-            f"unknown backend {name!r}",
-            next_step=f"use one of: {', '.join(BACKEND_NAMES)}",
-        ) from None
-
-
-def shared_library_suffixes() -> tuple[str, ...]:
-    if sys.platform == "darwin":
-        return (".dylib",)
-    if sys.platform == "win32":
-        return (".dll",)
-    return (".so",)
-
-
-def library_path_variable() -> str:
-    """The variable the platform's dynamic loader searches."""
-    if sys.platform == "darwin":
-        return "DYLD_LIBRARY_PATH"
-    if sys.platform == "win32":
-        return "PATH"
-    return "LD_LIBRARY_PATH"
+    """The backend called ``name``; anything else is bad input naming the choices."""
+    for spec in SPECS.values():
+        if spec.name == name:
+            return spec
+    raise BadInput(f"unknown backend {name!r}", next_step=f"use one of: {', '.join(BACKEND_NAMES)}")

@@ -10,18 +10,20 @@ copies them out of the build tree itself: the project's install rule is broken, 
 
 from __future__ import annotations
 
-import platform
 import re
 import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from bitnet_crossval.backends.platform import machine_arch
 from bitnet_crossval.errors import BadInput, BuildFailed, CommandFailed, SuiteError
 from bitnet_crossval.provision import cmake
 from bitnet_crossval.util import proc, ui
+from bitnet_crossval.util.files import copy_file, make_dir
 
 MIN_CLANG = 18
+
 KERNEL_HEADER = Path("include") / "bitnet-lut-kernels.h"
 # The tiling setup_env.py uses for BitNet-b1.58-2B-4T (it reuses the bitnet_b1_58-3B shapes).
 KERNEL_MODEL = "bitnet_b1_58-3B"
@@ -29,12 +31,7 @@ _CODEGEN = {
     "x86_64": ("utils/codegen_tl2.py", "tl2", ["--BM", "160,320,320", "--BK", "96,96,96", "--bm", "32,32,32"]),
     "arm64": ("utils/codegen_tl1.py", "tl1", ["--BM", "160,320,320", "--BK", "64,128,64", "--bm", "32,64,32"]),
 }
-_ARCH_ALIAS = {"AMD64": "x86_64", "x86_64": "x86_64", "x86": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 _VERSION = re.compile(r"clang version (\d+)")
-
-
-def machine_arch() -> str:
-    return _ARCH_ALIAS.get(platform.machine(), platform.machine())
 
 
 def find_clang(env: Mapping[str, str]) -> tuple[str, str, int]:
@@ -59,27 +56,6 @@ def find_clang(env: Mapping[str, str]) -> tuple[str, str, int]:
     raise BuildFailed(
         f"bitnet.cpp must be compiled with clang >= {MIN_CLANG}, and none is on PATH{found}",
         next_step="install clang (apt-get install clang-19) and rerun",
-    )
-
-
-def cmake_args(env: Mapping[str, str]) -> tuple[str, ...]:
-    cc, cxx, _major = find_clang(env)
-    arch = machine_arch()
-    tl_off = "-DBITNET_ARM_TL1=OFF" if arch == "arm64" else "-DBITNET_X86_TL2=OFF"
-    return (
-        "-DCMAKE_BUILD_TYPE=Release",
-        "-DBUILD_SHARED_LIBS=ON",
-        f"-DCMAKE_C_COMPILER={cc}",
-        f"-DCMAKE_CXX_COMPILER={cxx}",
-        tl_off,
-        "-DLLAMA_BUILD_TESTS=OFF",
-        "-DLLAMA_BUILD_EXAMPLES=OFF",
-        "-DLLAMA_BUILD_TOOLS=OFF",
-        "-DLLAMA_BUILD_SERVER=OFF",
-        "-DLLAMA_CURL=OFF",
-        "-DBITNET_BUILD_TESTS=OFF",
-        # The libraries are copied out of the build tree into one lib/ directory.
-        "-DCMAKE_BUILD_RPATH=$ORIGIN",
     )
 
 
@@ -116,29 +92,26 @@ def prepare_source(source_dir: Path, env: Mapping[str, str], log_path: Path) -> 
             next_step="check that the source is a complete microsoft/BitNet checkout",
         )
     ui.say(f"copying {preset.relative_to(source_dir)} to {KERNEL_HEADER}")
-    header.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(preset, header)
+    make_dir(header.parent)
+    copy_file(preset, header)
 
 
 def stage_from_build_tree(project: cmake.CMakeProject, staging: Path, log_path: Path) -> None:
     """Copy libllama, the libggml* libraries and the public headers into staging/{lib,include}."""
     lib, include = staging / "lib", staging / "include"
-    lib.mkdir(parents=True, exist_ok=True)
-    include.mkdir(parents=True, exist_ok=True)
+    make_dir(lib)
+    make_dir(include)
     copied = 0
     for pattern in ("libllama.so*", "libggml*.so*", "libllama.dylib", "libggml*.dylib"):
         for found in sorted(project.build_dir.rglob(pattern)):
             if "CMakeFiles" in found.parts or (lib / found.name).exists():
                 continue
-            if found.is_symlink():
-                (lib / found.name).symlink_to(found.readlink())
-            else:
-                shutil.copy2(found, lib / found.name)
+            copy_file(found, lib / found.name, keep_symlink=True)
             copied += 1
     llama_cpp = project.source_dir / "3rdparty" / "llama.cpp"
     for header_dir in (llama_cpp / "include", llama_cpp / "ggml" / "include", project.source_dir / "include"):
         for header in sorted(header_dir.glob("*.h")) if header_dir.is_dir() else []:
             if not (include / header.name).exists():
-                shutil.copy2(header, include / header.name)
+                copy_file(header, include / header.name)
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"staged {copied} libraries from {project.build_dir} into {lib}\n")

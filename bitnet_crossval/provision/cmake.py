@@ -9,11 +9,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitnet_crossval.errors import BuildFailed, CommandFailed, ProgramNotFound
+from bitnet_crossval.errors import BadInput, BuildFailed, CommandFailed, ProgramNotFound
 from bitnet_crossval.util import proc, ui
+from bitnet_crossval.util.files import make_dir, remove_tree, write_text
 
 # Ninja prints "[12/345] Building ...", Make prints "[ 42%] Building ...".
-_NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
+_NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]", re.MULTILINE)
 _MAKE_PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 
 BUILD_OK_STAMP = ".bitnet-suite-build-ok"
@@ -30,8 +31,29 @@ class CMakeProject:
 
     @property
     def generator(self) -> str | None:
-        # Keep whatever generator an existing build dir was configured with: CMake refuses to switch.
+        """The generator of an existing build tree (CMake refuses to switch one in place), else
+        the preferred one; see :func:`prepare_build_dir` for when a tree is started over."""
         return read_cache(self.build_dir).get("CMAKE_GENERATOR") or preferred_generator(self.env)
+
+
+# The program each generator runs; a tree whose generator's program is gone must start over.
+_GENERATOR_PROGRAMS = {"Ninja": "ninja", "Ninja Multi-Config": "ninja", "Unix Makefiles": "make"}
+
+
+MAX_JOBS = 1024
+
+
+def parse_jobs(value: str) -> int | None:
+    """``--jobs``: a whole number of parallel compile jobs (None: one per CPU)."""
+    text = value.strip()
+    if not text or text == "0":
+        return None
+    if not text.isdigit() or int(text) > MAX_JOBS:
+        raise BadInput(
+            f"--jobs {value!r} is not a number of parallel jobs between 1 and {MAX_JOBS}",
+            next_step="pass a whole number such as --jobs 2, or leave it out to use every CPU",
+        )
+    return int(text)
 
 
 def preferred_generator(env: Mapping[str, str]) -> str | None:
@@ -54,6 +76,31 @@ def read_cache(build_dir: Path) -> dict[str, str]:
     return entries
 
 
+def prepare_build_dir(project: CMakeProject) -> None:
+    """Start the build tree over when it cannot be reused, else keep it (incremental builds).
+
+    One policy for every CMake build the suite runs: a tree keeps its generator, unless that
+    generator's program is no longer on PATH; a tree copied or moved from elsewhere (its
+    CMakeCache.txt names another directory, which CMake refuses) is started over.
+    """
+    cached = read_cache(project.build_dir)
+    if not cached:
+        make_dir(project.build_dir)
+        return
+    reason = None
+    recorded_dir = cached.get("CMAKE_CACHEFILE_DIR")
+    if recorded_dir and Path(recorded_dir).resolve() != project.build_dir.resolve():
+        reason = f"it was configured in {recorded_dir} and then moved or copied"
+    generator = cached.get("CMAKE_GENERATOR", "")
+    program = _GENERATOR_PROGRAMS.get(generator)
+    if program and not shutil.which(program, path=project.env.get("PATH", os.defpath)):
+        reason = f"it was configured for {generator} and `{program}` is no longer on PATH"
+    if reason:
+        ui.debug(f"starting {project.build_dir} over: {reason}")
+        remove_tree(project.build_dir)
+    make_dir(project.build_dir)
+
+
 def configure_args(project: CMakeProject) -> list[str]:
     args = ["cmake", "-S", str(project.source_dir), "-B", str(project.build_dir)]
     generator = project.generator
@@ -67,21 +114,35 @@ def build_args(project: CMakeProject) -> list[str]:
     if project.targets:
         args += ["--target", *project.targets]
     args += ["-j", str(project.jobs or os.cpu_count() or 1)]
-    return args
+    # --config matters only to multi-config generators (Visual Studio, Xcode).
+    return [*args, "--config", "Release"]
+
+
+def configure(project: CMakeProject, *, log_path: Path, what: str) -> None:
+    _step(configure_args(project), project=project, log_path=log_path, stage="configure", what=what)
+
+
+def build(project: CMakeProject, *, log_path: Path, what: str, show_progress: bool = True) -> bool:
+    """Build the project's targets; return whether anything was compiled."""
+    if not show_progress:
+        output = _step(build_args(project), project=project, log_path=log_path, stage="build", what=what)
+        return bool(_NINJA_STEP.search(output) or "Building" in output or "Linking" in output)
+    return _build_with_progress(project, log_path=log_path, what=what)
 
 
 def configure_and_build(project: CMakeProject, *, log_path: Path, what: str) -> bool:
     """Configure and build; return whether anything was compiled (False: already up to date)."""
+    prepare_build_dir(project)
     stamp = project.build_dir / BUILD_OK_STAMP
-    if project.build_dir.exists() and not stamp.exists() and project.generator != "Ninja":
+    if (project.build_dir / "CMakeCache.txt").exists() and not stamp.exists() and project.generator != "Ninja":
         # Make trusts timestamps, and a compiler killed mid-write leaves a fresh, broken
         # object file behind; Ninja's build log catches that, Make would not.
-        shutil.rmtree(project.build_dir)
-    project.build_dir.mkdir(parents=True, exist_ok=True)
-    stamp.unlink(missing_ok=True)
-    _step(configure_args(project), project=project, log_path=log_path, stage="configure", what=what)
+        remove_tree(project.build_dir)
+        make_dir(project.build_dir)
+    remove_tree(stamp)
+    configure(project, log_path=log_path, what=what)
     did_work = _build_with_progress(project, log_path=log_path, what=what)
-    stamp.write_text("ok\n", encoding="utf-8")
+    write_text(stamp, "ok\n")
     return did_work
 
 
@@ -107,6 +168,9 @@ def _build_with_progress(project: CMakeProject, *, log_path: Path, what: str) ->
     return compiled
 
 
+_STAGE_VERBS = {"configure": "configuring", "build": "compiling", "install": "installing"}
+
+
 def _step(
     args: list[str],
     *,
@@ -115,9 +179,9 @@ def _step(
     stage: str,
     what: str,
     on_line: proc.LineCallback | None = None,
-) -> None:
+) -> str:
     try:
-        proc.run(args, env=project.env, log_path=log_path, on_line=on_line)
+        return proc.run(args, env=project.env, log_path=log_path, on_line=on_line).output
     except ProgramNotFound as exc:
         raise BuildFailed(
             f"cannot {stage} {what}: `{exc.program}` is not installed",
@@ -126,7 +190,7 @@ def _step(
     except CommandFailed as exc:
         ui.say(exc.output_tail.rstrip(), "error")
         raise BuildFailed(
-            f"CMake {stage} of {what} failed (exit code {exc.returncode})",
+            f"{_STAGE_VERBS[stage]} {what} failed (CMake exit code {exc.returncode})",
             log_path=log_path,
             next_step=_next_step_for(stage, exc.output_tail),
         ) from exc

@@ -100,6 +100,14 @@ _RENDERERS: dict[Shell, Callable[[Mapping[str, str], Mapping[str, str]], list[st
 }
 
 
+def parse_shell(value: str) -> Shell:
+    """``--emit``'s value as a shell this module writes for; anything else is bad input."""
+    for shell in SHELLS:
+        if shell == value:
+            return shell
+    raise BadInput(f"--emit {value!r} is not a shell I can write for", next_step=f"use one of: {', '.join(SHELLS)}")
+
+
 def emit_lines(shell: Shell, *, set_vars: Mapping[str, str], prepend_paths: Mapping[str, str]) -> list[str]:
     """Lines that, evaluated by ``shell``, assign ``set_vars`` and put each directory of
     ``prepend_paths`` in front of its path-list variable (keeping the variable's old value)."""

@@ -7,26 +7,32 @@ Every install in the cache has the same layout, whatever built it: ``include/`` 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bitnet_crossval.backends.platform import machine_arch
 from bitnet_crossval.backends.specs import BackendName
 from bitnet_crossval.provision import bitnet_build, cmake
+from bitnet_crossval.util.files import move
 
-# Only what the reference needs: the llama library and the ggml libraries it links. No
-# tests, examples, tools, server, web UI, unified binary, or network client.
-LLAMA_CMAKE_ARGS: tuple[str, ...] = (
+# Only what the reference needs from a llama.cpp-family tree: the llama library and the ggml
+# libraries it links, shared, optimised. No tests, examples, tools, server or network client.
+REFERENCE_LIBRARY_FLAGS: tuple[str, ...] = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=ON",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_TOOLS=OFF",
     "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_CURL=OFF",
+)
+
+
+LLAMA_CMAKE_ARGS: tuple[str, ...] = (
+    *REFERENCE_LIBRARY_FLAGS,
     "-DLLAMA_BUILD_APP=OFF",
     "-DLLAMA_BUILD_COMMON=OFF",
-    "-DLLAMA_CURL=OFF",
     "-DLLAMA_OPENSSL=OFF",
     "-DCMAKE_INSTALL_RPATH=$ORIGIN",
 )
@@ -50,7 +56,7 @@ def _stage_with_cmake_install(project: cmake.CMakeProject, staging: Path, log_pa
     # Some distributions' GNUInstallDirs pick lib64; the cache layout is always lib/.
     lib64 = staging / "lib64"
     if lib64.is_dir() and not (staging / "lib").exists():
-        shutil.move(str(lib64), staging / "lib")
+        move(lib64, staging / "lib")
 
 
 LLAMA_RECIPE = Recipe(
@@ -60,10 +66,26 @@ LLAMA_RECIPE = Recipe(
     stage=_stage_with_cmake_install,
 )
 
+
+def _bitnet_cmake_args(env: Mapping[str, str]) -> tuple[str, ...]:
+    cc, cxx, _major = bitnet_build.find_clang(env)
+    arch = machine_arch()
+    tl_off = "-DBITNET_ARM_TL1=OFF" if arch == "arm64" else "-DBITNET_X86_TL2=OFF"
+    return (
+        *REFERENCE_LIBRARY_FLAGS,
+        f"-DCMAKE_C_COMPILER={cc}",
+        f"-DCMAKE_CXX_COMPILER={cxx}",
+        tl_off,
+        "-DBITNET_BUILD_TESTS=OFF",
+        # The libraries are copied out of the build tree into one lib/ directory.
+        "-DCMAKE_BUILD_RPATH=$ORIGIN",
+    )
+
+
 # microsoft/BitNet, built the way its setup_env.py builds it, minus the model conversion.
 BITNET_RECIPE = Recipe(
     backend="bitnet",
-    cmake_args=bitnet_build.cmake_args,
+    cmake_args=_bitnet_cmake_args,
     targets=("llama",),
     stage=bitnet_build.stage_from_build_tree,
     prepare=bitnet_build.prepare_source,

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bitnet_crossval
-from bitnet_crossval.errors import BuildFailed, CommandFailed, SuiteError
+from bitnet_crossval.errors import BuildFailed, SuiteError
 from bitnet_crossval.provision import cmake
 from bitnet_crossval.reference.client import Shim
-from bitnet_crossval.store.layout import make_dir
-from bitnet_crossval.util import proc, ui
-from bitnet_crossval.util.files import remove_tree, write_json_atomic
+from bitnet_crossval.util import ui
+from bitnet_crossval.util.files import file_sha256, make_dir, remove_tree, write_json_atomic
 
 ApiGeneration = Literal["current", "legacy"]
 
@@ -51,6 +50,8 @@ class ShimBuild:
     backend_commit: str
     build_dir: Path
     log_path: Path
+    sha256: str
+    """Of the executable, recorded so a later run can tell it is still the file built here."""
 
 
 def build_shim(
@@ -69,15 +70,13 @@ def build_shim(
 
     The configure step is skipped when its inputs are unchanged since the last successful
     one (CMake itself re-runs it when ``CMakeLists.txt`` or the backend's ``llama.h``
-    changes), so a repeated call costs one no-op ``cmake --build``.
+    changes), so a repeated call costs one no-op ``cmake --build``. The result is proven by
+    running the executable's ``info``; an executable damaged after it was built (truncated,
+    overwritten) is deleted and linked again once, since the build tool sees nothing to do.
     """
     source = source_dir or shim_source_dir()
     _check_backend_layout(include_dirs, lib_dir)
     make_dir(log_path.parent)
-    generator = cmake.preferred_generator(env)
-    _discard_build_dir_of_other_generator(build_dir, generator)
-    make_dir(build_dir)
-
     definitions = {
         "CMAKE_BUILD_TYPE": "Release",
         "SHIM_INCLUDE_DIRS": ";".join(str(Path(d).absolute()) for d in include_dirs),
@@ -86,55 +85,39 @@ def build_shim(
         "SHIM_BACKEND_COMMIT": backend_commit,
         "SHIM_BUILD_FLAGS": build_flags,
     }
-    configure = ["cmake", "-S", str(source), "-B", str(build_dir)]
-    if generator:
-        configure += ["-G", generator]
-    configure += [f"-D{key}={value}" for key, value in definitions.items()]
-    stamp = {"argv": configure}
+    project = cmake.CMakeProject(
+        source_dir=source,
+        build_dir=build_dir,
+        cmake_args=[f"-D{key}={value}" for key, value in definitions.items()],
+        env=env,
+    )
+    what = f"the shim for {backend} ({lib_dir})"
+    cmake.prepare_build_dir(project)
+    stamp = {"source": str(source), "definitions": definitions}
     stamp_path = build_dir / CONFIGURE_STAMP
     cache_path = build_dir / "CMakeCache.txt"
-
-    if not (cache_path.exists() and _read_json(stamp_path) == stamp):
-        ui.debug(f"configuring the shim for {backend} in {build_dir}")
-        stamp_path.unlink(missing_ok=True)
-        try:
-            proc.run(configure, env=env, log_path=log_path)
-        except CommandFailed as exc:
-            raise BuildFailed(
-                f"configuring the shim against {backend} ({lib_dir}) failed",
-                log_path=log_path,
-                next_step=(
-                    "read the log: a missing llama.h/libllama or an unrecognised llama.cpp C API is "
-                    "reported there; check the backend install or rerun `invoke setup-cpp-auto`"
-                ),
-            ) from exc
-        write_json_atomic(stamp_path, stamp)
-
     try:
-        # --config matters only to multi-config generators (Visual Studio, Xcode).
-        proc.run(["cmake", "--build", str(build_dir), "--config", "Release"], env=env, log_path=log_path)
-    except CommandFailed as exc:
+        if not (cache_path.exists() and _read_json(stamp_path) == stamp):
+            ui.debug(f"configuring the shim for {backend} in {build_dir}")
+            remove_tree(stamp_path)
+            cmake.configure(project, log_path=log_path, what=what)
+            write_json_atomic(stamp_path, stamp)
+        compiled = cmake.build(project, log_path=log_path, what=what, show_progress=False)
+        api = _api_from_cache(cache_path, log_path)
+        executable = _find_executable(build_dir, log_path)
+        problem = _run_problem(executable, env=env, api=api)
+        if problem is not None and not compiled:
+            ui.debug(f"{executable} does not run ({problem}); linking it again")
+            remove_tree(executable)
+            cmake.build(project, log_path=log_path, what=what, show_progress=False)
+            problem = _run_problem(executable, env=env, api=api)
+    except BuildFailed as exc:
+        raise BuildFailed(exc.message, log_path=exc.log_path, next_step=_SHIM_NEXT_STEP) from exc
+    if problem is not None:
         raise BuildFailed(
-            f"compiling the shim against {backend} ({lib_dir}) failed",
-            log_path=log_path,
-            next_step="read the compiler errors in the log; the headers may not belong to these libraries",
-        ) from exc
-
-    api = _api_from_cache(cache_path, log_path)
-    executable = _find_executable(build_dir, log_path)
-    try:
-        reported = Shim(executable, env=env).info()
-    except SuiteError as exc:
-        raise BuildFailed(
-            f"the shim was built but does not run: {exc.message}",
+            f"the shim was built but does not run: {problem}",
             log_path=log_path,
             next_step=f"check that {lib_dir} holds the libraries the headers belong to",
-        ) from exc
-    if reported.get("api") != api:
-        raise BuildFailed(
-            f"the shim reports API {reported.get('api')!r} but CMake selected {api!r}",
-            log_path=log_path,
-            next_step=f"delete {build_dir} and rerun the build",
         )
     return ShimBuild(
         executable=executable,
@@ -143,7 +126,25 @@ def build_shim(
         backend_commit=backend_commit,
         build_dir=build_dir,
         log_path=log_path,
+        sha256=file_sha256(executable),
     )
+
+
+_SHIM_NEXT_STEP = (
+    "read the log: a missing llama.h/libllama or an unrecognised llama.cpp C API is reported there; "
+    "check the backend install or rerun `invoke setup-cpp-auto`"
+)
+
+
+def _run_problem(executable: Path, *, env: Mapping[str, str], api: ApiGeneration) -> str | None:
+    """Why the built executable is not a working shim for ``api``, or None."""
+    try:
+        reported = Shim(executable, env=env).info()
+    except SuiteError as exc:
+        return exc.message
+    if reported.get("api") != api:
+        return f"it reports API {reported.get('api')!r} but CMake selected {api!r}"
+    return None
 
 
 def _check_backend_layout(include_dirs: Sequence[Path], lib_dir: Path) -> None:
@@ -171,16 +172,6 @@ def _check_backend_layout(include_dirs: Sequence[Path], lib_dir: Path) -> None:
             next_step="point LLAMA_CPP_DIR / BITNET_CPP_DIR at an install with lib/libllama, "
             "or run `invoke setup-cpp-auto`",
         )
-
-
-def _discard_build_dir_of_other_generator(build_dir: Path, generator: str | None) -> None:
-    """CMake refuses to switch generators in place; a stale build dir is rebuilt from scratch."""
-    cached = cmake.read_cache(build_dir).get("CMAKE_GENERATOR")
-    if cached is None:
-        return
-    if (generator is not None and cached != generator) or (generator is None and cached == "Ninja"):
-        ui.debug(f"{build_dir} was configured with {cached}, not {generator or 'the default'}: starting over")
-        remove_tree(build_dir)
 
 
 def _read_json(path: Path) -> Any:

@@ -1,6 +1,6 @@
 """invoke preflight: is a backend usable, and if not, repair it and prove it in a fresh process.
 
-The flow of the seed specification, in order:
+The flow, in order:
 
 1. Guard: a process started with ``BITNET_REPAIR_PARENT=1`` is the re-executed child. It
    never repairs; it validates (detection passes *and* the constants file it read at start-up
@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn, get_args
 
-from bitnet_crossval.backends import detect
-from bitnet_crossval.backends.specs import BackendSpec, library_path_variable
+from bitnet_crossval.backends.detect import Detection
+from bitnet_crossval.backends.platform import library_path_variable
+from bitnet_crossval.backends.specs import BackendSpec
 from bitnet_crossval.context import SuiteContext
-from bitnet_crossval.errors import BackendUnavailable, BadInput, RevalidationFailed
+from bitnet_crossval.errors import BackendUnavailable, BadInput, BuildFailed, RevalidationFailed
 from bitnet_crossval.util import ui
 
 RepairMode = Literal["auto", "never", "always"]
-REPAIR_MODES: tuple[str, ...] = get_args(RepairMode)
+REPAIR_MODES: tuple[RepairMode, ...] = get_args(RepairMode)
 
 # Set by the common CI services; a pipeline must not start a multi-minute build by surprise.
 CI_VARIABLES = (
@@ -52,14 +53,13 @@ def running_in_ci(env: Mapping[str, str]) -> bool:
 
 
 def repair_mode_from(value: str | None, env: Mapping[str, str]) -> RepairMode:
+    """``--repair``'s value; unset means ``never`` when a CI variable is set, else ``auto``."""
     if value is None or value == "":
         return "never" if running_in_ci(env) else "auto"
-    if value not in REPAIR_MODES:
-        raise BadInput(
-            f"--repair {value!r} is not a repair mode",
-            next_step=f"use one of: {', '.join(REPAIR_MODES)}",
-        )
-    return value  # type: ignore[return-value]
+    for mode in REPAIR_MODES:
+        if mode == value:
+            return mode
+    raise BadInput(f"--repair {value!r} is not a repair mode", next_step=f"use one of: {', '.join(REPAIR_MODES)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,11 +68,11 @@ class PreflightReport:
     display: str
     available: bool
     repaired: bool
-    detection: detect.Detection
+    detection: Detection
     constants_status: str
 
     def to_json(self) -> dict[str, Any]:
-        marker = self.detection.marker or {}
+        marker = self.detection.marker
         return {
             "backend": self.backend,
             "available": self.available,
@@ -81,15 +81,14 @@ class PreflightReport:
             "install_dir": str(self.detection.root) if self.detection.root else None,
             "lib_dir": str(self.detection.lib_dir) if self.detection.lib_dir else None,
             "include_dirs": [str(p) for p in self.detection.include_dirs],
-            "source": marker.get("source"),
+            "source": dict(marker.source) if marker else None,
             "reason": self.detection.reason,
             "constants": self.constants_status,
         }
 
     def summary(self) -> str:
         where = f"{self.detection.origin}: {self.detection.root}"
-        source = (self.detection.marker or {}).get("source") or {}
-        commit = source.get("commit", "")
+        commit = self.detection.marker.commit if self.detection.marker else ""
         extra = f", commit {commit[:12]}" if commit else ""
         tail = " (auto-repaired)" if self.repaired else ""
         return f"{self.display} is available ({where}{extra}){tail}"
@@ -109,7 +108,7 @@ def run_preflight(
     if ctx.is_repair_child:
         return _validate_after_repair(ctx, spec)
 
-    found = detect.detect(spec, env=ctx.env, cache=ctx.cache)
+    found = ctx.detector.detect(spec)
     if found.available and mode != "always":
         if ctx.constants.has(spec.name):
             return _report(ctx, spec, found, repaired=False)
@@ -121,7 +120,7 @@ def run_preflight(
             return _report(ctx, spec, found, repaired=False)
         ui.say(f"repairing the constants file: {unlisted}")
         assert found.lib_dir is not None
-        _rebuild_and_reexec(ctx, found.lib_dir, reexec)
+        _rebuild_and_reexec(ctx, spec, found.lib_dir, reexec)
 
     if not found.available and found.origin == spec.dir_env:
         raise BadInput(
@@ -142,14 +141,22 @@ def run_preflight(
     ui.say(f"repairing {spec.display} ({why})")
     from bitnet_crossval.provision import install  # the repair path only: keeps a passing preflight quick to start
 
-    result = install.setup_backend(spec, cache=ctx.cache, env=ctx.env, force=(mode == "always"))
-    _rebuild_and_reexec(ctx, result.lib_dir, reexec)
+    result = install.setup_backend(spec, cache=ctx.cache, env=ctx.env, force=(mode == "always"), detector=ctx.detector)
+    _rebuild_and_reexec(ctx, spec, result.lib_dir, reexec)
 
 
-def _rebuild_and_reexec(ctx: SuiteContext, lib_dir: Path, reexec: Reexec | None) -> NoReturn:
+def _rebuild_and_reexec(ctx: SuiteContext, spec: BackendSpec, lib_dir: Path, reexec: Reexec | None) -> NoReturn:
     from bitnet_crossval.repair.rebuild import rebuild
 
-    rebuild(ctx)
+    result = rebuild(ctx)
+    failure = result.shim_failures.get(spec.name)
+    if failure is not None:
+        # Without its shim the backend cannot serve as a reference: the repair did not work.
+        raise BuildFailed(
+            f"the shim for {spec.display} did not build: {failure.message}",
+            log_path=failure.log_path,
+            next_step=failure.next_step,
+        )
     if reexec is None:
         from bitnet_crossval.repair.reexec import reexec_current_command
 
@@ -160,7 +167,7 @@ def _rebuild_and_reexec(ctx: SuiteContext, lib_dir: Path, reexec: Reexec | None)
 
 
 def _validate_after_repair(ctx: SuiteContext, spec: BackendSpec) -> PreflightReport:
-    found = detect.detect(spec, env=ctx.env, cache=ctx.cache)
+    found = ctx.detector.detect(spec)
     if not found.available:
         raise RevalidationFailed(f"{spec.display} is still unavailable after the repair: {found.reason}")
     if not ctx.constants.has(spec.name):
@@ -171,7 +178,7 @@ def _validate_after_repair(ctx: SuiteContext, spec: BackendSpec) -> PreflightRep
     return _report(ctx, spec, found, repaired=True)
 
 
-def _report(ctx: SuiteContext, spec: BackendSpec, found: detect.Detection, *, repaired: bool) -> PreflightReport:
+def _report(ctx: SuiteContext, spec: BackendSpec, found: Detection, *, repaired: bool) -> PreflightReport:
     return PreflightReport(
         backend=spec.name,
         display=spec.display,

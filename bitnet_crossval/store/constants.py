@@ -1,23 +1,25 @@
 """The generated constants file: what the last ``invoke rebuild`` found, per backend.
 
-It plays the part of the Rust original's ``build.rs`` constants (HAS_LLAMA, HAS_BITNET,
-BACKEND_STATE): read once at start-up, rewritten only by a rebuild. It is JSON, never code,
-because it lives in a writable cache. Writes are atomic and happen only when the content
-changed (timestamps of unchanged records are carried over, so an unchanged state is
-byte-identical). A missing, truncated, foreign or newer-schema file is reported as such and
-means "detect again"; it never raises.
+Read once at start-up, rewritten only by a rebuild: it says which backends were usable and
+which shim was built against each, so a command knows without rebuilding anything. It is JSON,
+never code, because it lives in a writable cache. Writes are atomic and happen only when the
+content changed (timestamps of unchanged records are carried over, so an unchanged state is
+byte-identical). A missing, truncated, foreign, newer-schema, absurdly nested or non-regular
+file is reported as such and means "detect again"; reading never raises and never blocks.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from bitnet_crossval.util.files import dump_json, write_atomic
+from bitnet_crossval.util.files import describe_file_type, dump_json, file_sha256, write_atomic
+from bitnet_crossval.util.timefmt import now_iso
 
 SCHEMA = "bitnet-suite/constants"
 SCHEMA_VERSION = 1
@@ -39,6 +41,7 @@ class BackendRecord:
     build_flags: list[str] = field(default_factory=list)
     shim: str | None = None
     shim_api: str | None = None
+    shim_sha256: str | None = None
     detected_at: str = ""
 
     def without_timestamp(self) -> dict[str, Any]:
@@ -63,20 +66,19 @@ class Constants:
         return rec is not None and rec.available
 
 
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
 def read_constants(path: Path) -> Constants:
     try:
-        raw = path.read_bytes()
+        raw = _read_regular_file(path)
     except FileNotFoundError:
         return Constants(path=path, status="missing", problem="no constants file yet")
     except OSError as exc:
         return Constants(path=path, status="unreadable", problem=f"cannot read it: {exc.strerror or exc}")
+    if raw is None:
+        return Constants(path=path, status="unreadable", problem="it is not a regular file")
     try:
         document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: a file nested thousands of levels deep is damage, not a crash.
         return Constants(path=path, status="corrupt", problem="not valid JSON (truncated or damaged)")
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         return Constants(path=path, status="foreign", problem="not a constants file of this suite")
@@ -104,6 +106,45 @@ def read_constants(path: Path) -> Constants:
     )
 
 
+def _read_regular_file(path: Path) -> bytes | None:
+    """The file's bytes, or None when ``path`` is not a regular file: opening a FIFO would
+    block until a writer comes, and a device is never a constants file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def shim_problem(record: BackendRecord) -> str | None:
+    """Why the shim a record names is not the one that was built, or None when it is.
+
+    A missing file, another program in its place or a truncated binary all change its sha256;
+    a record without a hash (an older file) is checked for existence only.
+    """
+    if record.shim is None:
+        return "no shim is recorded"
+    shim = Path(record.shim)
+    try:
+        mode = shim.stat().st_mode
+    except OSError:
+        return f"the shim {shim} does not exist"
+    if not stat.S_ISREG(mode) or not os.access(shim, os.X_OK):
+        return f"the shim {shim} is {describe_file_type(mode) if not stat.S_ISREG(mode) else 'not executable'}"
+    try:
+        changed = record.shim_sha256 is not None and file_sha256(shim) != record.shim_sha256
+    except OSError as exc:
+        return f"the shim {shim} cannot be read: {exc.strerror or exc}"
+    if changed:
+        return f"the shim {shim} is not the file that was built (its content changed)"
+    return None
+
+
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "available": (bool,),
     "reason": (str,),
@@ -115,6 +156,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "build_flags": (list,),
     "shim": (str, type(None)),
     "shim_api": (str, type(None)),
+    "shim_sha256": (str, type(None)),
     "detected_at": (str,),
 }
 
@@ -162,19 +204,19 @@ def write_constants(path: Path, backends: Mapping[str, BackendRecord]) -> bool:
     """Write the file if its content changed; return whether it was written."""
     previous = read_constants(path)
     data = render(backends, previous=previous)
-    try:
-        if path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    write_atomic(path, data)
+    if _bytes_on_disk(path) == data:
+        return False
+    write_atomic(path, data, what="the constants file")
     return True
 
 
 def is_current(path: Path, backends: Mapping[str, BackendRecord]) -> bool:
     """``--check``: would a rebuild leave the file as it is?"""
-    previous = read_constants(path)
+    return _bytes_on_disk(path) == render(backends, previous=read_constants(path))
+
+
+def _bytes_on_disk(path: Path) -> bytes | None:
     try:
-        return path.read_bytes() == render(backends, previous=previous)
+        return _read_regular_file(path)
     except OSError:
-        return False
+        return None

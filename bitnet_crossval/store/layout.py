@@ -6,20 +6,22 @@ picks it when nobody did (tests patch it so nothing can touch a real user cache)
 
 from __future__ import annotations
 
-import errno
+import hashlib
 import os
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from bitnet_crossval.errors import PermissionDenied, UnclassifiedError
+from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util.files import make_dir, write_text
+from bitnet_crossval.util.timefmt import file_stamp
 
 APP_NAME = "bitnet"
 CACHE_ENV = "BITNET_CACHE_DIR"
 CONSTANTS_ENV = "BITNET_CONSTANTS_FILE"
 CONSTANTS_FILENAME = "constants.json"
-
-PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 _CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -41,14 +43,43 @@ def cache_root_from(env: Mapping[str, str]) -> Path:
 
 def constants_path_from(env: Mapping[str, str], cache_root: Path) -> Path:
     value = env.get(CONSTANTS_ENV)
-    return Path(value).expanduser().absolute() if value else cache_root / CONSTANTS_FILENAME
+    return Path(value).expanduser().absolute() if value else CacheLayout(cache_root).constants_file
+
+
+def short_key(text: str) -> str:
+    """A 12-hex-digit key naming a cache entry after ``text`` (a path, a URL, a source id)."""
+    return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()[:12]
+
+
+# CMake splits list values on ';' and its cache cannot hold a line break; a backslash starts an
+# escape in CMake's language. A cache root with any of them breaks every build under it.
+_CMAKE_UNSAFE = {";": "a ';'", "\n": "a line break", "\r": "a line break", "\\": "a backslash"}
+
+
+def check_cache_root(root: Path) -> None:
+    """Refuse a cache root the suite cannot build in: an existing non-directory, or a path
+    CMake cannot take."""
+    text = str(root)
+    for char, name in _CMAKE_UNSAFE.items():
+        if char in text and not (char == "\\" and os.sep == "\\"):
+            raise BadInput(
+                f"the cache directory {text!r} contains {name}, which CMake cannot take in a path",
+                next_step=f"set {CACHE_ENV} to a path without ';', line breaks or backslashes",
+            )
+    if root.exists() and not root.is_dir():
+        raise BadInput(
+            f"{CACHE_ENV}={text} is a file, not a directory",
+            next_step=f"point {CACHE_ENV} at a directory (it is created when missing)",
+        )
 
 
 @dataclass(frozen=True)
 class CacheLayout:
-    """Everything under the cache root has one fixed place."""
+    """Every path under the cache root is made here, and only here."""
 
     root: Path
+
+    # --- the top-level directories -----------------------------------------------------------
 
     @property
     def sources(self) -> Path:
@@ -74,11 +105,83 @@ class CacheLayout:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def constants_file(self) -> Path:
+        return self.root / CONSTANTS_FILENAME
+
+    # --- fetched source trees -----------------------------------------------------------------
+
+    def git_source(self, backend: str, commit: str) -> Path:
+        return self.sources / f"{backend}-{commit}"
+
+    def archive_source(self, backend: str, sha256: str) -> Path:
+        return self.sources / f"{backend}-archive-{sha256[:16]}"
+
+    def pypi_source(self, backend: str, version: str) -> Path:
+        return self.sources / f"{backend}-pypi-{version}"
+
+    # --- downloads ----------------------------------------------------------------------------
+
+    def download(self, url: str) -> Path:
+        """Where the download of ``url`` is kept (the URL's last path segment, made unique)."""
+        # Two URLs may end in the same file name; the URL's key keeps their downloads apart.
+        name = unquote(posixpath.basename(urlsplit(url).path)) or "archive"
+        return self.downloads / f"{short_key(url)}-{name}"
+
+    def named_download(self, filename: str) -> Path:
+        """A download known by its own file name (the pinned sdist)."""
+        return self.downloads / filename
+
+    # --- builds -------------------------------------------------------------------------------
+
+    def backend_build(self, backend: str, identity: Mapping[str, str]) -> Path:
+        """A backend's CMake build tree: one per local source directory, else one per source
+        identity (commit, archive hash or URL), so switching sources never mixes objects."""
+        if identity.get("kind") == "local":
+            return self.builds / f"{backend}-local-{short_key(identity.get('location', ''))}"
+        key = identity.get("commit") or identity.get("sha256") or identity.get("location", "")
+        return self.builds / f"{backend}-{short_key(key)}"
+
+    def shim_build(self, backend: str, lib_dir: Path) -> Path:
+        """The shim's build tree for one backend install (named by its library directory)."""
+        return self.builds / f"shim-{backend}-{short_key(str(lib_dir))}"
+
+    # --- installs -----------------------------------------------------------------------------
+
     def install_dir(self, backend: str) -> Path:
         return self.installs / backend
 
-    def lock_path(self, backend: str) -> Path:
-        return self.locks / f"{backend}.lock"
+    def staging_dir(self, backend: str, pid: int) -> Path:
+        """Where a setup assembles an install before moving it into place."""
+        return self.installs / f".staging-{backend}-{pid}"
+
+    def retired_dir(self, backend: str, pid: int) -> Path:
+        """Where the previous install waits between the two renames of a replacement."""
+        return self.installs / f".old-{backend}-{pid}"
+
+    def install_leftovers(self, backend: str) -> list[Path]:
+        """Staging and retired directories of ``backend`` (left by killed setups, or in use by a
+        running one: remove them only while holding the backend's lock)."""
+        return sorted(self.installs.glob(f".staging-{backend}-*")) + sorted(self.installs.glob(f".old-{backend}-*"))
+
+    # --- locks and logs -------------------------------------------------------------------------
+
+    def lock_path(self, name: str) -> Path:
+        return self.locks / f"{name}.lock"
+
+    def log_file(self, job: str, backend: str) -> Path:
+        """A new log for one run of ``job`` (setup, shim, ...): stamped and per process, so
+        concurrent runs never share one."""
+        return self.logs / f"{job}-{backend}-{file_stamp()}-{os.getpid()}.log"
+
+    # --- models for the crossval ----------------------------------------------------------------
+
+    def model_file(self, name: str) -> Path:
+        return self.models / name
 
     def ensure(self) -> None:
         """Create the layout; an unwritable root is exit 4 with the path named."""
@@ -94,22 +197,4 @@ class CacheLayout:
             make_dir(directory)
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
-            try:
-                tag.write_text(_CACHEDIR_TAG, encoding="utf-8")
-            except OSError as exc:
-                raise os_error(exc, tag) from exc
-
-
-def make_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise os_error(exc, path) from exc
-
-
-def os_error(exc: OSError, path: Path) -> PermissionDenied | UnclassifiedError:
-    """Turn an OSError on ``path`` into the suite's error (permission problems are exit 4)."""
-    if exc.errno in PERMISSION_ERRNOS:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        return PermissionDenied(f"cannot write to {path}: {reason}")
-    return UnclassifiedError(f"cannot write to {path}: {exc.strerror or exc}")
+            write_text(tag, _CACHEDIR_TAG)

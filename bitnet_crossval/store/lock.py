@@ -20,28 +20,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from bitnet_crossval.errors import BadInput, LockTimeout, UnclassifiedError
-from bitnet_crossval.store.layout import make_dir, os_error
+from bitnet_crossval.errors import LockTimeout, UnclassifiedError
 from bitnet_crossval.util import ui
+from bitnet_crossval.util.envnum import env_float
+from bitnet_crossval.util.files import make_dir, os_error
 
 LOCK_TIMEOUT_ENV = "BITNET_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 3600.0  # a cold build of a backend takes minutes, not hours
 
 
 def lock_timeout_from(env: Mapping[str, str]) -> float:
-    raw = env.get(LOCK_TIMEOUT_ENV)
-    if not raw:
-        return DEFAULT_LOCK_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise BadInput(
-            f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds",
-            next_step=f"set {LOCK_TIMEOUT_ENV} to a non-negative number, or unset it",
-        )
-    return value
+    return env_float(env, LOCK_TIMEOUT_ENV, default=DEFAULT_LOCK_TIMEOUT, example="600")
 
 
 def owner_path(lock_path: Path) -> Path:

@@ -1,24 +1,96 @@
-"""Small file-system operations that must not leave half-written state."""
+"""File-system operations that never leave half-written state, and the one translation of
+``OSError`` into the suite's errors (a permission problem is exit 4, wherever it happens)."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bitnet_crossval.store.layout import make_dir, os_error
+from bitnet_crossval.errors import BadInput, PermissionDenied, UnclassifiedError
+
+PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def os_error(exc: OSError, path: Path) -> PermissionDenied | UnclassifiedError:
+    """The suite's error for an OSError on ``path`` (permission problems are exit 4)."""
+    if exc.errno in PERMISSION_ERRNOS:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        return PermissionDenied(f"cannot write to {path}: {reason}")
+    return UnclassifiedError(f"cannot write to {path}: {exc.strerror or exc}")
+
+
+def make_dir(path: Path) -> None:
+    """Create ``path`` and its parents; an existing non-directory there is named, not overwritten."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise BadInput(
+            f"{path} exists and is not a directory",
+            next_step="move that file away, or point the suite at another directory",
+        ) from exc
+    except NotADirectoryError as exc:
+        raise BadInput(
+            f"cannot create {path}: a part of that path is a file, not a directory",
+            next_step="move that file away, or point the suite at another directory",
+        ) from exc
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+
+
+def refuse_non_regular(path: Path, *, what: str) -> None:
+    """Refuse to write ``path`` when something other than a regular file is there.
+
+    Renaming over a device node or a FIFO would replace it (``/dev/null`` becomes a JSON
+    file when run as root), and opening a FIFO blocks until a reader comes: neither is ever
+    what a user meant by naming an output file.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    if stat.S_ISREG(mode):
+        return
+    kind = describe_file_type(mode)
+    raise BadInput(
+        f"{what} {path} is {kind}, not a regular file, so the suite will not write to it",
+        next_step="name a regular file (or a path that does not exist yet)",
+    )
+
+
+def describe_file_type(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def write_atomic(path: Path, data: bytes, *, what: str = "the file") -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
 
     Temp file in the same directory (``os.replace`` is atomic only within a file system),
-    fsync before the rename, fsync of the directory after it.
+    fsync before the rename, fsync of the directory after it. Refuses a ``path`` that exists
+    and is not a regular file (see :func:`refuse_non_regular`).
     """
     make_dir(path.parent)
+    refuse_non_regular(path, what=what)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -39,12 +111,21 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content (raises OSError when it cannot be read)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def dump_json(document: Any) -> bytes:
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def write_json_atomic(path: Path, document: Any) -> None:
-    write_atomic(path, dump_json(document))
+def write_json_atomic(path: Path, document: Any, *, what: str = "the file") -> None:
+    write_atomic(path, dump_json(document), what=what)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -61,8 +142,37 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a directory tree if it exists (a missing one is fine)."""
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path)
+    """Remove a file or directory tree if it exists (a missing one is fine)."""
+    try:
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            shutil.rmtree(path)
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+
+
+def copy_file(source: Path, dest: Path, *, keep_symlink: bool = False) -> None:
+    """Copy one file (metadata included); a symlink is recreated as a symlink when asked."""
+    try:
+        if keep_symlink and source.is_symlink():
+            dest.symlink_to(source.readlink())
+        else:
+            shutil.copy2(source, dest)
+    except OSError as exc:
+        raise os_error(exc, dest) from exc
+
+
+def move(source: Path, dest: Path) -> None:
+    try:
+        shutil.move(str(source), dest)
+    except OSError as exc:
+        raise os_error(exc, dest) from exc
+
+
+def write_text(path: Path, text: str) -> None:
+    """A small note or stamp, written in place (atomicity does not matter for it)."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise os_error(exc, path) from exc

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -153,3 +154,18 @@ def git_env(env: Mapping[str, str]) -> dict[str, str]:
     scrubbed = {k: v for k, v in env.items() if k not in {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"}}
     scrubbed.setdefault("GIT_TERMINAL_PROMPT", "0")  # never wait for a password nobody will type
     return scrubbed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a leftover named after a dead pid is safe to remove)."""
+    if sys.platform == "win32":
+        return False  # os.kill(pid, 0) would terminate it; the backend lock is the guard there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    except (OverflowError, OSError):
+        return False
+    return True

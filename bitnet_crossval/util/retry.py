@@ -16,13 +16,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bitnet_crossval.errors import BadInput, SuiteError
+from bitnet_crossval.errors import SuiteError
 from bitnet_crossval.util import ui
+from bitnet_crossval.util.envnum import env_float, env_int
 
 T = TypeVar("T")
 
 RETRIES_ENV = "BITNET_NET_RETRIES"
 BUDGET_ENV = "BITNET_NET_RETRY_BUDGET"
+TIMEOUT_ENV = "BITNET_NET_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0
 
 _REASON_MAX_CHARS = 160
 
@@ -44,31 +47,16 @@ class RetryPolicy:
     def from_env(cls, env: Mapping[str, str]) -> RetryPolicy:
         """The default policy with ``BITNET_NET_RETRIES`` (attempts, at least 1) and
         ``BITNET_NET_RETRY_BUDGET`` (seconds of total sleep, at least 0) applied."""
-        attempts = cls.attempts
-        budget = cls.budget
-        raw_attempts = env.get(RETRIES_ENV, "").strip()
-        if raw_attempts:
-            try:
-                attempts = int(raw_attempts)
-            except ValueError:
-                attempts = 0
-            if attempts < 1:
-                raise BadInput(
-                    f"{RETRIES_ENV}={raw_attempts!r} is not a whole number of attempts of at least 1",
-                    next_step=f"set {RETRIES_ENV} to a number such as 4 (1 turns retries off), or unset it",
-                )
-        raw_budget = env.get(BUDGET_ENV, "").strip()
-        if raw_budget:
-            try:
-                budget = float(raw_budget)
-            except ValueError:
-                budget = -1.0
-            if not budget >= 0.0 or budget == float("inf"):  # also rejects NaN
-                raise BadInput(
-                    f"{BUDGET_ENV}={raw_budget!r} is not a number of seconds of at least 0",
-                    next_step=f"set {BUDGET_ENV} to a number of seconds such as 60, or unset it",
-                )
+        attempts = env_int(
+            env, RETRIES_ENV, default=cls.attempts, minimum=1, example="4 (1 turns retries off)", unit="attempts"
+        )
+        budget = env_float(env, BUDGET_ENV, default=cls.budget, example="60")
         return cls(attempts=attempts, budget=budget)
+
+
+def net_timeout(env: Mapping[str, str]) -> float:
+    """Seconds a network operation may stall: ``BITNET_NET_TIMEOUT``, else 30."""
+    return env_float(env, TIMEOUT_ENV, default=DEFAULT_TIMEOUT, exclusive_minimum=True, example="30")
 
 
 def backoff_delay(policy: RetryPolicy, retry_number: int, rand: Callable[[], float]) -> float:

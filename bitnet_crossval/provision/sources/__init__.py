@@ -22,14 +22,11 @@ from bitnet_crossval.provision.sources.archive import extract_archive
 from bitnet_crossval.provision.sources.classify import classify_failure, is_transient
 from bitnet_crossval.provision.sources.download import (
     DEFAULT_INDEX_URL,
-    DEFAULT_TIMEOUT,
     INDEX_ENV,
     PIP_INDEX_ENV,
-    TIMEOUT_ENV,
     index_url,
 )
 from bitnet_crossval.provision.sources.fetch import (
-    acceptable_identities,
     fetch_default_or,
     fetch_source,
     identify_source,
@@ -54,7 +51,6 @@ from bitnet_crossval.provision.sources.staging import MARKER_NAME
 __all__ = [
     "ARCHIVE_SUFFIXES",
     "DEFAULT_INDEX_URL",
-    "DEFAULT_TIMEOUT",
     "GIT_SCHEMES",
     "INDEX_ENV",
     "MARKER_NAME",
@@ -62,11 +58,9 @@ __all__ = [
     "PYPI_KEYWORD",
     "PYPI_REQUIREMENT",
     "PYPI_SDIST_NAME",
-    "TIMEOUT_ENV",
     "FetchedSource",
     "SourceKind",
     "SourceSpec",
-    "acceptable_identities",
     "classify_failure",
     "extract_archive",
     "fetch_default_or",

@@ -31,7 +31,7 @@ from bitnet_crossval.errors import (
     UnclassifiedError,
 )
 from bitnet_crossval.provision.sources.spec import redact_url
-from bitnet_crossval.store.layout import PERMISSION_ERRNOS, os_error
+from bitnet_crossval.util.files import PERMISSION_ERRNOS, os_error
 
 # What the tarfile, zipfile and decompression modules raise for a truncated or corrupt archive.
 ARCHIVE_ERRORS: tuple[type[Exception], ...] = (
@@ -59,11 +59,17 @@ _GIT_CERTIFICATE = re.compile(
     r"unable to get local issuer certificate|self.signed certificate",
     re.IGNORECASE,
 )
+# What a server says when it will not hand out a commit (or a ref that names none): for a
+# shallow fetch by id this means "try a full fetch"; after that, the commit is not there.
+_GIT_REFUSED_COMMIT = (
+    r"not our ref|unadvertised object|couldn't find remote ref|no such remote ref|did not contain|"
+    r"direct fetching of that commit failed|reference is not a tree|not a valid object"
+)
+_GIT_REFUSED = re.compile(_GIT_REFUSED_COMMIT, re.IGNORECASE)
 _GIT_NOT_FOUND = re.compile(
     r"repository not found|does not appear to be a git repository|not found|"
-    r"couldn't find remote ref|no such remote ref|not our ref|unadvertised object|reference is not a tree|"
-    r"did not match any|did not contain|invalid refspec|not a valid object name|unknown revision|"
-    r"returned error: 4\d\d|not a git repository",
+    + _GIT_REFUSED_COMMIT
+    + r"|did not match any|invalid refspec|unknown revision|returned error: 4\d\d|not a git repository",
     re.IGNORECASE,
 )
 _GIT_AUTH = re.compile(
@@ -97,6 +103,11 @@ _NETWORK_ERRNOS = frozenset(
         errno.EPIPE,
     }
 )
+
+
+def server_refused_commit(output: str) -> bool:
+    """Whether git's output says the server will not serve the commit that was asked for."""
+    return bool(_GIT_REFUSED.search(output))
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -23,39 +23,19 @@ from bitnet_crossval.backends.specs import LLAMA_CPP_PYPI_PACKAGE, BackendSpec
 from bitnet_crossval.errors import BadInput, NetworkError, SuiteError
 from bitnet_crossval.provision.sources.classify import classify_failure, is_transient
 from bitnet_crossval.provision.sources.spec import PYPI_SDIST_NAME, redact_url
-from bitnet_crossval.store.layout import CacheLayout, make_dir, os_error
 from bitnet_crossval.util import ui
-from bitnet_crossval.util.files import write_atomic
-from bitnet_crossval.util.retry import RetryPolicy, with_retries
+from bitnet_crossval.util.files import file_sha256, make_dir, os_error, write_atomic
+from bitnet_crossval.util.retry import RetryPolicy, net_timeout, with_retries
 
 T = TypeVar("T")
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 INDEX_ENV = "BITNET_PYPI_INDEX_URL"
 PIP_INDEX_ENV = "PIP_INDEX_URL"
-TIMEOUT_ENV = "BITNET_NET_TIMEOUT"
-DEFAULT_TIMEOUT = 30.0
 
 _CHUNK = 1 << 20
 _PYPI_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
 _JSON_TYPES = frozenset({"application/vnd.pypi.simple.v1+json", "application/json"})
-
-
-def net_timeout(env: Mapping[str, str]) -> float:
-    """Seconds a network operation may stall: ``BITNET_NET_TIMEOUT``, else 30."""
-    raw = env.get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 0.0 < value < float("inf"):
-        raise BadInput(
-            f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds",
-            next_step=f"set {TIMEOUT_ENV} to a number of seconds such as 30, or unset it",
-        )
-    return value
 
 
 # --------------------------------------------------------------------------- the package index
@@ -261,13 +241,6 @@ def _request(url: str, *, accept: str | None = None) -> urllib.request.Request:
 # --------------------------------------------------------------------------- finished downloads
 
 
-def download_path(cache: CacheLayout, url: str) -> Path:
-    """Where the download of ``url`` is kept in the cache."""
-    # Two URLs may end in the same file name; the URL's hash keeps their downloads apart.
-    name = unquote(posixpath.basename(urlsplit(url).path)) or "archive"
-    return cache.downloads / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
-
-
 def recorded_sha256(path: Path) -> str | None:
     """The sha256 recorded when ``path`` finished downloading (cheap: the file is not read)."""
     try:
@@ -284,14 +257,10 @@ def reusable_download(path: Path) -> str | None:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError as exc:
         raise BadInput(f"cannot read the archive {path}: {exc.strerror or exc}") from exc
-    return digest.hexdigest()
 
 
 def _sha256_path(path: Path) -> Path:

@@ -23,7 +23,6 @@ from bitnet_crossval.provision.sources.archive import extract_into_cache
 from bitnet_crossval.provision.sources.classify import offline_hint
 from bitnet_crossval.provision.sources.download import (
     download,
-    download_path,
     find_sdist,
     recorded_sha256,
     reusable_download,
@@ -42,7 +41,7 @@ from bitnet_crossval.provision.sources.spec import (
     resolve_source_text,
 )
 from bitnet_crossval.provision.sources.staging import read_marker
-from bitnet_crossval.store.layout import CacheLayout, cache_root_from
+from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.retry import RetryPolicy
 
@@ -118,10 +117,10 @@ def _fetch_archive(
     source: SourceSpec, *, spec: BackendSpec, cache: CacheLayout, env: Mapping[str, str], policy: RetryPolicy
 ) -> FetchedSource:
     def final_for(sha256: str) -> Path:
-        return cache.sources / f"{spec.name}-archive-{sha256[:16]}"
+        return cache.archive_source(spec.name, sha256)
 
     if is_url(source.location):
-        archive = download_path(cache, source.location)
+        archive = cache.download(source.location)
         recorded = recorded_sha256(archive)
         if recorded is not None and read_marker(final_for(recorded)) is not None:
             sha256 = recorded
@@ -139,8 +138,8 @@ def _fetch_archive(
 
 def _fetch_pypi(*, spec: BackendSpec, cache: CacheLayout, env: Mapping[str, str], policy: RetryPolicy) -> FetchedSource:
     identity = pypi_identity()
-    final = cache.sources / f"{spec.name}-pypi-{LLAMA_CPP_PYPI_VERSION}"
-    sdist = cache.downloads / PYPI_SDIST_NAME
+    final = cache.pypi_source(spec.name, LLAMA_CPP_PYPI_VERSION)
+    sdist = cache.named_download(PYPI_SDIST_NAME)
     if read_marker(final) is None and reusable_download(sdist) is None:
         url, sha256 = find_sdist(env=env, policy=policy, spec=spec)
         download(url, sdist, spec=spec, env=env, policy=policy, expected_sha256=sha256)
@@ -151,7 +150,9 @@ def _fetch_pypi(*, spec: BackendSpec, cache: CacheLayout, env: Mapping[str, str]
 # --------------------------------------------------------------------------- identity
 
 
-def identify_source(source: SourceSpec, *, spec: BackendSpec, env: Mapping[str, str]) -> dict[str, str] | None:
+def identify_source(
+    source: SourceSpec, *, spec: BackendSpec, env: Mapping[str, str], cache: CacheLayout
+) -> dict[str, str] | None:
     """The identity :func:`fetch_source` would report, when it is known without fetching
     (None otherwise). Cheap: no network, at most two local git calls or one file hash."""
     if source.kind == "git":
@@ -164,25 +165,8 @@ def identify_source(source: SourceSpec, *, spec: BackendSpec, env: Mapping[str, 
         return local_identity(Path(source.location), env)
     if not is_url(source.location):
         return _archive_identity(source.location, sha256_file(Path(source.location)))
-    cache = CacheLayout(cache_root_from(env))
-    recorded = recorded_sha256(download_path(cache, source.location))
+    recorded = recorded_sha256(cache.download(source.location))
     return _archive_identity(source.location, recorded) if recorded else None
-
-
-def acceptable_identities(
-    source_text: str | None, *, spec: BackendSpec, ref: str | None, env: Mapping[str, str]
-) -> tuple[dict[str, str], ...]:
-    """Identities any of which satisfies this request, known without fetching: the default
-    source also accepts a tree from the PyPI fallback, which is the same commit."""
-    text = resolve_source_text(source_text, spec=spec, env=env)
-    if text is not None:
-        found = identify_source(parse_source(text, spec=spec, ref=ref), spec=spec, env=env)
-        return (found,) if found else ()
-    default = parse_source(spec.default_source, spec=spec, ref=ref)
-    identities = [identify_source(default, spec=spec, env=env)]
-    if _has_pypi_fallback(spec, default):
-        identities.append(pypi_identity())
-    return tuple(i for i in identities if i)
 
 
 def pypi_identity() -> dict[str, str]:

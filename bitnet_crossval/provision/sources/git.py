@@ -15,19 +15,12 @@ from pathlib import Path
 
 from bitnet_crossval.backends.specs import BackendSpec
 from bitnet_crossval.errors import BadInput, CommandFailed, ProgramNotFound, SuiteError, UnclassifiedError
-from bitnet_crossval.provision.sources.classify import classify_failure, is_transient
-from bitnet_crossval.provision.sources.download import net_timeout
+from bitnet_crossval.provision.sources.classify import classify_failure, is_transient, server_refused_commit
 from bitnet_crossval.provision.sources.spec import FULL_SHA, FetchedSource, SourceSpec, redact_url
 from bitnet_crossval.provision.sources.staging import assemble, read_marker
 from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.util import proc, ui
-from bitnet_crossval.util.retry import RetryPolicy, with_retries
-
-_REFUSED = re.compile(
-    r"not our ref|unadvertised object|couldn't find remote ref|no such remote ref|did not contain|"
-    r"direct fetching of that commit failed|reference is not a tree|not a valid object",
-    re.IGNORECASE,
-)
+from bitnet_crossval.util.retry import RetryPolicy, net_timeout, with_retries
 
 
 def fetch_git(
@@ -38,7 +31,7 @@ def fetch_git(
     git = _Git(url=url, spec=spec, env=env, policy=policy)
     commit = source.ref if source.ref and FULL_SHA.match(source.ref) else git.resolve(source.ref)
     identity = git_identity(url, commit)
-    final = cache.sources / f"{spec.name}-{commit}"
+    final = cache.git_source(spec.name, commit)
     finished = read_marker(final)
     if finished is not None:
         return FetchedSource(path=final / finished, identity=identity)
@@ -185,4 +178,4 @@ class _Git:
 
 def _refused_by_server(err: SuiteError) -> bool:
     cause = err.__cause__
-    return isinstance(cause, CommandFailed) and bool(_REFUSED.search(cause.output_tail))
+    return isinstance(cause, CommandFailed) and server_refused_commit(cause.output_tail)

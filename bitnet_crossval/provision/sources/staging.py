@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bitnet_crossval.store.layout import make_dir, os_error
-from bitnet_crossval.util.files import remove_tree, write_json_atomic
+from bitnet_crossval.util.files import make_dir, os_error, remove_tree, write_json_atomic
+from bitnet_crossval.util.proc import process_alive
 
 MARKER_NAME = ".bitnet-source.json"
 
@@ -64,22 +63,8 @@ def _remove_stale_temps(final: Path) -> None:
     """Remove temporaries of ``final`` left by killed runs (their owner process is gone)."""
     for candidate in final.parent.glob(f".{final.name}.tmp-*"):
         owner = candidate.name[len(final.name) + 6 :].split("-", 1)[0]
-        if not owner.isdigit() or not _process_alive(int(owner)) or int(owner) == os.getpid():
+        if not owner.isdigit() or not process_alive(int(owner)) or int(owner) == os.getpid():
             _remove(candidate)
-
-
-def _process_alive(pid: int) -> bool:
-    if sys.platform == "win32":
-        return False  # os.kill(pid, 0) would terminate it; the backend lock is the guard there
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, owned by someone else
-    except (OverflowError, OSError):
-        return False
-    return True
 
 
 def _remove(path: Path) -> None:

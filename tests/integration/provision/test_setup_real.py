@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bitnet_crossval.backends.detect import INSTALL_MARKER
 from bitnet_crossval.store.lock import exclusive_lock
+from bitnet_crossval.store.marker import MARKER_NAME as INSTALL_MARKER
 from tests.helpers import REPO_ROOT, copy_fake_llama, fake_llama_git_repo, run_invoke, wait_for
 
 pytestmark = pytest.mark.integration

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from bitnet_crossval.backends.detect import INSTALL_MARKER, detect, probe
+from bitnet_crossval.backends.detect import detect, probe
 from bitnet_crossval.backends.specs import LLAMA
+from bitnet_crossval.provision.cmake import preferred_generator
 from bitnet_crossval.store.layout import CacheLayout
+from bitnet_crossval.store.marker import MARKER_NAME as INSTALL_MARKER
 from tests.helpers import FAKE_LLAMA
 
 pytestmark = pytest.mark.integration
@@ -21,8 +24,10 @@ pytestmark = pytest.mark.integration
 def fake_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fake-install")
     build, prefix = root / "build", root / "prefix"
+    generator = preferred_generator(os.environ)
+    chosen = ["-G", generator] if generator else []
     subprocess.run(
-        ["cmake", "-S", str(FAKE_LLAMA), "-B", str(build), "-G", "Ninja", "-DCMAKE_INSTALL_RPATH=$ORIGIN"],
+        ["cmake", "-S", str(FAKE_LLAMA), "-B", str(build), *chosen, "-DCMAKE_INSTALL_RPATH=$ORIGIN"],
         check=True,
         capture_output=True,
     )

@@ -34,13 +34,17 @@ def test_errors_become_exit_codes_without_traceback(
     assert info.value.code == code
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    if code != 130:
-        assert "error:" in err and "next:" in err
+    assert "error:" in err and "next:" in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
 
 
 def test_verbose_shows_the_traceback_of_a_bug(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(Exit) as info:
         failing(None, ValueError("a bug"), verbose=True)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ValueError: a bug" in err
+    assert "error: unexpected ValueError: a bug" in err
 
 
 def test_verbose_suite_error_prints_traceback_and_keeps_the_code(capsys: pytest.CaptureFixture[str]) -> None:

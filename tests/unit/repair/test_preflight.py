@@ -5,12 +5,13 @@ from typing import Any, NoReturn
 
 import pytest
 
-from bitnet_crossval.backends.detect import Detection
+from bitnet_crossval.backends.detect import Detection, Detector
 from bitnet_crossval.backends.specs import LLAMA
 from bitnet_crossval.context import SuiteContext
-from bitnet_crossval.errors import BackendUnavailable, BadInput, RevalidationFailed
+from bitnet_crossval.errors import BackendUnavailable, BadInput, BuildFailed, RevalidationFailed
 from bitnet_crossval.provision.install import SetupResult
 from bitnet_crossval.repair import preflight as pf
+from bitnet_crossval.repair.rebuild import RebuildResult
 from bitnet_crossval.store.constants import BackendRecord, Constants
 from bitnet_crossval.store.layout import CacheLayout
 
@@ -49,6 +50,7 @@ def _ctx(tmp_path: Path, *, env: dict[str, str] | None = None, constants: Consta
         cache=cache,
         env=env or {},
         constants=constants or Constants(path=tmp_path / "c.json", status="missing", problem="none"),
+        detector=Detector(env=env or {}, cache=cache),
     )
 
 
@@ -71,22 +73,24 @@ class Recorder:
 @pytest.fixture
 def flow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Recorder:
     rec = Recorder()
-    state = {"available": False}
+    state: dict[str, Any] = {"available": False}
 
-    def fake_detect(spec: Any, *, env: Any, cache: Any) -> Detection:
+    def fake_detect(self: Detector, spec: Any) -> Detection:
         rec.calls.append(("detect", None))
         return _detection(state["available"], root=tmp_path / "inst")
 
-    def fake_setup(spec: Any, *, cache: Any, env: Any, force: bool) -> SetupResult:
+    def fake_setup(spec: Any, *, cache: Any, env: Any, force: bool, detector: Detector) -> SetupResult:
         rec.calls.append(("setup", force))
         return SetupResult(
             backend="llama", action="installed", install_dir=tmp_path / "inst", lib_dir=tmp_path / "inst" / "lib"
         )
 
-    def fake_rebuild(ctx: Any, **kwargs: Any) -> None:
+    def fake_rebuild(ctx: Any, **kwargs: Any) -> RebuildResult:
         rec.calls.append(("rebuild", None))
+        return RebuildResult(path=tmp_path / "c.json", records={}, written=True, shim_failures=state["shim_failures"])
 
-    monkeypatch.setattr("bitnet_crossval.backends.detect.detect", fake_detect)
+    state["shim_failures"] = {}
+    monkeypatch.setattr(Detector, "detect", fake_detect)
     monkeypatch.setattr("bitnet_crossval.provision.install.setup_backend", fake_setup)
     monkeypatch.setattr("bitnet_crossval.repair.rebuild.rebuild", fake_rebuild)
     rec.state = state  # type: ignore[attr-defined]
@@ -171,3 +175,12 @@ def test_the_child_needs_the_constants_to_list_the_backend(flow: Recorder, tmp_p
     listed = Constants(path=tmp_path / "c.json", status="ok", backends={"llama": BackendRecord(available=True)})
     report = pf.run_preflight(_ctx(tmp_path, env=env, constants=listed), LLAMA, mode="auto")
     assert report.repaired and report.available
+
+
+def test_a_repair_whose_shim_did_not_build_fails_instead_of_reexecuting(flow: Recorder, tmp_path: Path) -> None:
+    flow.state["shim_failures"] = {"llama": BuildFailed("compiling the shim failed", next_step="read the log")}  # type: ignore[attr-defined]
+    with pytest.raises(BuildFailed) as info:
+        pf.run_preflight(_ctx(tmp_path), LLAMA, mode="auto", reexec=_fake_reexec(flow))
+    assert info.value.exit_code == 5
+    assert "the shim for llama.cpp did not build" in info.value.message
+    assert [c[0] for c in flow.calls] == ["detect", "setup", "rebuild"]  # no re-exec, no "(auto-repaired)"

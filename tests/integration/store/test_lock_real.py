@@ -32,20 +32,33 @@ def _start_holder(
     return holder, ready, release
 
 
+def _wait_for_line(path: Path, text: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    """Block until ``proc`` has written ``text`` to its stderr file ``path``."""
+    deadline = time.monotonic() + timeout
+    while text not in (path.read_text() if path.exists() else ""):
+        assert proc.poll() is None, f"the process ended with code {proc.returncode} before saying {text!r}"
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.02)
+
+
 def test_a_waiter_says_who_holds_the_lock_and_gets_it_after_release(tmp_path: Path) -> None:
     lock = tmp_path / "locks" / "llama.lock"
     first, ready1, release1 = _start_holder(tmp_path, "first", lock)
     wait_for(ready1)
-    second, ready2, release2 = _start_holder(tmp_path, "second", lock)
-    time.sleep(0.5)
+    ready2, release2, err_file = tmp_path / "second.ready", tmp_path / "second.release", tmp_path / "second.err"
+    with err_file.open("w") as err_handle:
+        second = subprocess.Popen(
+            [sys.executable, str(HOLDER), str(lock), str(ready2), str(release2), "60"], stderr=err_handle, text=True
+        )
+    # Once it says it waits, it has tried the lock and found it held: only then is "not ready" proof.
+    _wait_for_line(err_file, "waiting for the lock", second)
     assert not ready2.exists(), "the second process got a lock that was held"
     release1.touch()
     assert first.wait(timeout=20) == 0
     wait_for(ready2)
     release2.touch()
     assert second.wait(timeout=20) == 0
-    assert second.stderr is not None
-    err = second.stderr.read()
+    err = err_file.read_text()
     assert f"held by pid {first.pid}" in err
     assert "waiting for the lock" in err and "got the lock after" in err
     assert not owner_path(lock).exists()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bitnet_crossval.backends.detect import INSTALL_MARKER
 from bitnet_crossval.errors import BuildFailed
 from bitnet_crossval.provision.bitnet_build import find_clang
+from bitnet_crossval.store.marker import MARKER_NAME as INSTALL_MARKER
 from tests.helpers import copy_fake_llama, make_fake_bitnet, run_invoke, tool_only_path
 
 pytestmark = pytest.mark.integration

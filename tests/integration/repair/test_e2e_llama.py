@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from bitnet_crossval.backends.detect import INSTALL_MARKER
 from bitnet_crossval.backends.specs import LLAMA_CPP_COMMIT
 from bitnet_crossval.store.constants import read_constants
+from bitnet_crossval.store.marker import MARKER_NAME as INSTALL_MARKER
 from tests.conftest import RealLlamaRun
 from tests.helpers import run_invoke
 

@@ -1,10 +1,7 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 from bitnet_crossval.backends.specs import LLAMA_CPP_COMMIT
-from bitnet_crossval.provision.install import build_dir_for, same_source
-from bitnet_crossval.store.layout import CacheLayout
+from bitnet_crossval.provision.install import same_source
 
 PINNED_GIT = {"kind": "git", "location": "https://github.com/ggml-org/llama.cpp", "commit": LLAMA_CPP_COMMIT}
 PYPI = {"kind": "pypi", "location": "llama-cpp-python==0.3.36", "commit": LLAMA_CPP_COMMIT}
@@ -28,13 +25,3 @@ def test_sources_without_commits_compare_whole() -> None:
     archive = {"kind": "archive", "location": "/a.tar.gz", "sha256": "ab"}
     assert same_source(archive, dict(archive))
     assert not same_source(archive, {**archive, "sha256": "cd"})
-
-
-def test_build_dirs_are_stable_per_source_and_distinct_between_sources(tmp_path: Path) -> None:
-    cache = CacheLayout(tmp_path)
-    a = build_dir_for(cache, "llama", PINNED_GIT)
-    assert a == build_dir_for(cache, "llama", PYPI)  # same commit, same incremental build dir
-    assert a != build_dir_for(cache, "llama", {**PINNED_GIT, "commit": "1" * 40})
-    assert a != build_dir_for(cache, "bitnet", PINNED_GIT)
-    local = build_dir_for(cache, "llama", {"kind": "local", "location": "/src/llama.cpp"})
-    assert local.name.startswith("llama-local-") and local.parent == cache.builds

@@ -118,7 +118,7 @@ def test_git_fetches_pinned_commit_with_submodules_and_reuses_it(
 ) -> None:
     text = f"{repos.url}@{repos.pinned}"
     source = parse_source(text, spec=BITNET)
-    before = identify_source(source, spec=BITNET, env=base_env)
+    before = identify_source(source, spec=BITNET, env=base_env, cache=CacheLayout(Path(base_env["BITNET_CACHE_DIR"])))
 
     fetched = fetch(text, spec=BITNET, cache_dir=cache_dir, env=base_env)
 
@@ -263,7 +263,10 @@ def test_local_archive_is_extracted_to_its_single_top_directory(
     assert (fetched.path / "include" / "proj.h").read_text() == "#pragma once\n"
     assert os.access(fetched.path / "scripts" / "gen.sh", os.X_OK)
     assert fetched.identity == {"kind": "archive", "location": str(archive.resolve()), "sha256": sha256}
-    assert identify_source(source, spec=BITNET, env=base_env) == fetched.identity
+    assert (
+        identify_source(source, spec=BITNET, env=base_env, cache=CacheLayout(Path(base_env["BITNET_CACHE_DIR"])))
+        == fetched.identity
+    )
     assert fetch(str(archive), spec=BITNET, cache_dir=cache_dir, env=base_env) == fetched
     assert leftovers(cache_dir) == []
 
@@ -477,11 +480,16 @@ def test_archive_url_is_downloaded_once(
     index.routes["/dl/proj.tar.gz"] = (200, "application/gzip", archive)
     url = f"{index.base}/dl/proj.tar.gz"
     source = parse_source(url, spec=LLAMA)
-    assert identify_source(source, spec=LLAMA, env=base_env) is None
+    assert (
+        identify_source(source, spec=LLAMA, env=base_env, cache=CacheLayout(Path(base_env["BITNET_CACHE_DIR"]))) is None
+    )
     fetched = fetch(url, spec=LLAMA, cache_dir=cache_dir, env=base_env)
     assert fetched.identity == {"kind": "archive", "location": url, "sha256": hashlib.sha256(archive).hexdigest()}
     assert (fetched.path / "CMakeLists.txt").is_file()
-    assert identify_source(source, spec=LLAMA, env=base_env) == fetched.identity
+    assert (
+        identify_source(source, spec=LLAMA, env=base_env, cache=CacheLayout(Path(base_env["BITNET_CACHE_DIR"])))
+        == fetched.identity
+    )
     shutil.rmtree(fetched.path.parent)  # even re-extracting uses the downloaded file
     assert fetch(url, spec=LLAMA, cache_dir=cache_dir, env=base_env) == fetched
     assert index.requests == ["/dl/proj.tar.gz"]
@@ -508,7 +516,7 @@ def test_local_checkout_is_used_in_place_with_a_cheap_identity(
     source = parse_source(str(tree), spec=LLAMA)
 
     started = time.monotonic()
-    identity = identify_source(source, spec=LLAMA, env=base_env)
+    identity = identify_source(source, spec=LLAMA, env=base_env, cache=CacheLayout(Path(base_env["BITNET_CACHE_DIR"])))
     assert time.monotonic() - started < 1.0
     assert identity == {"kind": "local", "location": str(tree.resolve()), "commit": head, "dirty": "false"}
 
@@ -519,7 +527,12 @@ def test_local_checkout_is_used_in_place_with_a_cheap_identity(
     assert not (cache_dir / "sources").exists() or list((cache_dir / "sources").iterdir()) == []
 
     (tree / "CMakeLists.txt").write_text("changed\n")
-    assert identify_source(source, spec=LLAMA, env=base_env)["dirty"] == "true"  # type: ignore[index]
+    assert (
+        identify_source(source, spec=LLAMA, env=base_env, cache=CacheLayout(Path(base_env["BITNET_CACHE_DIR"])))[
+            "dirty"
+        ]
+        == "true"
+    )  # type: ignore[index]
 
 
 def test_local_directory_without_cmake_is_bad_input(tmp_path: Path, cache_dir: Path, base_env: dict[str, str]) -> None:

@@ -27,7 +27,6 @@ from bitnet_crossval.provision import sources
 from bitnet_crossval.provision.sources import (
     FetchedSource,
     SourceSpec,
-    acceptable_identities,
     classify_failure,
     fetch_default_or,
     identify_source,
@@ -38,6 +37,8 @@ from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.util.retry import RetryPolicy
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
+# Identities that need no download never look at the cache.
+NO_CACHE = CacheLayout(Path("/nonexistent-cache"))
 
 
 # --------------------------------------------------------------------------- parse_source
@@ -320,23 +321,29 @@ def test_suite_errors_pass_through_unchanged() -> None:
 
 def test_git_identity_known_only_for_a_full_commit() -> None:
     pinned = parse_source(f"https://example.com/x.git@{SHA}", spec=LLAMA)
-    first = identify_source(pinned, spec=LLAMA, env={})
+    first = identify_source(pinned, spec=LLAMA, env={}, cache=NO_CACHE)
     assert first == {"kind": "git", "location": "https://example.com/x.git", "commit": SHA}
-    assert identify_source(pinned, spec=LLAMA, env={}) == first
-    assert identify_source(parse_source("https://example.com/x.git@v1", spec=LLAMA), spec=LLAMA, env={}) is None
-    assert identify_source(parse_source("https://example.com/x.git", spec=LLAMA), spec=LLAMA, env={}) is None
+    assert identify_source(pinned, spec=LLAMA, env={}, cache=NO_CACHE) == first
+    assert (
+        identify_source(parse_source("https://example.com/x.git@v1", spec=LLAMA), spec=LLAMA, env={}, cache=NO_CACHE)
+        is None
+    )
+    assert (
+        identify_source(parse_source("https://example.com/x.git", spec=LLAMA), spec=LLAMA, env={}, cache=NO_CACHE)
+        is None
+    )
 
 
 def test_pypi_identity_names_the_package_and_the_commit() -> None:
-    identity = identify_source(parse_source("pypi", spec=LLAMA), spec=LLAMA, env={})
+    identity = identify_source(parse_source("pypi", spec=LLAMA), spec=LLAMA, env={}, cache=NO_CACHE)
     assert identity == {"kind": "pypi", "location": "llama-cpp-python==0.3.36", "commit": LLAMA_CPP_COMMIT}
 
 
 def test_local_directory_identity_is_stable(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
-    a = identify_source(parse_source(str(tree), spec=LLAMA), spec=LLAMA, env={})
-    b = identify_source(parse_source(f"{tree}/.", spec=LLAMA), spec=LLAMA, env={})
+    a = identify_source(parse_source(str(tree), spec=LLAMA), spec=LLAMA, env={}, cache=NO_CACHE)
+    b = identify_source(parse_source(f"{tree}/.", spec=LLAMA), spec=LLAMA, env={}, cache=NO_CACHE)
     assert a == b == {"kind": "local", "location": str(tree.resolve())}
 
 
@@ -344,34 +351,20 @@ def test_local_archive_identity_is_its_sha256(tmp_path: Path) -> None:
     archive = tmp_path / "src.tar.gz"
     archive.write_bytes(b"version one")
     source = parse_source(str(archive), spec=LLAMA)
-    first = identify_source(source, spec=LLAMA, env={})
+    first = identify_source(source, spec=LLAMA, env={}, cache=NO_CACHE)
     assert first == {
         "kind": "archive",
         "location": str(archive.resolve()),
         "sha256": hashlib.sha256(b"version one").hexdigest(),
     }
-    assert identify_source(source, spec=LLAMA, env={}) == first
+    assert identify_source(source, spec=LLAMA, env={}, cache=NO_CACHE) == first
     archive.write_bytes(b"version two")
-    assert identify_source(source, spec=LLAMA, env={}) != first
+    assert identify_source(source, spec=LLAMA, env={}, cache=NO_CACHE) != first
 
 
 def test_remote_archive_identity_unknown_until_downloaded(cache_dir: Path) -> None:
     source = parse_source("https://example.com/src.tar.gz", spec=LLAMA)
-    assert identify_source(source, spec=LLAMA, env={"BITNET_CACHE_DIR": str(cache_dir)}) is None
-
-
-def test_acceptable_identities_for_the_default_include_the_pypi_fallback() -> None:
-    git = {"kind": "git", "location": LLAMA.git_url, "commit": LLAMA.commit}
-    assert acceptable_identities(None, spec=LLAMA, ref=None, env={}) == (git, sources.pypi_identity())
-    bitnet_git = {"kind": "git", "location": BITNET.git_url, "commit": BITNET.commit}
-    assert acceptable_identities(None, spec=BITNET, ref=None, env={}) == (bitnet_git,)
-    # Another commit is not what the PyPI sdist holds, and a branch is unknown until fetched.
-    other = acceptable_identities(None, spec=LLAMA, ref=SHA, env={})
-    assert other == ({"kind": "git", "location": LLAMA.git_url, "commit": SHA},)
-    assert acceptable_identities(None, spec=LLAMA, ref="master", env={}) == ()
-    assert acceptable_identities(None, spec=LLAMA, ref=None, env={"LLAMA_CPP_SOURCE": "pypi"}) == (
-        sources.pypi_identity(),
-    )
+    assert identify_source(source, spec=LLAMA, env={}, cache=CacheLayout(cache_dir)) is None
 
 
 # --------------------------------------------------------------------------- default chain

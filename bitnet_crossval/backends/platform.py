@@ -1,0 +1,30 @@
+"""Facts about the platform the backends are built and loaded on."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+_ARCH_ALIAS = {"AMD64": "x86_64", "x86_64": "x86_64", "x86": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def shared_library_suffixes() -> tuple[str, ...]:
+    if sys.platform == "darwin":
+        return (".dylib",)
+    if sys.platform == "win32":
+        return (".dll",)
+    return (".so",)
+
+
+def library_path_variable() -> str:
+    """The variable the platform's dynamic loader searches."""
+    if sys.platform == "darwin":
+        return "DYLD_LIBRARY_PATH"
+    if sys.platform == "win32":
+        return "PATH"
+    return "LD_LIBRARY_PATH"
+
+
+def machine_arch() -> str:
+    """``x86_64`` or ``arm64`` for the machines bitnet.cpp has kernels for, else as reported."""
+    return _ARCH_ALIAS.get(platform.machine(), platform.machine())
