@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bitnet_crossval.backends.detect import Detector
-from bitnet_crossval.repair.reexec import is_repair_child
+from bitnet_crossval.repair.guard import is_repair_child
 from bitnet_crossval.store.constants import Constants, read_constants
 from bitnet_crossval.store.layout import (
     CONSTANTS_ENV,

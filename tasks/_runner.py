@@ -1,8 +1,10 @@
 """What every task shares: the context read once per process, and one way to fail.
 
-A task body raises :class:`~tasks.errors.SuiteError`; :func:`suite_task` prints its sentence
-and next step on stderr and exits with its code through ``invoke.Exit``. Anything else is a
-bug: one sentence without a traceback, unless ``--verbose`` asked for it. Ctrl-C is exit 130.
+Task modules import the library inside their bodies, so loading the collection (every
+invocation does) costs little. A task body raises :class:`~bitnet_crossval.errors.SuiteError`;
+:func:`suite_task` prints its sentence and next step on stderr and exits with its code through
+``invoke.Exit``. Anything else is a bug: one sentence without a traceback, unless ``--verbose``
+asked for it. Ctrl-C is exit 130.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from invoke.exceptions import Exit
 
-from bitnet_crossval.context import SuiteContext, load_context
 from bitnet_crossval.errors import Interrupted, SuiteError, UnclassifiedError
 from bitnet_crossval.util import ui
+
+if TYPE_CHECKING:
+    from bitnet_crossval.context import SuiteContext
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,6 +32,8 @@ def suite_context() -> SuiteContext:
     """The shared context, created on first use and then reused by every task in this process."""
     global _context
     if _context is None:
+        from bitnet_crossval.context import load_context
+
         _context = load_context()
     return _context
 

@@ -6,9 +6,7 @@ from typing import Any
 
 from invoke.tasks import task
 
-from bitnet_crossval.backends.specs import spec_for
 from bitnet_crossval.errors import SuiteError
-from bitnet_crossval.repair.preflight import repair_mode_from, run_preflight
 from bitnet_crossval.util import ui
 
 from ._runner import print_json, suite_context, suite_task
@@ -26,6 +24,9 @@ from ._runner import print_json, suite_context, suite_task
 @suite_task
 def preflight(c: Any, backend: str = "llama", repair: str = "", verbose: bool = False, json: bool = False) -> None:
     """Check that a C++ reference backend is usable; repair it when allowed."""
+    from bitnet_crossval.backends.specs import spec_for
+    from bitnet_crossval.repair.preflight import repair_mode_from, run_preflight
+
     ctx = suite_context()
     try:
         spec = spec_for(backend)

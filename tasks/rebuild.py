@@ -7,8 +7,6 @@ from typing import Any
 from invoke.tasks import task
 
 from bitnet_crossval.errors import BuildFailed, UnclassifiedError
-from bitnet_crossval.repair.rebuild import constants_are_current
-from bitnet_crossval.repair.rebuild import rebuild as run_rebuild
 from bitnet_crossval.util import ui
 
 from ._runner import suite_context, suite_task
@@ -23,6 +21,9 @@ from ._runner import suite_context, suite_task
 @suite_task
 def rebuild(c: Any, verbose: bool = False, check: bool = False) -> None:
     """Re-detect every backend, build the cpp/ shim against each one found, write the constants file."""
+    from bitnet_crossval.repair.rebuild import constants_are_current
+    from bitnet_crossval.repair.rebuild import rebuild as run_rebuild
+
     ctx = suite_context()
     if check:
         if not constants_are_current(ctx):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import platform
+import os
 import sys
 
 _ARCH_ALIAS = {"AMD64": "x86_64", "x86_64": "x86_64", "x86": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
@@ -27,4 +27,10 @@ def library_path_variable() -> str:
 
 def machine_arch() -> str:
     """``x86_64`` or ``arm64`` for the machines bitnet.cpp has kernels for, else as reported."""
-    return _ARCH_ALIAS.get(platform.machine(), platform.machine())
+    if sys.platform == "win32":  # os.uname() does not exist there
+        import platform
+
+        machine = platform.machine()
+    else:
+        machine = os.uname().machine
+    return _ARCH_ALIAS.get(machine, machine)

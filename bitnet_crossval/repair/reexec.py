@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 from bitnet_crossval.errors import ProgramNotFound, ReexecTargetMissing
+from bitnet_crossval.repair.guard import REPAIR_PARENT_ENV
 from bitnet_crossval.util import proc, ui
-
-REPAIR_PARENT_ENV = "BITNET_REPAIR_PARENT"
 
 # Interpreter options that consume the next argument (`python -X dev script.py`), and the
 # long one that does the same; see `python --help`.
@@ -72,11 +71,6 @@ def set_entry_point(entry: EntryPoint) -> None:
 
 def entry_point() -> EntryPoint:
     return _entry_point
-
-
-def is_repair_child(env: Mapping[str, str]) -> bool:
-    """True in a process started by a re-exec: it must validate only, never repair."""
-    return env.get(REPAIR_PARENT_ENV) == "1"
 
 
 @dataclass(frozen=True, kw_only=True)

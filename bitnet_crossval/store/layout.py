@@ -6,7 +6,6 @@ picks it when nobody did (tests patch it so nothing can touch a real user cache)
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 from collections.abc import Mapping
@@ -48,6 +47,8 @@ def constants_path_from(env: Mapping[str, str], cache_root: Path) -> Path:
 
 def short_key(text: str) -> str:
     """A 12-hex-digit key naming a cache entry after ``text`` (a path, a URL, a source id)."""
+    import hashlib  # imported on use: start-up time matters for a quick preflight
+
     return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()[:12]
 
 

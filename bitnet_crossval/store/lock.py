@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -85,6 +84,8 @@ def exclusive_lock(lock_path: Path, *, purpose: str, timeout: float) -> Iterator
 
 
 def _write_owner_note(lock_path: Path, purpose: str) -> None:
+    import socket
+
     note = {
         "pid": os.getpid(),
         "host": socket.gethostname(),

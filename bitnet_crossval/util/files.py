@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -113,6 +112,8 @@ def write_atomic(path: Path, data: bytes, *, what: str = "the file") -> None:
 
 def file_sha256(path: Path) -> str:
     """The sha256 of a file's content (raises OSError when it cannot be read)."""
+    import hashlib  # imported on use: start-up time matters for a quick preflight
+
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):

@@ -10,7 +10,6 @@ one re-raised.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -82,13 +81,17 @@ def with_retries(
     is_transient: Callable[[BaseException], bool],
     what: str,
     sleep: Callable[[float], None] = time.sleep,
-    rand: Callable[[], float] = random.random,
+    rand: Callable[[], float] | None = None,
 ) -> T:
     """Call ``fn`` until it returns, retrying transient failures within ``policy``.
 
     ``what`` completes the sentence "network error while ...". Errors that are not
     transient, and the error of the last allowed attempt, propagate unchanged.
     """
+    if rand is None:
+        import random  # only when something fails: keeps start-up quick
+
+        rand = random.random
     slept = 0.0
     for attempt in range(1, policy.attempts + 1):
         try:

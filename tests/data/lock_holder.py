@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bitnet_crossval.errors import SuiteError  # noqa: E402
-from bitnet_crossval.store.lock import exclusive_lock  # noqa: E402
+from bitnet_crossval.errors import SuiteError
+from bitnet_crossval.store.lock import exclusive_lock
 
 lock_path, ready, release = (Path(a) for a in sys.argv[1:4])
 timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 60.0

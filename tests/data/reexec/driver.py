@@ -18,7 +18,8 @@ from pathlib import Path
 from types import FrameType
 
 from bitnet_crossval.errors import SuiteError
-from bitnet_crossval.repair.reexec import is_repair_child, reexec_current_command
+from bitnet_crossval.repair.guard import is_repair_child
+from bitnet_crossval.repair.reexec import reexec_current_command
 
 PASSTHROUGH = ("BITNET_DETERMINISTIC", "BITNET_SEED", "BITNET_GPU_LAYERS", "BITNET_REPAIR_PARENT")
 # A broken guard would re-execute forever; stop long before the test's timeout.

@@ -15,7 +15,8 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from bitnet_crossval.repair.reexec import is_repair_child, reexec_current_command
+from bitnet_crossval.repair.guard import is_repair_child
+from bitnet_crossval.repair.reexec import reexec_current_command
 
 
 @task(iterable=["word"])

@@ -527,12 +527,8 @@ def test_local_checkout_is_used_in_place_with_a_cheap_identity(
     assert not (cache_dir / "sources").exists() or list((cache_dir / "sources").iterdir()) == []
 
     (tree / "CMakeLists.txt").write_text("changed\n")
-    assert (
-        identify_source(source, spec=LLAMA, env=base_env, cache=CacheLayout(Path(base_env["BITNET_CACHE_DIR"])))[
-            "dirty"
-        ]
-        == "true"
-    )  # type: ignore[index]
+    changed = identify_source(source, spec=LLAMA, env=base_env, cache=CacheLayout(Path(base_env["BITNET_CACHE_DIR"])))
+    assert changed is not None and changed["dirty"] == "true"
 
 
 def test_local_directory_without_cmake_is_bad_input(tmp_path: Path, cache_dir: Path, base_env: dict[str, str]) -> None:

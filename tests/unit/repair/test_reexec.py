@@ -14,12 +14,11 @@ from typing import Any, NoReturn
 import pytest
 
 from bitnet_crossval.errors import ProgramNotFound, ReexecTargetMissing
+from bitnet_crossval.repair.guard import REPAIR_PARENT_ENV, is_repair_child
 from bitnet_crossval.repair.reexec import (
-    REPAIR_PARENT_ENV,
     ReexecPlan,
     exec_skip_reason,
     fallback_command,
-    is_repair_child,
     plan_reexec,
     reexec_current_command,
     script_of,
