@@ -1,35 +1,18 @@
-// The subcommands of bitnet-shim. Each reads its inputs from the parsed options and prints
-// one JSON document on stdout; arrays go to .npy files named by the caller.
+// The subcommands of bitnet-shim. Each one, in its own cmd_*.cpp, reads its inputs from its
+// options, prints one JSON document on stdout and writes arrays to .npy files named by the
+// caller; its CommandSpec (name, --help lines, option table) sits next to its implementation.
 #pragma once
 
-#include <map>
-#include <string>
+#include "options.h"
 
 namespace shim {
 
-class Options {
-public:
-    Options(std::string command, std::map<std::string, std::string> values)
-        : command_(std::move(command)), values_(std::move(values)) {}
-
-    const std::string & command() const { return command_; }
-    bool has(const std::string & name) const { return values_.count(name) != 0; }
-    // A required option; its absence is a usage error.
-    const std::string & required(const std::string & name) const;
-    std::string optional(const std::string & name, const std::string & fallback) const;
-    // "0" or "1"; anything else is a usage error.
-    bool flag01(const std::string & name) const;
-    long long integer(const std::string & name, long long fallback, long long min, long long max) const;
-
-private:
-    std::string command_;
-    std::map<std::string, std::string> values_;
-};
-
-int run_info(const Options & opts);
-int run_tokenize(const Options & opts);
-int run_detokenize(const Options & opts);
-int run_logits(const Options & opts);
-int run_generate(const Options & opts);
+extern const CommandSpec kInfoCommand;        // cmd_info.cpp
+extern const CommandSpec kTokenizeCommand;    // cmd_tokenize.cpp
+extern const CommandSpec kDetokenizeCommand;  // cmd_tokenize.cpp
+extern const CommandSpec kLogitsCommand;      // cmd_logits.cpp
+extern const CommandSpec kGenerateCommand;    // cmd_logits.cpp
+extern const CommandSpec kTraceCommand;       // cmd_trace.cpp
+extern const CommandSpec kQuantizeCommand;    // cmd_quantize.cpp
 
 }  // namespace shim

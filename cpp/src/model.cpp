@@ -2,30 +2,13 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
-#include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <system_error>
 
-#ifdef _WIN32
-#include <io.h>
-#define SHIM_DUP _dup
-#define SHIM_DUP2 _dup2
-#define SHIM_FILENO _fileno
-#define SHIM_WRITE _write
-#else
-#include <fcntl.h>
-#include <unistd.h>
-#define SHIM_DUP dup
-#define SHIM_DUP2 dup2
-#define SHIM_FILENO fileno
-#define SHIM_WRITE write
-#endif
-
+#include "diagnostics.h"
 #include "errors.h"
+#include "files.h"
 
 #ifndef BITNET_SHIM_API_CURRENT
 #error "BITNET_SHIM_API_CURRENT must be defined by CMake (0 or 1)"
@@ -33,134 +16,41 @@
 
 namespace shim {
 
-// ===== diagnostics =========================================================================
-
 namespace {
-
-constexpr size_t kMaxCaptured = 256 * 1024;
-
-void log_to_diagnostics(enum ggml_log_level /*level*/, const char * text, void * user_data) {
-    static_cast<Diagnostics *>(user_data)->append(text);
-}
 
 std::string lower(std::string s) {
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
     return s;
 }
 
-std::string trim(const std::string & s) {
-    const size_t b = s.find_first_not_of(" \t\r\n");
-    if (b == std::string::npos) {
-        return "";
+// llama.cpp's log levels, mapped by name: their numbers changed between generations (the
+// 2024 header starts at ERROR = 2; the current one adds NONE, DEBUG = 1 and CONT).
+LogLevel level_of(enum ggml_log_level level) {
+    switch (level) {
+        case GGML_LOG_LEVEL_ERROR: return LogLevel::Error;
+        case GGML_LOG_LEVEL_WARN: return LogLevel::Warn;
+        case GGML_LOG_LEVEL_INFO: return LogLevel::Info;
+        case GGML_LOG_LEVEL_DEBUG: return LogLevel::Debug;
+        default: return LogLevel::Continue;  // GGML_LOG_LEVEL_CONT (and NONE)
     }
-    const size_t e = s.find_last_not_of(" \t\r\n");
-    return s.substr(b, e - b + 1);
+}
+
+void log_to_diagnostics(enum ggml_log_level level, const char * text, void * user_data) {
+    static_cast<Diagnostics *>(user_data)->append(level_of(level), text);
 }
 
 }  // namespace
 
-Diagnostics & Diagnostics::instance() {
-    static Diagnostics diagnostics;
-    return diagnostics;
-}
+// ===== process-wide setup ==================================================================
 
-void Diagnostics::start(bool verbose, const std::string & log_file) {
-    verbose_ = verbose;
-    if (!verbose) {
-        std::FILE * sink = nullptr;
-        if (!log_file.empty()) {
-            sink = std::fopen(log_file.c_str(), "ab");
-            if (sink == nullptr) {
-                throw ShimError(kExitUsage, "cannot open log file " + log_file + ": " + std::strerror(errno));
-            }
-        } else {
-            sink = std::tmpfile();
-        }
-        if (sink != nullptr) {
-            std::fflush(stderr);
-            saved_stderr_ = SHIM_DUP(2);
-            // Deliberately never closed: fd 2 points at it until the process ends.
-            SHIM_DUP2(SHIM_FILENO(sink), 2);
-        }
-    }
-    llama_log_set(log_to_diagnostics, this);
-}
+void capture_llama_log(Diagnostics & diagnostics) { llama_log_set(log_to_diagnostics, &diagnostics); }
 
-void Diagnostics::append(const char * text) {
-    if (text == nullptr) {
-        return;
-    }
-    std::fputs(text, stderr);  // the log file / temporary file, or the terminal with --verbose
-    std::fflush(stderr);
-    buffer_ += text;
-    if (buffer_.size() > kMaxCaptured) {
-        buffer_.erase(0, buffer_.size() - kMaxCaptured);
-    }
-}
+BackendScope::BackendScope() { llama_backend_init(); }
+BackendScope::~BackendScope() { llama_backend_free(); }
 
-std::string Diagnostics::captured() const {
-    std::string text = buffer_;
-#ifndef _WIN32
-    // Older trees print some loader errors with fprintf(stderr) instead of the log callback;
-    // those went to the redirected fd 2. pread leaves the shared file offset alone.
-    if (saved_stderr_ >= 0) {
-        std::fflush(stderr);
-        const off_t end = lseek(2, 0, SEEK_END);
-        if (end > 0) {
-            const off_t start = end > static_cast<off_t>(kMaxCaptured) ? end - static_cast<off_t>(kMaxCaptured) : 0;
-            std::string raw(static_cast<size_t>(end - start), '\0');
-            const ssize_t got = pread(2, &raw[0], raw.size(), start);
-            if (got > 0) {
-                raw.resize(static_cast<size_t>(got));
-                text += "\n" + raw;
-            }
-        }
-    }
-#endif
-    return text;
-}
-
-std::string Diagnostics::error_summary() const {
-    // llama.cpp reports one failure on several lines, most specific first (e.g. the GGUF
-    // reader's reason, then "failed to read header", then "failed to load model"), so the
-    // first error line that is not a generic wrapper says the most.
-    const std::string text = captured();
-    std::string first_specific;
-    std::string last_any;
-    size_t pos = 0;
-    while (pos < text.size()) {
-        size_t next = text.find('\n', pos);
-        if (next == std::string::npos) {
-            next = text.size();
-        }
-        const std::string line = trim(text.substr(pos, next - pos));
-        const std::string low = lower(line);
-        pos = next + 1;
-        const bool errorish = low.find("error") != std::string::npos || low.find("failed") != std::string::npos ||
-                              low.find("invalid") != std::string::npos ||
-                              low.find("unknown model architecture") != std::string::npos;
-        if (line.empty() || !errorish) {
-            continue;
-        }
-        last_any = line;
-        const bool generic = low.find("failed to load model") != std::string::npos;
-        if (!generic && first_specific.empty()) {
-            first_specific = line;
-        }
-    }
-    std::string found = first_specific.empty() ? last_any : first_specific;
-    if (found.size() > 300) {
-        found = found.substr(0, 300) + "...";
-    }
-    return found;
-}
-
-void Diagnostics::report(const std::string & line) const {
-    const std::string text = line + "\n";
-    const int fd = saved_stderr_ >= 0 ? saved_stderr_ : 2;
-    std::fflush(stderr);
-    const auto written = SHIM_WRITE(fd, text.data(), static_cast<unsigned>(text.size()));
-    (void) written;
+std::string system_info() {
+    const char * info = llama_print_system_info();
+    return info != nullptr ? info : "";
 }
 
 // ===== models ============================================================================
@@ -175,29 +65,14 @@ void ModelDeleter::operator()(llama_model * model) const {
 
 void ContextDeleter::operator()(llama_context * ctx) const { llama_free(ctx); }
 
-namespace {
-
-// Reject what we can recognise ourselves before llama.cpp sees it: a clearer message, and
-// no dependence on how a given snapshot reacts to a directory or a random file.
 void check_model_file(const std::string & path) {
-    std::error_code ec;
-    const auto status = std::filesystem::status(path, ec);
-    if (ec || !std::filesystem::exists(status)) {
-        throw ShimError(kExitModel, "model file not found: " + path);
-    }
-    if (!std::filesystem::is_regular_file(status)) {
-        throw ShimError(kExitModel, "model path is not a regular file: " + path);
-    }
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        throw ShimError(kExitModel, "cannot read model file " + path + ": " + std::strerror(errno));
-    }
-    char magic[4] = {0, 0, 0, 0};
-    in.read(magic, 4);
-    if (in.gcount() != 4 || std::memcmp(magic, "GGUF", 4) != 0) {
+    const std::string magic = read_file_prefix(path, 4, "model file", kExitModel);
+    if (magic != "GGUF") {
         throw ShimError(kExitModel, "not a GGUF file (the first bytes are not 'GGUF'): " + path);
     }
 }
+
+namespace {
 
 bool mentions_unsupported(const std::string & log) {
     static const char * const patterns[] = {
@@ -245,7 +120,14 @@ ModelPtr load_model(const std::string & path, bool vocab_only) {
 
 const char * kv_type_name(KvType type) { return type == KvType::F32 ? "f32" : "f16"; }
 
-ContextPtr new_context(llama_model * model, const ContextSettings & settings, ContextReport & report) {
+namespace {
+
+ggml_type ggml_kv_type(KvType type) { return type == KvType::F32 ? GGML_TYPE_F32 : GGML_TYPE_F16; }
+
+}  // namespace
+
+ContextPtr try_new_context(llama_model * model, const ContextSettings & settings, ContextReport & report,
+                           std::string & reason) {
     llama_context_params params = llama_context_default_params();
     params.n_ctx = settings.n_ctx;
     params.n_batch = settings.n_batch;
@@ -264,9 +146,8 @@ ContextPtr new_context(llama_model * model, const ContextSettings & settings, Co
 #else
     params.flash_attn = false;
 #endif
-    const ggml_type kv = settings.kv_type == KvType::F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
-    params.type_k = kv;
-    params.type_v = kv;
+    params.type_k = ggml_kv_type(settings.kv.k);
+    params.type_v = ggml_kv_type(settings.kv.v);
 #if BITNET_SHIM_HAVE_LOGITS_ALL
     // Redundant with batch.logits[i] = 1 but harmless; some 2024 forks only honour this.
     params.logits_all = true;
@@ -276,21 +157,37 @@ ContextPtr new_context(llama_model * model, const ContextSettings & settings, Co
     params.seed = settings.seed;
     report.seed_applied = true;
 #endif
+#if BITNET_SHIM_HAVE_CB_EVAL
+    params.cb_eval = settings.eval_callback;
+    params.cb_eval_user_data = settings.eval_user_data;
+#else
+    if (settings.eval_callback != nullptr) {
+        throw ShimError(kExitUsage, "this backend's llama_context_params has no cb_eval, so it cannot be traced");
+    }
+#endif
 
+    Diagnostics & diag = Diagnostics::instance();
+    const size_t mark = diag.mark();
 #if BITNET_SHIM_API_CURRENT
     llama_context * ctx = llama_init_from_model(model, params);
 #else
     llama_context * ctx = llama_new_context_with_model(model, params);
 #endif
     if (ctx == nullptr) {
-        const std::string cause = Diagnostics::instance().error_summary();
-        throw ShimError(kExitDecode, "llama.cpp could not create a context" + (cause.empty() ? "" : " (" + cause + ")"));
+        reason = diag.error_since(mark);
+        if (reason.empty()) {
+            reason = "llama.cpp logged no reason";
+        }
+        return nullptr;
     }
+    reason.clear();
     report.n_ctx = llama_n_ctx(ctx);
     report.n_batch = llama_n_batch(ctx);
     report.n_ubatch = llama_n_ubatch(ctx);
     return ContextPtr(ctx);
 }
+
+bool eval_callback_supported() { return BITNET_SHIM_HAVE_CB_EVAL != 0; }
 
 void clear_memory(llama_context * ctx) {
 #if BITNET_SHIM_HAVE_MEMORY_CLEAR
@@ -318,10 +215,15 @@ void decode(llama_context * ctx, const std::vector<int32_t> & tokens, int32_t po
 #endif
     }
     batch.n_tokens = n;
+    Diagnostics & diag = Diagnostics::instance();
+    const size_t mark = diag.mark();
     const int32_t rc = llama_decode(ctx, batch);
     llama_batch_free(batch);
     if (rc != 0) {
-        const std::string cause = Diagnostics::instance().error_summary();
+        std::string cause = diag.error_since(mark);
+        if (cause.empty()) {
+            cause = diag.error_summary();
+        }
         throw ShimError(kExitDecode, "llama_decode failed with code " + std::to_string(rc) + " for " +
                                          std::to_string(n) + " tokens at position " + std::to_string(pos0) +
                                          (cause.empty() ? "" : " (" + cause + ")"));
@@ -334,6 +236,109 @@ const float * logits_row(llama_context * ctx, int32_t i) {
         throw ShimError(kExitDecode, "llama.cpp returned no logits for output " + std::to_string(i));
     }
     return row;
+}
+
+// ===== quantization ========================================================================
+
+namespace {
+
+#if BITNET_SHIM_HAVE_MODEL_QUANTIZE
+struct QuantType {
+    const char * name;
+    llama_ftype ftype;
+};
+
+// By enumerator name, never by number: the numbers of the newest types collide between the
+// BitNet fork (TL1 = 38, TL2 = 39, I2_S = 40) and upstream (MXFP4_MOE = 38, ...).
+const QuantType kQuantTypes[] = {
+    {"F32", LLAMA_FTYPE_ALL_F32},
+    {"F16", LLAMA_FTYPE_MOSTLY_F16},
+    {"BF16", LLAMA_FTYPE_MOSTLY_BF16},
+    {"Q8_0", LLAMA_FTYPE_MOSTLY_Q8_0},
+    {"Q4_0", LLAMA_FTYPE_MOSTLY_Q4_0},
+    {"Q4_1", LLAMA_FTYPE_MOSTLY_Q4_1},
+    {"Q5_0", LLAMA_FTYPE_MOSTLY_Q5_0},
+    {"Q5_1", LLAMA_FTYPE_MOSTLY_Q5_1},
+    {"Q2_K", LLAMA_FTYPE_MOSTLY_Q2_K},
+    {"Q2_K_S", LLAMA_FTYPE_MOSTLY_Q2_K_S},
+    {"Q3_K_S", LLAMA_FTYPE_MOSTLY_Q3_K_S},
+    {"Q3_K_M", LLAMA_FTYPE_MOSTLY_Q3_K_M},
+    {"Q3_K_L", LLAMA_FTYPE_MOSTLY_Q3_K_L},
+    {"Q4_K_S", LLAMA_FTYPE_MOSTLY_Q4_K_S},
+    {"Q4_K_M", LLAMA_FTYPE_MOSTLY_Q4_K_M},
+    {"Q5_K_S", LLAMA_FTYPE_MOSTLY_Q5_K_S},
+    {"Q5_K_M", LLAMA_FTYPE_MOSTLY_Q5_K_M},
+    {"Q6_K", LLAMA_FTYPE_MOSTLY_Q6_K},
+    {"IQ2_XXS", LLAMA_FTYPE_MOSTLY_IQ2_XXS},
+    {"IQ2_XS", LLAMA_FTYPE_MOSTLY_IQ2_XS},
+    {"IQ2_S", LLAMA_FTYPE_MOSTLY_IQ2_S},
+    {"IQ2_M", LLAMA_FTYPE_MOSTLY_IQ2_M},
+    {"IQ3_XXS", LLAMA_FTYPE_MOSTLY_IQ3_XXS},
+    {"IQ3_XS", LLAMA_FTYPE_MOSTLY_IQ3_XS},
+    {"IQ3_S", LLAMA_FTYPE_MOSTLY_IQ3_S},
+    {"IQ3_M", LLAMA_FTYPE_MOSTLY_IQ3_M},
+    {"IQ1_S", LLAMA_FTYPE_MOSTLY_IQ1_S},
+    {"IQ1_M", LLAMA_FTYPE_MOSTLY_IQ1_M},
+    {"IQ4_NL", LLAMA_FTYPE_MOSTLY_IQ4_NL},
+    {"IQ4_XS", LLAMA_FTYPE_MOSTLY_IQ4_XS},
+#if BITNET_SHIM_HAVE_FTYPE_TQ
+    {"TQ1_0", LLAMA_FTYPE_MOSTLY_TQ1_0},
+    {"TQ2_0", LLAMA_FTYPE_MOSTLY_TQ2_0},
+#endif
+#if BITNET_SHIM_HAVE_FTYPE_I2_S
+    {"I2_S", LLAMA_FTYPE_MOSTLY_I2_S},
+#endif
+#if BITNET_SHIM_HAVE_FTYPE_TL
+    {"TL1", LLAMA_FTYPE_MOSTLY_TL1},
+    {"TL2", LLAMA_FTYPE_MOSTLY_TL2},
+#endif
+};
+#endif
+
+}  // namespace
+
+std::vector<std::string> quantize_type_names() {
+    std::vector<std::string> names;
+#if BITNET_SHIM_HAVE_MODEL_QUANTIZE
+    for (const QuantType & t : kQuantTypes) {
+        names.emplace_back(t.name);
+    }
+#endif
+    return names;
+}
+
+void quantize_model(const std::string & in, const std::string & out, const std::string & type, int32_t threads) {
+#if BITNET_SHIM_HAVE_MODEL_QUANTIZE
+    const QuantType * chosen = nullptr;
+    for (const QuantType & t : kQuantTypes) {
+        if (type == t.name) {
+            chosen = &t;
+        }
+    }
+    if (chosen == nullptr) {
+        throw ShimError(kExitUsage, "unknown quantization type '" + type + "'");
+    }
+    llama_model_quantize_params params = llama_model_quantize_default_params();
+    params.nthread = threads;
+    params.ftype = chosen->ftype;
+    Diagnostics & diag = Diagnostics::instance();
+    const size_t mark = diag.mark();
+    const uint32_t rc = llama_model_quantize(in.c_str(), out.c_str(), &params);
+    if (rc != 0) {
+        std::string cause = diag.error_since(mark);
+        const std::string suffix = cause.empty() ? "" : " (" + cause + ")";
+        if (mentions_unsupported(cause)) {
+            throw ShimError(kExitUnsupported, "llama.cpp cannot quantize this model to " + type + ": " + in + suffix);
+        }
+        throw ShimError(kExitOther, "llama_model_quantize failed for " + in + " -> " + type + suffix);
+    }
+#else
+    (void) in;
+    (void) out;
+    (void) threads;
+    throw ShimError(kExitUsage, "this backend's llama.h declares no llama_model_quantize, so it cannot quantize to " +
+                                    type);
+#endif
 }
 
 // ===== vocabulary and metadata =============================================================
@@ -502,7 +507,6 @@ std::string detokenize(const llama_model * model, const std::vector<int32_t> & t
 
 ApiFeatures api_features() {
     ApiFeatures f{};
-    f.generation = BITNET_SHIM_API_CURRENT ? "current" : "legacy";
     f.flash_attn_control = BITNET_SHIM_HAVE_FLASH_ATTN_TYPE ? "flash_attn_type" : "flash_attn";
 #if BITNET_SHIM_HAVE_MEMORY_CLEAR
     f.memory_clear = "llama_memory_clear";

@@ -6,7 +6,8 @@
 //   legacy  (2024):  llama_load_model_from_file, llama_new_context_with_model,
 //                    llama_tokenize(model, ...), llama_n_vocab(model), llama_kv_cache_clear,
 //                    bool flash_attn, logits_all
-// CMake chooses the generation by compiling probes against the given llama.h.
+// CMake chooses the generation by compiling probes against the given llama.h. (ggml's tensor
+// API, used only by the trace's graph callback, is in graph_trace.cpp.)
 #pragma once
 
 #include <cstdint>
@@ -18,30 +19,24 @@
 
 namespace shim {
 
-// --- diagnostics ------------------------------------------------------------------------
+class Diagnostics;
 
-// Keeps llama.cpp's chatter off our stderr (the protocol promises one error line there):
-// its log callback and any stray writes to fd 2 go to a temporary file or --log-file, and
-// are kept so a load failure can be classified from llama.cpp's own message.
-class Diagnostics {
+// --- process-wide setup -------------------------------------------------------------------
+
+// Sends llama.cpp's log (with its level) to the diagnostics instead of stderr.
+void capture_llama_log(Diagnostics & diagnostics);
+
+// llama_backend_init() for the lifetime of the object, llama_backend_free() after.
+class BackendScope {
 public:
-    static Diagnostics & instance();
-    void start(bool verbose, const std::string & log_file);
-    // Everything llama.cpp said so far (bounded); used to classify failures.
-    std::string captured() const;
-    // The most specific line llama.cpp logged about a failure, trimmed; "" if none.
-    std::string error_summary() const;
-    // Writes one line to the real stderr.
-    void report(const std::string & line) const;
-
-    void append(const char * text);
-
-private:
-    Diagnostics() = default;
-    std::string buffer_;
-    int saved_stderr_ = -1;
-    bool verbose_ = true;
+    BackendScope();
+    ~BackendScope();
+    BackendScope(const BackendScope &) = delete;
+    BackendScope & operator=(const BackendScope &) = delete;
 };
+
+// llama_print_system_info(): the CPU features and backends compiled in.
+std::string system_info();
 
 // --- models and contexts ------------------------------------------------------------------
 
@@ -56,19 +51,34 @@ using ContextPtr = std::unique_ptr<llama_context, ContextDeleter>;
 
 // Loads a GGUF on the CPU (no GPU layers). vocab_only loads hparams and vocabulary only,
 // which also works for llama.cpp's vocabulary-only files. Failures are classified:
-// missing/unreadable/not-GGUF/corrupt -> kExitModel, unknown architecture or tensor type
-// -> kExitUnsupported.
+// missing/unreadable/not a regular file/not-GGUF/corrupt -> kExitModel, unknown architecture
+// or tensor type -> kExitUnsupported.
 ModelPtr load_model(const std::string & path, bool vocab_only);
+
+// Rejects what we can recognise ourselves before llama.cpp sees it (kExitModel): a missing
+// file, a FIFO/device/directory, a file that does not start with the GGUF magic.
+void check_model_file(const std::string & path);
 
 enum class KvType { F32, F16 };
 const char * kv_type_name(KvType type);
+
+struct KvTypes {
+    KvType k = KvType::F32;
+    KvType v = KvType::F32;
+};
+
+// A graph-evaluation callback (ggml_backend_sched_eval_callback): asked about every node
+// before it is computed, and called again after it was computed for nodes it asked for.
+using EvalCallback = bool (*)(struct ggml_tensor * tensor, bool ask, void * user_data);
 
 struct ContextSettings {
     uint32_t n_ctx = 0;    // >= every position the run will use
     uint32_t n_batch = 0;  // >= the largest batch passed to decode (one micro-batch)
     int32_t threads = 1;
-    KvType kv_type = KvType::F32;
-    uint32_t seed = 0;     // applied where the API still has a context seed (legacy)
+    KvTypes kv;
+    uint32_t seed = 0;     // applied where the API still has a context seed
+    EvalCallback eval_callback = nullptr;
+    void * eval_user_data = nullptr;
 };
 
 // What the created context actually uses, as reported back to the caller.
@@ -80,8 +90,13 @@ struct ContextReport {
     bool logits_all = false;
 };
 
-// A causal context with flash attention off and the requested KV cache type.
-ContextPtr new_context(llama_model * model, const ContextSettings & settings, ContextReport & report);
+// A causal context with flash attention off and the requested KV cache types, or null when
+// llama.cpp refuses it; then `reason` holds the most specific line llama.cpp logged.
+ContextPtr try_new_context(llama_model * model, const ContextSettings & settings, ContextReport & report,
+                           std::string & reason);
+
+// Whether llama_context_params has cb_eval/cb_eval_user_data (needed by `trace`).
+bool eval_callback_supported();
 
 // Forget every cached token, so a context's first decode starts from nothing.
 void clear_memory(llama_context * ctx);
@@ -92,6 +107,16 @@ void decode(llama_context * ctx, const std::vector<int32_t> & tokens, int32_t po
 
 // The logits row of output i of the last decode (n_vocab floats; i may be -1 for the last).
 const float * logits_row(llama_context * ctx, int32_t i);
+
+// --- quantization -------------------------------------------------------------------------
+
+// The type names `quantize --type` accepts with this llama.h ("Q4_K_M", ...); empty when the
+// header declares no llama_model_quantize.
+std::vector<std::string> quantize_type_names();
+
+// llama_model_quantize(in, out) to the named type (one of quantize_type_names()); throws
+// ShimError with llama.cpp's reason when it fails.
+void quantize_model(const std::string & in, const std::string & out, const std::string & type, int32_t threads);
 
 // --- vocabulary and metadata ----------------------------------------------------------------
 
@@ -125,9 +150,9 @@ std::string token_piece(const llama_model * model, int32_t token, bool special);
 std::string detokenize(const llama_model * model, const std::vector<int32_t> & tokens, bool remove_special,
                        bool unparse_special);
 
-// Which variant of each moving part this binary was compiled for.
+// Which variant of each moving part this binary was compiled for (the generation itself is
+// BITNET_SHIM_API_NAME, reported as `api`).
 struct ApiFeatures {
-    const char * generation;
     const char * flash_attn_control;  // "flash_attn_type" or "flash_attn"
     const char * memory_clear;        // "llama_memory_clear", "llama_kv_self_clear", "llama_kv_cache_clear"
     bool logits_all_param;

@@ -1,12 +1,11 @@
 #include "npy.h"
 
 #include <cerrno>
-#include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <string>
 
 #include "errors.h"
+#include "files.h"
 
 namespace shim {
 
@@ -22,10 +21,17 @@ bool host_is_little_endian() {
 // The format: magic "\x93NUMPY", version 1.0, a little-endian uint16 header length, then a
 // Python dict literal padded with spaces and ended by '\n' so the data starts on a 64-byte
 // boundary (https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html).
-std::string npy_header(size_t rows, size_t cols) {
+std::string npy_header(const std::vector<int64_t> & shape) {
+    std::string dims;
+    for (size_t i = 0; i < shape.size(); ++i) {
+        dims += std::to_string(shape[i]);
+        if (shape.size() == 1 || i + 1 < shape.size()) {
+            dims += shape.size() == 1 ? "," : ", ";
+        }
+    }
     std::string dict = "{'descr': '";
     dict += host_is_little_endian() ? "<f4" : ">f4";
-    dict += "', 'fortran_order': False, 'shape': (" + std::to_string(rows) + ", " + std::to_string(cols) + "), }";
+    dict += "', 'fortran_order': False, 'shape': (" + dims + "), }";
     const size_t preamble = 10;  // magic (6) + version (2) + header length (2)
     size_t total = preamble + dict.size() + 1;
     const size_t padded = (total + 63) / 64 * 64;
@@ -39,40 +45,32 @@ std::string npy_header(size_t rows, size_t cols) {
     return out;
 }
 
-[[noreturn]] void io_failure(const std::string & what, const std::string & path, int err) {
-    throw ShimError(kExitOther, "cannot " + what + " " + path + ": " + std::strerror(err));
-}
-
 }  // namespace
 
-void write_npy_f32(const std::string & path, const float * data, size_t rows, size_t cols) {
-    const std::string tmp = path + ".tmp";
-    std::FILE * f = std::fopen(tmp.c_str(), "wb");
-    if (f == nullptr) {
-        io_failure("create", tmp, errno);
+uint64_t write_npy_f32(const std::string & path, const float * data, const std::vector<int64_t> & shape) {
+    if (shape.empty()) {
+        throw ShimError(kExitOther, "internal error: a 0-d array for " + path);
     }
-    const std::string header = npy_header(rows, cols);
-    const size_t count = rows * cols;
+    size_t count = 1;
+    for (const int64_t d : shape) {
+        count *= static_cast<size_t>(d);
+    }
+    PendingFile file(path, "output file");
+    std::FILE * f = file.stream();
+    const std::string header = npy_header(shape);
     bool ok = std::fwrite(header.data(), 1, header.size(), f) == header.size();
     if (ok && count > 0) {
         ok = std::fwrite(data, sizeof(float), count, f) == count;
     }
-    const int write_errno = errno;
-    if (std::fclose(f) != 0 && ok) {
-        ok = false;
-    }
     if (!ok) {
-        std::remove(tmp.c_str());
-        io_failure("write", tmp, write_errno != 0 ? write_errno : EIO);
+        throw ShimError(kExitOther, "cannot write " + file.temp_path() + ": " + std::strerror(errno != 0 ? errno : EIO));
     }
-#ifdef _WIN32
-    std::remove(path.c_str());  // rename() does not replace an existing file on Windows
-#endif
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int err = errno;
-        std::remove(tmp.c_str());
-        io_failure("rename onto", path, err);
-    }
+    file.commit();
+    return header.size() + count * sizeof(float);
+}
+
+uint64_t write_npy_f32(const std::string & path, const float * data, size_t rows, size_t cols) {
+    return write_npy_f32(path, data, {static_cast<int64_t>(rows), static_cast<int64_t>(cols)});
 }
 
 }  // namespace shim

@@ -3,25 +3,11 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <limits>
 
 #include "errors.h"
 
 namespace shim {
-
-std::string read_input_file(const std::string & path, const std::string & what) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        throw ShimError(kExitUsage, "cannot read " + what + " " + path + ": " + std::strerror(errno));
-    }
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) {
-        throw ShimError(kExitUsage, "cannot read " + what + " " + path);
-    }
-    return bytes;
-}
 
 std::vector<int32_t> parse_token_list(const std::string & text, const std::string & origin) {
     std::string cleaned = text;

@@ -1,4 +1,4 @@
-// Reading the shim's input files: raw text bytes and token-id lists.
+// Parsing the shim's text inputs: token-id lists (files are read by files.h).
 #pragma once
 
 #include <cstdint>
@@ -6,9 +6,6 @@
 #include <vector>
 
 namespace shim {
-
-// The whole file as bytes; a missing or unreadable input file is a usage error.
-std::string read_input_file(const std::string & path, const std::string & what);
 
 // Token ids from a JSON array ("[1, 2, 3]") or whitespace/comma separated integers.
 // Anything else is a usage error naming the offending text.
