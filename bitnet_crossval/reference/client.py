@@ -1,8 +1,9 @@
 """Talking to a built C++ reference shim (``bitnet-shim``).
 
 :class:`Shim` runs the executable: inputs go to files in a private temporary directory, JSON
-comes back on stdout and arrays as ``.npy`` files. The protocol is documented in
-``docs/reference/shim.md``.
+comes back on stdout and arrays as ``.npy`` files. ``trace`` writes a directory of the
+intermediate tensors llama.cpp computed, described by a manifest (:class:`TraceResult`). The
+protocol is documented in ``docs/reference/shim.md``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_crossval.errors import BackendUnavailable, BadInput, SuiteError, UnclassifiedError
-from bitnet_crossval.store.layout import make_dir, os_error
 from bitnet_crossval.util import proc, ui
+from bitnet_crossval.util.files import make_dir, os_error
 
-KvType = Literal["f32", "f16"]
+KvType = Literal["auto", "f32", "f16"]
+"""``auto``: F32 K and V, falling back to F32 K + F16 V, then F16 K and V, when the backend
+refuses the context (the 2024 fork allows only an F16 V cache without flash attention)."""
 
 # bitnet-shim's exit codes (cpp/src/errors.h).
 EXIT_OTHER = 1
@@ -32,7 +35,9 @@ EXIT_UNSUPPORTED = 4
 EXIT_DECODE = 5
 
 DEFAULT_THREADS = 1
-DEFAULT_KV_TYPE: KvType = "f32"
+DEFAULT_KV_TYPE: KvType = "auto"
+TRACE_FORMAT = "bitnet-shim-trace"
+TRACE_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +59,116 @@ class Detokenization:
 class Generation:
     tokens: tuple[int, ...]
     logits: npt.NDArray[np.float32]  # [n, n_vocab]: row k is the distribution token k was taken from
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunReport:
+    """The evaluation settings a ``logits``/``generate``/``trace`` run reports (typed view of its document)."""
+
+    kv_type_requested: str  # "auto", "f32" or "f16"
+    kv_type_k: str  # what the context really uses
+    kv_type_v: str
+    kv_fallback: str | None  # why auto fell back from F32, in llama.cpp's words; None if it did not
+    threads: int
+    n_ctx: int
+    n_ubatch: int
+    seed: int | None  # None: the API has no context seed
+    api: str
+
+
+def run_report(doc: Mapping[str, Any]) -> RunReport:
+    """The run settings of a shim document (``Shim.logits``'s metadata, ``Generation.metadata``, ...)."""
+    kv = str(doc.get("kv_type", ""))
+    fallback = doc.get("kv_fallback")
+    seed = doc.get("seed")
+    return RunReport(
+        kv_type_requested=str(doc.get("kv_type_requested", kv)),
+        kv_type_k=str(doc.get("kv_type_k", kv)),
+        kv_type_v=str(doc.get("kv_type_v", kv)),
+        kv_fallback=None if fallback is None else str(fallback),
+        threads=int(doc.get("threads", -1)),
+        n_ctx=int(doc.get("n_ctx", -1)),
+        n_ubatch=int(doc.get("n_ubatch", -1)),
+        seed=None if seed is None else int(seed),
+        api=str(doc.get("api", "")),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TraceTensor:
+    """One intermediate tensor of a trace, as the manifest (``trace.json``) describes it.
+
+    The array is float32 of ``shape``: ggml's ``ne`` reversed from the token axis down, the
+    token axis first and holding only ``positions`` (``[n_positions, n_embd]``; Q/K/V after
+    the reshape ``[n_positions, n_head, head_dim]``).
+    """
+
+    index: int  # place in execution order among the written tensors
+    name: str  # as llama.cpp names it: "attn_norm-0", "Qcur-0", "result_output", ...
+    layer: int | None  # from the "-<il>" suffix
+    op: str  # ggml op of the kept node (the last node with this name)
+    n_nodes: int  # how many graph nodes carried this name
+    ops: tuple[str, ...]  # the ops of all of them, in execution order
+    node: int  # ordinal of the kept node among all evaluated graph nodes
+    source_type: str  # the tensor's ggml type: "f32", "f16" or "bf16"
+    ne: tuple[int, ...]  # ggml's ne[0..3]
+    token_dim: int  # which ne index is the token axis
+    shape: tuple[int, ...]
+    positions: tuple[int, ...]
+    path: Path
+    nbytes: int  # size of the .npy file
+
+    def load(self, *, mmap: bool = True) -> npt.NDArray[np.float32]:
+        """The array (a read-only memory map unless ``mmap`` is false), checked against the manifest."""
+        return _load_array(self.path, self.shape, mmap=mmap)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TraceFilters:
+    layers: tuple[int, int] | None  # inclusive range; tensors without a layer are kept
+    names: str | None  # ECMAScript regular expression matched against the whole name
+    positions: tuple[int, ...] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TraceResult:
+    out_dir: Path
+    tokens: tuple[int, ...]
+    positions: tuple[int, ...]  # the token positions every tensor holds
+    filters: TraceFilters
+    tensors: tuple[TraceTensor, ...]  # in execution order
+    skipped: dict[str, tuple[str, ...]]  # names never written, by reason
+    logits_path: Path  # [n_tokens, n_vocab] float32, as `logits` computes them
+    manifest: dict[str, Any]
+    metadata: dict[str, Any]  # the shim's stdout document
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tensors)
+
+    def tensor(self, name: str) -> TraceTensor:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(f"the trace in {self.out_dir} has no tensor {name!r}")
+
+    def array(self, name: str) -> npt.NDArray[np.float32]:
+        return self.tensor(name).load()
+
+    def logits(self) -> npt.NDArray[np.float32]:
+        return _load_array(self.logits_path, (len(self.tokens), int(self.manifest["n_vocab"])), mmap=True)
+
+    @property
+    def run(self) -> RunReport:
+        return run_report(self.metadata)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quantization:
+    out: Path
+    type: str
+    size_bytes: int
     metadata: dict[str, Any]
 
 
@@ -189,6 +304,60 @@ class Shim:
             array = _load_npy(out, rows=n, doc=doc, keep=out_dir is not None)
         return Generation(tokens=_ints(doc, "tokens"), logits=array, metadata=doc)
 
+    def trace(
+        self,
+        model: Path,
+        tokens: Sequence[int],
+        *,
+        out_dir: Path,
+        layers: int | tuple[int, int] | None = None,
+        names: str | None = None,
+        positions: Sequence[int] | None = None,
+        threads: int = DEFAULT_THREADS,
+        kv_type: KvType = DEFAULT_KV_TYPE,
+    ) -> TraceResult:
+        """The intermediate tensors of one causal batch (the evaluation of :meth:`logits`).
+
+        ``out_dir`` must not exist or be empty; it appears only when the trace is complete.
+        ``layers`` (one layer or an inclusive range), ``names`` (a regular expression over the
+        whole name) and ``positions`` bound what is copied and written.
+        """
+        with tempfile.TemporaryDirectory(prefix="bitnet-shim-") as tmp:
+            tokens_file = _write_tokens(Path(tmp), tokens)
+            args = [
+                "trace",
+                "--model", str(model),
+                "--tokens-file", str(tokens_file),
+                "--out-dir", str(out_dir),
+                "--threads", str(threads),
+                "--kv-type", kv_type,
+            ]  # fmt: skip
+            if layers is not None:
+                first, last = (layers, layers) if isinstance(layers, int) else layers
+                args += ["--layers", f"{first}-{last}"]
+            if names is not None:
+                args += ["--names", names]
+            if positions is not None:
+                args += ["--positions", ",".join(str(int(p)) for p in positions)]
+            doc = self._run(args)
+        return _trace_result(Path(out_dir), doc)
+
+    def quantize(self, model: Path, out: Path, type: str, *, threads: int = DEFAULT_THREADS) -> Quantization:
+        """Quantize ``model`` to ``type`` ("Q4_K_M", "Q8_0", ...) with llama.cpp's own quantiser.
+
+        ``out`` is replaced atomically; ``info()["quantize_types"]`` lists the types.
+        """
+        doc = self._run(
+            [
+                "quantize",
+                "--model", str(model),
+                "--out", str(out),
+                "--type", type,
+                "--threads", str(threads),
+            ]
+        )  # fmt: skip
+        return Quantization(out=Path(out), type=type, size_bytes=int(doc.get("size_bytes_out", -1)), metadata=doc)
+
     # --- running ---
 
     def _run(self, args: list[str]) -> dict[str, Any]:
@@ -255,6 +424,79 @@ def _load_npy(path: Path, *, rows: int, doc: Mapping[str, Any], keep: bool) -> n
     return array
 
 
+def _load_array(path: Path, shape: tuple[int, ...], *, mmap: bool) -> npt.NDArray[np.float32]:
+    try:
+        loaded = np.load(path, mmap_mode="r") if mmap else np.load(path)
+    except (OSError, ValueError) as exc:
+        raise UnclassifiedError(f"the shim's output {path} is not a readable .npy file: {exc}") from exc
+    array = cast("npt.NDArray[np.float32]", loaded)
+    if array.dtype != np.float32 or array.shape != shape:
+        raise UnclassifiedError(
+            f"{path} holds a {array.dtype} array of shape {array.shape}, the manifest says float32 {shape}"
+        )
+    return array
+
+
+def _trace_result(out_dir: Path, doc: dict[str, Any]) -> TraceResult:
+    manifest_path = out_dir / str(doc.get("manifest", "trace.json"))
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UnclassifiedError(f"the trace manifest {manifest_path} cannot be read: {exc}") from exc
+    try:
+        return _parse_manifest(out_dir, manifest, doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnclassifiedError(
+            f"the trace manifest {manifest_path} is not in the expected format ({type(exc).__name__}: {exc})",
+            next_step="rebuild the shim with `invoke rebuild` so it matches this version of the suite",
+        ) from exc
+
+
+def _parse_manifest(out_dir: Path, manifest: Any, doc: dict[str, Any]) -> TraceResult:
+    if not isinstance(manifest, dict) or manifest.get("format") != TRACE_FORMAT:
+        raise ValueError("not a bitnet-shim trace manifest")
+    if manifest.get("version") != TRACE_FORMAT_VERSION:
+        raise ValueError(f"version {manifest.get('version')!r}, this client reads {TRACE_FORMAT_VERSION}")
+    tensors = tuple(
+        TraceTensor(
+            index=int(t["index"]),
+            name=str(t["name"]),
+            layer=None if t["layer"] is None else int(t["layer"]),
+            op=str(t["op"]),
+            n_nodes=int(t["n_nodes"]),
+            ops=tuple(str(o) for o in t["ops"]),
+            node=int(t["node"]),
+            source_type=str(t["type"]),
+            ne=tuple(int(n) for n in t["ne"]),
+            token_dim=int(t["token_dim"]),
+            shape=tuple(int(n) for n in t["shape"]),
+            positions=tuple(int(p) for p in t["positions"]),
+            path=out_dir / str(t["file"]),
+            nbytes=int(t["bytes"]),
+        )
+        for t in manifest["tensors"]
+    )
+    raw_filters = manifest["filters"]
+    layers = raw_filters["layers"]
+    filters = TraceFilters(
+        layers=None if layers is None else (int(layers[0]), int(layers[1])),
+        names=None if raw_filters["names"] is None else str(raw_filters["names"]),
+        positions=None if raw_filters["positions"] is None else tuple(int(p) for p in raw_filters["positions"]),
+    )
+    skipped = {str(reason): tuple(str(n) for n in names) for reason, names in manifest["skipped"].items()}
+    return TraceResult(
+        out_dir=out_dir,
+        tokens=tuple(int(t) for t in manifest["tokens"]),
+        positions=tuple(int(p) for p in manifest["positions"]),
+        filters=filters,
+        tensors=tensors,
+        skipped=skipped,
+        logits_path=out_dir / str(manifest["logits"]["file"]),
+        manifest=manifest,
+        metadata=doc,
+    )
+
+
 def _ints(doc: Mapping[str, Any], key: str) -> tuple[int, ...]:
     return tuple(int(t) for t in doc.get(key, []))
 
@@ -291,13 +533,33 @@ def _error_line(output: str) -> str:
     return lines[-1] if lines else "no message"
 
 
+# Usage errors (exit 2) that are about paths or the backend rather than the tokens and text.
+_USAGE_HINTS: tuple[tuple[str, str], ...] = (
+    ("refusing to write to it", "give an output path that does not exist yet or is a regular file"),
+    ("not a regular file", "pass a regular file (not a FIFO, device or directory)"),
+    ("is not empty", "give a trace directory that does not exist yet or is empty"),
+    ("not a directory", "give a trace directory that does not exist yet or is empty"),
+    ("quantization type", "use one of the types `bitnet-shim info` lists under quantize_types"),
+    ("--layers", "pick layers the model has (`bitnet-shim info --model M` reports n_layer)"),
+    ("--positions", "pick positions inside the token sequence"),
+    ("--names", "give --names a valid ECMAScript regular expression"),
+)
+
+
 def _error_for(command: str, code: int, output: str, log_path: Path | None) -> SuiteError:
     detail = _error_line(output)
     if code == EXIT_USAGE:
+        if "cannot be traced" in detail or "cannot quantize" in detail:
+            return BackendUnavailable(
+                f"the reference backend cannot do this: {detail}",
+                log_path=log_path,
+                next_step="use a backend whose llama.h has what the command needs (a current llama.cpp has both)",
+            )
+        hint = next((step for phrase, step in _USAGE_HINTS if phrase in detail), None)
         return BadInput(
             f"the reference shim rejected its input: {detail}",
             log_path=log_path,
-            next_step="check the token ids and text passed to the reference",
+            next_step=hint or "check the token ids and text passed to the reference",
         )
     if code == EXIT_MODEL:
         return BadInput(
@@ -313,6 +575,13 @@ def _error_for(command: str, code: int, output: str, log_path: Path | None) -> S
             "(BitNet I2_S/TL models need --backend bitnet)",
         )
     if code == EXIT_DECODE:
+        if "could not create a context" in detail:
+            return UnclassifiedError(
+                f"llama.cpp refused to create a context: {detail}",
+                log_path=log_path,
+                next_step="use kv_type='auto' (the 2024 fork accepts only an F16 V cache without flash attention); "
+                "rerun with --verbose to see llama.cpp's log",
+            )
         return UnclassifiedError(
             f"llama.cpp failed to evaluate the model: {detail}",
             log_path=log_path,

@@ -1,91 +1,20 @@
-"""bitnet_crossval.reference.shim without C++: a fake ``bitnet-shim`` (a small Python script) for the client, and a
-fake ``cmake`` behind tasks.proc.run for build_shim."""
+"""bitnet_crossval.reference.client without C++: a fake ``bitnet-shim`` (tests/unit/reference/fakes.py)
+records the arguments it gets and answers as the plan says."""
 
 from __future__ import annotations
 
 import json
-import os
-import stat
-import sys
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from bitnet_crossval.errors import (
-    BackendUnavailable,
-    BadInput,
-    BuildFailed,
-    CommandFailed,
-    SuiteError,
-    UnclassifiedError,
-)
-from bitnet_crossval.reference import build as shim_build
+from bitnet_crossval.errors import BackendUnavailable, BadInput, SuiteError, UnclassifiedError
 from bitnet_crossval.reference import client as shim
-from bitnet_crossval.reference.build import build_shim
 from bitnet_crossval.reference.client import Shim
-from bitnet_crossval.util import proc, ui
-
-FAKE_SHIM = """\
-import json, os, signal, sys
-
-plan = json.load(open(os.environ["FAKE_SHIM_PLAN"]))
-argv = sys.argv[1:]
-files = {}
-for flag in ("--tokens-file", "--text-file"):
-    if flag in argv:
-        with open(argv[argv.index(flag) + 1], "rb") as handle:
-            files[flag] = handle.read().hex()
-with open(os.environ["FAKE_SHIM_RECORD"], "a") as handle:
-    handle.write(json.dumps({"argv": argv, "files": files}) + "\\n")
-if plan.get("npy_shape"):
-    import numpy
-    out = argv[argv.index("--out" if "--out" in argv else "--out-logits") + 1]
-    rows, cols = plan["npy_shape"]
-    numpy.save(out, numpy.arange(rows * cols, dtype=numpy.float32).reshape(rows, cols))
-if plan.get("signal"):
-    os.kill(os.getpid(), plan["signal"])
-sys.stdout.write(plan.get("stdout", ""))
-sys.stderr.write(plan.get("stderr", ""))
-sys.exit(plan.get("exit", 0))
-"""
-
-Plan = Callable[..., Shim]
-
-
-@pytest.fixture
-def fake_shim(tmp_path: Path) -> Path:
-    path = tmp_path / "bin" / "bitnet-shim"
-    path.parent.mkdir()
-    path.write_text(f"#!{sys.executable}\n{FAKE_SHIM}", encoding="utf-8")
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return path
-
-
-@pytest.fixture
-def plan(fake_shim: Path, tmp_path: Path) -> Plan:
-    """Configure what the fake shim does next; returns a client for it."""
-
-    def configure(*, log_dir: Path | None = None, **behaviour: Any) -> Shim:
-        plan_path = tmp_path / "plan.json"
-        plan_path.write_text(json.dumps(behaviour), encoding="utf-8")
-        env = dict(os.environ)
-        env["FAKE_SHIM_PLAN"] = str(plan_path)
-        env["FAKE_SHIM_RECORD"] = str(tmp_path / "record.jsonl")
-        return Shim(fake_shim, env=env, log_dir=log_dir)
-
-    return configure
-
-
-def calls(tmp_path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (tmp_path / "record.jsonl").read_text().splitlines()]
-
-
-def option(argv: Sequence[str], name: str) -> str:
-    return argv[argv.index(name) + 1]
-
+from bitnet_crossval.util import ui
+from tests.unit.reference.fakes import Plan, calls, option
 
 # ----- argument building -------------------------------------------------------------------------
 
@@ -132,11 +61,14 @@ def test_logits_passes_run_settings_and_reads_the_array(plan: Plan, tmp_path: Pa
     assert not Path(option(argv, "--out")).exists(), "without out_dir no file is kept"
 
 
-def test_logits_defaults_are_one_thread_and_f32_kv(plan: Plan, tmp_path: Path) -> None:
+def test_logits_defaults_are_one_thread_and_auto_kv(plan: Plan, tmp_path: Path) -> None:
+    # auto: F32 where the backend allows it, else the fallback the shim reports
     client = plan(stdout=json.dumps({"n_vocab": 2}), npy_shape=[1, 2])
     client.logits(Path("m.gguf"), [1])
-    argv = calls(tmp_path)[0]["argv"]
-    assert (option(argv, "--threads"), option(argv, "--kv-type")) == ("1", "f32")
+    client.generate(Path("m.gguf"), [1], n=1)
+    for call in calls(tmp_path):
+        argv = call["argv"]
+        assert (option(argv, "--threads"), option(argv, "--kv-type")) == ("1", "auto")
 
 
 def test_logits_with_out_dir_memory_maps_a_kept_file(plan: Plan, tmp_path: Path) -> None:
@@ -243,174 +175,214 @@ def test_a_missing_executable_says_to_rebuild(tmp_path: Path) -> None:
     assert "invoke rebuild" in caught.value.next_step
 
 
-# ----- build_shim with a fake cmake --------------------------------------------------------------
+# ----- trace, quantize and the run report ----------------------------------------------------------
 
 
-@pytest.fixture
-def backend_prefix(tmp_path: Path) -> Path:
-    prefix = tmp_path / "prefix"
-    (prefix / "include").mkdir(parents=True)
-    (prefix / "include" / "llama.h").write_text("/* stand-in */\n")
-    (prefix / "lib").mkdir()
-    return prefix
+def _manifest(**overrides: Any) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
+        "format": "bitnet-shim-trace",
+        "version": 1,
+        "n_vocab": 5,
+        "tokens": [1, 2, 3],
+        "positions": [0, 2],
+        "filters": {"layers": [0, 0], "names": "Qcur-.*|l_out-.*", "positions": [0, 2]},
+        "tensors": [
+            {
+                "index": 0,
+                "name": "Qcur-0",
+                "layer": 0,
+                "op": "ROPE",
+                "n_nodes": 3,
+                "ops": ["MUL_MAT", "RESHAPE", "ROPE"],
+                "node": 7,
+                "type": "f32",
+                "ne": [4, 2, 3, 1],
+                "token_dim": 2,
+                "shape": [2, 2, 4],
+                "dtype": "float32",
+                "file": "Qcur-0.npy",
+                "bytes": 192,
+                "positions": [0, 2],
+            },
+            {
+                "index": 1,
+                "name": "result_output",
+                "layer": None,
+                "op": "MUL_MAT",
+                "n_nodes": 1,
+                "ops": ["MUL_MAT"],
+                "node": 20,
+                "type": "f32",
+                "ne": [5, 3, 1, 1],
+                "token_dim": 1,
+                "shape": [2, 5],
+                "dtype": "float32",
+                "file": "result_output.npy",
+                "bytes": 168,
+                "positions": [0, 2],
+            },
+        ],
+        "skipped": {"token_axis_inner": ["kq-0"]},
+        "logits": {"file": "logits.npy", "shape": [3, 5]},
+    }
+    manifest.update(overrides)
+    return manifest
 
 
-class FakeCmake:
-    """Stands in for cmake behind tasks.proc.run; everything else runs for real."""
+def test_trace_passes_filters_and_parses_the_manifest(plan: Plan, tmp_path: Path) -> None:
+    doc = {
+        "manifest": "trace.json",
+        "kv_type": "mixed",
+        "kv_type_k": "f32",
+        "kv_type_v": "f16",
+        "kv_type_requested": "auto",
+        "kv_fallback": "f32 K / f32 V refused: V cache quantization requires flash_attn",
+        "threads": 1,
+        "api": "legacy",
+    }
+    client = plan(stdout=json.dumps(doc), trace_manifest=_manifest())
+    out = tmp_path / "trace"
+    result = client.trace(Path("m.gguf"), [1, 2, 3], out_dir=out, layers=0, names="Qcur-.*|l_out-.*", positions=[0, 2])
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, shim_script: Path, *, cache_api: str = "current") -> None:
-        self.calls: list[list[str]] = []
-        self.fail: str | None = None
-        self.cache_api = cache_api
-        self._shim_script = shim_script
-        self._real_run = proc.run
-        monkeypatch.setattr(proc, "run", self.run)
+    (call,) = calls(tmp_path)
+    argv = call["argv"]
+    assert argv[0] == "trace"
+    assert option(argv, "--out-dir") == str(out)
+    assert (option(argv, "--layers"), option(argv, "--names"), option(argv, "--positions")) == (
+        "0-0",
+        "Qcur-.*|l_out-.*",
+        "0,2",
+    )
+    assert option(argv, "--kv-type") == "auto"
+    assert json.loads(bytes.fromhex(call["files"]["--tokens-file"])) == [1, 2, 3]
 
-    def run(self, argv: Sequence[str | os.PathLike[str]], **kwargs: Any) -> proc.Completed:
-        args = [os.fspath(a) for a in argv]
-        if args[0] != "cmake":
-            return self._real_run(args, **kwargs)
-        self.calls.append(args)
-        step = "build" if args[1] == "--build" else "configure"
-        if self.fail == step:
-            raise CommandFailed(args, 1, "boom", log_path=kwargs.get("log_path"))
-        build_dir = Path(args[args.index("-B") + 1] if step == "configure" else args[2])
-        if step == "configure":
-            build_dir.mkdir(parents=True, exist_ok=True)
-            (build_dir / "CMakeCache.txt").write_text(
-                f"CMAKE_GENERATOR:INTERNAL=Ninja\nBITNET_SHIM_API:INTERNAL={self.cache_api}\n"
-            )
-        else:
-            target = build_dir / shim_build.EXECUTABLE_NAME
-            target.write_bytes(self._shim_script.read_bytes())
-            target.chmod(0o755)
-        return proc.Completed(argv=args, returncode=0, output="")
+    assert result.names == ("Qcur-0", "result_output")
+    q = result.tensor("Qcur-0")
+    assert (q.layer, q.op, q.n_nodes, q.ops, q.shape, q.token_dim) == (
+        0,
+        "ROPE",
+        3,
+        ("MUL_MAT", "RESHAPE", "ROPE"),
+        (2, 2, 4),
+        2,
+    )
+    assert result.tensor("result_output").layer is None
+    assert q.path == out / "Qcur-0.npy"
+    assert result.array("Qcur-0").shape == (2, 2, 4)
+    assert result.logits().shape == (3, 5)
+    assert result.filters.layers == (0, 0)
+    assert result.positions == (0, 2)
+    assert result.skipped == {"token_axis_inner": ("kq-0",)}
+    assert (result.run.kv_type_k, result.run.kv_type_v, result.run.api) == ("f32", "f16", "legacy")
+    assert result.run.kv_fallback is not None and "flash_attn" in result.run.kv_fallback
+    with pytest.raises(KeyError):
+        result.tensor("nope")
 
 
-def _build(prefix: Path, tmp_path: Path, env: Mapping[str, str]) -> shim_build.ShimBuild:
-    return build_shim(
-        include_dirs=[prefix / "include"],
-        lib_dir=prefix / "lib",
-        build_dir=tmp_path / "build",
-        log_path=tmp_path / "build.log",
-        env=env,
-        backend="llama",
-        backend_commit="abc123",
-        build_flags="-DX=1",
+def test_trace_without_filters_sends_none_and_a_layer_range_as_a_range(plan: Plan, tmp_path: Path) -> None:
+    client = plan(stdout="{}", trace_manifest=_manifest())
+    client.trace(Path("m.gguf"), [1], out_dir=tmp_path / "a")
+    client.trace(Path("m.gguf"), [1], out_dir=tmp_path / "b", layers=(1, 3), kv_type="f16", threads=2)
+    first, second = (c["argv"] for c in calls(tmp_path))
+    assert not {"--layers", "--names", "--positions"} & set(first)
+    assert option(second, "--layers") == "1-3"
+    assert (option(second, "--kv-type"), option(second, "--threads")) == ("f16", "2")
+
+
+def test_a_trace_array_that_disagrees_with_the_manifest_is_unclassified(plan: Plan, tmp_path: Path) -> None:
+    client = plan(stdout="{}", trace_manifest=_manifest(), wrong_shape=True)
+    result = client.trace(Path("m.gguf"), [1, 2, 3], out_dir=tmp_path / "t")
+    with pytest.raises(UnclassifiedError, match="manifest says"):
+        result.array("Qcur-0")
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        _manifest(format="something-else"),
+        _manifest(version=2),
+        _manifest(tensors=[{"name": "x"}]),
+    ],
+)
+def test_a_manifest_of_another_format_is_unclassified(plan: Plan, tmp_path: Path, manifest: dict[str, Any]) -> None:
+    client = plan(stdout="{}", trace_manifest=manifest)
+    with pytest.raises(UnclassifiedError, match="not in the expected format") as caught:
+        client.trace(Path("m.gguf"), [1], out_dir=tmp_path / "t")
+    assert "invoke rebuild" in caught.value.next_step
+
+
+def test_quantize_passes_the_type_and_reports_the_file(plan: Plan, tmp_path: Path) -> None:
+    out = tmp_path / "q.gguf"
+    client = plan(stdout=json.dumps({"out": str(out), "size_bytes_out": 10, "type": "Q4_K_M"}), quantized=[0] * 6)
+    result = client.quantize(Path("m.gguf"), out, "Q4_K_M")
+    argv = calls(tmp_path)[0]["argv"]
+    assert argv[0] == "quantize"
+    assert (option(argv, "--model"), option(argv, "--out"), option(argv, "--type")) == ("m.gguf", str(out), "Q4_K_M")
+    assert (result.out, result.type, result.size_bytes) == (out, "Q4_K_M", 10)
+    assert out.read_bytes().startswith(b"GGUF")
+
+
+def test_run_report_reads_old_documents_too() -> None:
+    old = shim.run_report({"kv_type": "f32", "threads": 1, "seed": 42, "api": "legacy"})
+    assert (old.kv_type_requested, old.kv_type_k, old.kv_type_v, old.kv_fallback, old.seed) == (
+        "f32",
+        "f32",
+        "f32",
+        None,
+        42,
     )
 
 
-@pytest.fixture
-def ninja_env(tmp_path: Path, fake_shim: Path) -> dict[str, str]:
-    """PATH with a `ninja`, so the generator choice is stable; the fake shim answers `info`."""
-    bin_dir = tmp_path / "ninja-bin"
-    bin_dir.mkdir()
-    (bin_dir / "ninja").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "ninja").chmod(0o755)
-    plan_path = tmp_path / "plan.json"
-    plan_path.write_text(json.dumps({"stdout": json.dumps({"api": "current"})}))
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
-    env["FAKE_SHIM_PLAN"] = str(plan_path)
-    env["FAKE_SHIM_RECORD"] = str(tmp_path / "record.jsonl")
-    return env
-
-
-def test_build_configures_once_and_then_only_builds(
-    monkeypatch: pytest.MonkeyPatch, backend_prefix: Path, tmp_path: Path, fake_shim: Path, ninja_env: dict[str, str]
+@pytest.mark.parametrize(
+    ("code", "detail", "error", "message", "next_step"),
+    [
+        (
+            shim.EXIT_USAGE,
+            "--out /dev/full exists and is a character device, not a regular file; refusing to write to it",
+            BadInput,
+            "refusing to write",
+            "does not exist yet or is a regular file",
+        ),
+        (shim.EXIT_USAGE, "tokens file /tmp/f is a FIFO, not a regular file", BadInput, "FIFO", "regular file"),
+        (
+            shim.EXIT_USAGE,
+            "--out-dir /tmp/t is not empty; give a new or an empty directory",
+            BadInput,
+            "not empty",
+            "trace directory",
+        ),
+        (
+            shim.EXIT_USAGE,
+            "--type Q9 is not a quantization type of this backend (F32, Q8_0)",
+            BadInput,
+            "Q9",
+            "quantize_types",
+        ),
+        (
+            shim.EXIT_USAGE,
+            "this backend's llama_context_params has no cb_eval, so it cannot be traced",
+            BackendUnavailable,
+            "cb_eval",
+            "backend",
+        ),
+        (
+            shim.EXIT_DECODE,
+            "llama.cpp could not create a context with an f32 K / f32 V cache: "
+            "llama_new_context_with_model: V cache quantization requires flash_attn",
+            UnclassifiedError,
+            "V cache quantization requires flash_attn",
+            "kv_type='auto'",
+        ),
+        (shim.EXIT_MODEL, "model file /tmp/m is a FIFO, not a regular file", BadInput, "FIFO", "complete GGUF"),
+        (shim.EXIT_OTHER, "llama_model_quantize failed for m.gguf -> Q4_K_M", UnclassifiedError, "quantize", "verbose"),
+    ],
+)
+def test_new_shim_errors_map_to_suite_errors_with_a_next_step(
+    plan: Plan, code: int, detail: str, error: type[SuiteError], message: str, next_step: str
 ) -> None:
-    cmake = FakeCmake(monkeypatch, fake_shim)
-    first = _build(backend_prefix, tmp_path, ninja_env)
-    second = _build(backend_prefix, tmp_path, ninja_env)
-
-    assert first == second
-    assert first.api == "current"
-    assert first.executable == tmp_path / "build" / shim_build.EXECUTABLE_NAME
-    steps = ["configure" if "-S" in c else "build" for c in cmake.calls]
-    assert steps == ["configure", "build", "build"]
-    configure = cmake.calls[0]
-    assert option(configure, "-G") == "Ninja"
-    assert f"-DSHIM_INCLUDE_DIRS={backend_prefix / 'include'}" in configure
-    assert f"-DSHIM_LIB_DIR={backend_prefix / 'lib'}" in configure
-    assert "-DSHIM_BACKEND_COMMIT=abc123" in configure
-    assert "-DSHIM_BUILD_FLAGS=-DX=1" in configure
-
-
-def test_changed_inputs_configure_again(
-    monkeypatch: pytest.MonkeyPatch, backend_prefix: Path, tmp_path: Path, fake_shim: Path, ninja_env: dict[str, str]
-) -> None:
-    cmake = FakeCmake(monkeypatch, fake_shim)
-    _build(backend_prefix, tmp_path, ninja_env)
-    build_shim(
-        include_dirs=[backend_prefix / "include"],
-        lib_dir=backend_prefix / "lib",
-        build_dir=tmp_path / "build",
-        log_path=tmp_path / "build.log",
-        env=ninja_env,
-        backend="llama",
-        backend_commit="def456",
-        build_flags="-DX=1",
-    )
-    assert sum("-S" in c for c in cmake.calls) == 2
-
-
-@pytest.mark.parametrize("step", ["configure", "build"])
-def test_cmake_failures_are_build_failures_with_the_log(
-    monkeypatch: pytest.MonkeyPatch,
-    backend_prefix: Path,
-    tmp_path: Path,
-    fake_shim: Path,
-    ninja_env: dict[str, str],
-    step: str,
-) -> None:
-    cmake = FakeCmake(monkeypatch, fake_shim)
-    cmake.fail = step
-    with pytest.raises(BuildFailed) as caught:
-        _build(backend_prefix, tmp_path, ninja_env)
-    assert caught.value.exit_code == 5
-    assert caught.value.log_path == tmp_path / "build.log"
-    assert ("configuring" if step == "configure" else "compiling") in caught.value.message
-
-
-def test_a_failed_configure_is_run_again_next_time(
-    monkeypatch: pytest.MonkeyPatch, backend_prefix: Path, tmp_path: Path, fake_shim: Path, ninja_env: dict[str, str]
-) -> None:
-    cmake = FakeCmake(monkeypatch, fake_shim)
-    cmake.fail = "configure"
-    with pytest.raises(BuildFailed):
-        _build(backend_prefix, tmp_path, ninja_env)
-    cmake.fail = None
-    assert _build(backend_prefix, tmp_path, ninja_env).api == "current"
-    assert sum("-S" in c for c in cmake.calls) == 2
-
-
-def test_missing_llama_h_fails_before_cmake(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_shim: Path, ninja_env: dict[str, str]
-) -> None:
-    cmake = FakeCmake(monkeypatch, fake_shim)
-    empty = tmp_path / "empty"
-    (empty / "include").mkdir(parents=True)
-    (empty / "lib").mkdir()
-    with pytest.raises(BuildFailed, match=r"llama\.h was not found"):
-        _build(empty, tmp_path, ninja_env)
-    assert cmake.calls == []
-
-
-def test_api_disagreement_between_cache_and_binary_fails(
-    monkeypatch: pytest.MonkeyPatch, backend_prefix: Path, tmp_path: Path, fake_shim: Path, ninja_env: dict[str, str]
-) -> None:
-    FakeCmake(monkeypatch, fake_shim, cache_api="legacy")  # the fake binary says "current"
-    with pytest.raises(BuildFailed, match="reports API"):
-        _build(backend_prefix, tmp_path, ninja_env)
-
-
-def test_a_build_dir_of_another_generator_starts_over(
-    monkeypatch: pytest.MonkeyPatch, backend_prefix: Path, tmp_path: Path, fake_shim: Path, ninja_env: dict[str, str]
-) -> None:
-    build_dir = tmp_path / "build"
-    build_dir.mkdir()
-    (build_dir / "CMakeCache.txt").write_text("CMAKE_GENERATOR:INTERNAL=Unix Makefiles\n")
-    (build_dir / "stale-object.o").write_text("")
-    FakeCmake(monkeypatch, fake_shim)
-    _build(backend_prefix, tmp_path, ninja_env)
-    assert not (build_dir / "stale-object.o").exists()
+    client = plan(exit=code, stderr=f"bitnet-shim: error: {detail}\n")
+    with pytest.raises(error) as caught:
+        client.info()
+    assert type(caught.value) is error
+    assert message in caught.value.message
+    assert next_step in caught.value.next_step

@@ -1,0 +1,39 @@
+"""Fixtures for the shim client's and build_shim's unit tests: a fake ``bitnet-shim``."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bitnet_crossval.reference.client import Shim
+from tests.unit.reference.fakes import FAKE_SHIM, Plan
+
+
+@pytest.fixture
+def fake_shim(tmp_path: Path) -> Path:
+    path = tmp_path / "bin" / "bitnet-shim"
+    path.parent.mkdir()
+    path.write_text(f"#!{sys.executable}\n{FAKE_SHIM}", encoding="utf-8")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.fixture
+def plan(fake_shim: Path, tmp_path: Path) -> Plan:
+    """Configure what the fake shim does next; returns a client for it."""
+
+    def configure(*, log_dir: Path | None = None, **behaviour: Any) -> Shim:
+        plan_path = tmp_path / "plan.json"
+        plan_path.write_text(json.dumps(behaviour), encoding="utf-8")
+        env = dict(os.environ)
+        env["FAKE_SHIM_PLAN"] = str(plan_path)
+        env["FAKE_SHIM_RECORD"] = str(tmp_path / "record.jsonl")
+        return Shim(fake_shim, env=env, log_dir=log_dir)
+
+    return configure
