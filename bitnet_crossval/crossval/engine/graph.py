@@ -1,0 +1,265 @@
+"""The building blocks every forward pass shares, mirroring llama.cpp's ``llm_graph_context``.
+
+One :class:`Run` is one evaluation of one token sequence. Its helpers follow the helpers of
+src/llama-graph.cpp (``build_norm``, ``build_qkv``, ``build_ffn``, ``build_attn``) closely
+enough that the names they report are the names llama.cpp gives the same values, and the
+deliberate faults of :mod:`.options` are applied here, in one place each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from bitnet_crossval.crossval.engine import ops
+from bitnet_crossval.crossval.engine.hparams import HParams
+from bitnet_crossval.crossval.engine.options import EngineOptions, Fault, fault_window
+from bitnet_crossval.crossval.engine.trace import TraceRecorder
+
+if TYPE_CHECKING:
+    from bitnet_crossval.crossval.engine.engine import Engine
+
+F32Array = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Qkv:
+    q: F32Array  # [n_tokens, n_head, head_dim]
+    k: F32Array  # [n_tokens, n_head_kv, head_dim]
+    v: F32Array  # [n_tokens, n_head_kv, head_dim]
+
+
+class Run:
+    """State of one forward pass: the engine, the tokens, the trace, the active fault."""
+
+    def __init__(self, engine: Engine, tokens: npt.NDArray[np.int64], trace: TraceRecorder | None) -> None:
+        self.engine = engine
+        self.hp: HParams = engine.hparams
+        self.options: EngineOptions = engine.options
+        self.fault: Fault | None = engine.options.fault
+        self.tokens = tokens
+        self.n_tokens = int(tokens.shape[0])
+        self.positions = np.arange(self.n_tokens, dtype=np.int64)
+        self.trace = trace
+        eps = self.hp.rms_eps
+        if self.faulty("norm_eps"):
+            assert self.fault is not None and self.fault.magnitude is not None
+            eps = self.fault.magnitude
+        self.eps = eps
+        self._rope_cache: dict[tuple[float, float], tuple[F32Array, F32Array]] = {}
+        self._mask_cache: dict[int, npt.NDArray[np.bool_]] = {}
+
+    def faulty(self, name: str) -> bool:
+        return self.fault is not None and self.fault.name == name
+
+    # --- tracing ---
+
+    def rec(self, name: str, layer: int, value: F32Array) -> None:
+        if self.trace is not None:
+            self.trace.record(name, layer, value)
+
+    # --- weights ---
+
+    def w(self, name: str) -> F32Array:
+        return self.engine.weight(name)
+
+    def has(self, name: str) -> bool:
+        return self.engine.model.has_tensor(name)
+
+    def opt(self, name: str) -> F32Array | None:
+        return self.engine.weight(name) if self.has(name) else None
+
+    def matmul(self, x: F32Array, name: str) -> F32Array:
+        """ggml_mul_mat(W, x): activations rounded as ggml does when emulation is on."""
+        if self.options.emulate_activation_quant:
+            x = ops.round_activations(x, self.engine.model.info(name).type_name)
+        return ops.linear(x, self.w(name))
+
+    def lora_mm(self, x: F32Array, base: str, *, scale: bool) -> F32Array:
+        """build_lora_mm: the matmul, then the optional per-tensor ``.scale`` (shape {1})."""
+        out = self.matmul(x, f"{base}.weight")
+        if scale:
+            s = self.opt(f"{base}.scale")
+            if s is not None:
+                out = np.multiply(out, s.reshape(-1)[0], dtype=np.float32)
+        return out
+
+    # --- norms ---
+
+    def norm(self, x: F32Array, weight: str) -> F32Array:
+        """build_norm(LLM_NORM_RMS) with the model's weight (already +1 for Gemma in GGUF)."""
+        return ops.rms_norm_weighted(x, self.w(weight), self.eps)
+
+    # --- embeddings ---
+
+    def embed(self) -> F32Array:
+        """build_inp_embd: rows of token_embd (named ``embd``)."""
+        x = self.engine.model.rows("token_embd.weight", self.tokens)
+        self.rec("embd", -1, x)
+        return x
+
+    def output(self, x: F32Array, *, tied_only: bool = False) -> F32Array:
+        """The lm head: ``output`` when the file has one (and the graph reads it), else token_embd."""
+        name = "token_embd.weight" if tied_only or not self.has("output.weight") else "output.weight"
+        logits = self.matmul(x, name)
+        if name == "output.weight" and self.engine.model.info(name).type_name == "NVFP4":
+            s = self.opt("output.scale")  # llama.cpp loads output.scale for NVFP4 only
+            if s is not None:
+                logits = np.multiply(logits, s.reshape(-1)[0], dtype=np.float32)
+        return logits
+
+    # --- attention ---
+
+    def qkv(self, x: F32Array, il: int) -> Qkv:
+        """build_qkv: fused ``attn_qkv`` or separate Q/K/V, each with optional scale and bias."""
+        hp = self.hp
+        prefix = f"blk.{il}."
+        n_q = hp.head_dim * hp.n_head
+        n_k = hp.head_dim * hp.n_head_kv
+        if self.has(prefix + "attn_qkv.weight"):
+            fused = self.lora_mm(x, prefix + "attn_qkv", scale=True)
+            self.rec("wqkv", il, fused)
+            bias = self.opt(prefix + "attn_qkv.bias")
+            if bias is None and all(self.has(prefix + f"attn_{p}.bias") for p in "qkv"):
+                bias = np.concatenate([self.w(prefix + f"attn_{p}.bias") for p in "qkv"])
+            if bias is not None:
+                fused = np.add(fused, bias, dtype=np.float32)
+                self.rec("wqkv_b", il, fused)
+            q2, k2, v2 = fused[:, :n_q], fused[:, n_q : n_q + n_k], fused[:, n_q + n_k :]
+        else:
+            q2 = self._proj_bias(x, prefix + "attn_q")
+            k2 = self._proj_bias(x, prefix + "attn_k")
+            v2 = self._proj_bias(x, prefix + "attn_v")
+        n = self.n_tokens
+        return Qkv(
+            q=np.ascontiguousarray(q2).reshape(n, hp.n_head, hp.head_dim),
+            k=np.ascontiguousarray(k2).reshape(n, hp.n_head_kv, hp.head_dim),
+            v=np.ascontiguousarray(v2).reshape(n, hp.n_head_kv, hp.head_dim_v),
+        )
+
+    def _proj_bias(self, x: F32Array, base: str) -> F32Array:
+        out = self.lora_mm(x, base, scale=True)
+        bias = self.opt(base + ".bias")
+        if bias is not None:
+            out = np.add(out, bias, dtype=np.float32)
+        return out
+
+    def rope(self, x: F32Array, il: int, *, freq_factors: F32Array | None = None) -> F32Array:
+        """ggml_rope_ext with the layer's base and scale (mode from the architecture)."""
+        hp = self.hp
+        base, freq_scale = hp.layer_rope(il)
+        if self.faulty("rope_base"):
+            assert self.fault is not None and self.fault.magnitude is not None
+            base *= self.fault.magnitude
+        key = (base, freq_scale)
+        tables = self._rope_cache.get(key) if freq_factors is None else None
+        if tables is None:
+            tables = ops.rope_cos_sin(
+                self.positions,
+                n_dims=hp.n_rot,
+                base=base,
+                freq_scale=freq_scale,
+                freq_factors=freq_factors,
+                attn_factor=hp.rope_attn_factor,
+            )
+            if freq_factors is None:
+                self._rope_cache[key] = tables
+        rope_type = hp.rope_type
+        if self.faulty("rope_type"):
+            rope_type = "neox" if rope_type == "norm" else "norm"
+        return ops.apply_rope(x, tables[0], tables[1], rope_type=rope_type, n_dims=hp.n_rot)
+
+    def attend(self, qkv: Qkv, il: int, *, kq_scale: float) -> F32Array:
+        """build_attn_mha without flash attention: causal (and sliding-window) softmax attention."""
+        hp = self.hp
+        window = 0
+        if hp.is_swa(il):
+            window = fault_window(self.fault, hp) if self.faulty("sliding_window") and self.fault else hp.n_swa
+        allowed = self._mask_cache.get(window)
+        if allowed is None:
+            allowed = ops.causal_mask(
+                self.n_tokens,
+                window=window,
+                ahead=1 if self.faulty("mask_ahead") else 0,
+                include_self=not self.faulty("mask_no_self"),
+            )
+            self._mask_cache[window] = allowed
+        heads = np.arange(hp.n_head, dtype=np.int64)
+        kv_head = heads % hp.n_head_kv if self.faulty("gqa_mapping") else heads // hp.n_group
+        return ops.attention(
+            qkv.q,
+            qkv.k,
+            qkv.v,
+            allowed=allowed,
+            kq_scale=kq_scale,
+            kv_head=kv_head,
+            kv_f16=self.options.kv_cache == "f16",
+        )
+
+    # --- feed-forward ---
+
+    def ffn(
+        self,
+        x: F32Array,
+        il: int,
+        *,
+        activation: ops.Activation,
+        scales: bool,
+        biases: bool,
+        down: bool,
+        act_name: str | None = None,
+    ) -> F32Array:
+        """build_ffn with a parallel gate (LLM_FFN_PAR), names as llama.cpp gives them.
+
+        ggml evaluates the gate branch before the up branch (the fused op takes the gate first),
+        so the names are reported in that order. ``act_name`` renames the gated product (bitnet
+        calls it ``ffn_sub_out``); without ``down`` the gated product is returned.
+        """
+        prefix = f"blk.{il}."
+        gate_base, up_base = prefix + "ffn_gate", prefix + "ffn_up"
+        if self.faulty("swapped_gate_up"):
+            gate_base, up_base = up_base, gate_base
+
+        gate = self.matmul(x, gate_base + ".weight")
+        self.rec("ffn_gate", il, gate)
+        gate = self._ffn_extras(gate, gate_base, il, "ffn_gate", scales=scales, biases=biases)
+        if activation == "relu2":
+            relu = np.maximum(gate, np.float32(0.0))
+            self.rec("ffn_relu", il, relu)
+            self.rec("ffn_sqr(relu)", il, relu * relu)
+
+        up = self.matmul(x, up_base + ".weight")
+        self.rec("ffn_up", il, up)
+        up = self._ffn_extras(up, up_base, il, "ffn_up", scales=scales, biases=biases)
+
+        act = ops.gated(gate, up, activation, gelu_fp16_table=self.options.gelu_fp16_table)
+        default_name = {"silu": "ffn_swiglu", "gelu": "ffn_geglu", "relu2": "ffn_gate_par"}[activation]
+        self.rec(act_name or default_name, il, act)
+        if not down:
+            return act
+
+        down_base = prefix + "ffn_down"
+        out = self.matmul(act, down_base + ".weight")
+        bias = self.opt(down_base + ".bias") if biases else None
+        if bias is not None:
+            self.rec("ffn_down", il, out)
+            out = np.add(out, bias, dtype=np.float32)
+        s = self.opt(down_base + ".scale") if scales else None
+        if s is not None:
+            out = np.multiply(out, s.reshape(-1)[0], dtype=np.float32)
+            self.rec("ffn_down_s", il, out)
+        return out
+
+    def _ffn_extras(self, y: F32Array, base: str, il: int, name: str, *, scales: bool, biases: bool) -> F32Array:
+        bias = self.opt(base + ".bias") if biases else None
+        if bias is not None:
+            y = np.add(y, bias, dtype=np.float32)
+            self.rec(name + "_b", il, y)
+        s = self.opt(base + ".scale") if scales else None
+        if s is not None:
+            y = np.multiply(y, s.reshape(-1)[0], dtype=np.float32)
+            self.rec(name + "_s", il, y)
+        return y

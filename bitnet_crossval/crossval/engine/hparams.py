@@ -1,0 +1,260 @@
+"""Hyperparameters of a model, read from GGUF metadata the way llama.cpp reads them.
+
+Defaults and derived values follow ``llama_model::load_hparams`` and the per-architecture
+``load_arch_hparams`` of the pinned llama.cpp (src/llama-model.cpp, src/models/*.cpp): rope
+base 10000, rope scaling "linear" with factor 1, head count of K/V defaulting to the head
+count, head size ``n_embd / n_head`` unless ``attention.key_length`` says otherwise, gemma3's
+sliding-window pattern 6 and SWA rope base 10000.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
+from bitnet_crossval.crossval.engine.ops import RopeType
+from bitnet_crossval.errors import BadInput
+
+Family = Literal["llama", "gemma3", "bitnet"]
+
+# general.architecture -> the forward pass that runs it.
+ARCHITECTURES: dict[str, Family] = {
+    "llama": "llama",
+    "gemma3": "gemma3",
+    "bitnet": "bitnet",
+    "bitnet-b1.58": "bitnet",  # microsoft/BitNet's own GGUFs
+    "bitnet-25": "bitnet",  # microsoft/BitNet's alias for the same graph
+}
+
+# llama_model_rope_type() in src/llama-model.cpp.
+ROPE_TYPES: dict[Family, RopeType] = {"llama": "norm", "gemma3": "neox", "bitnet": "neox"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HParams:
+    family: Family
+    architecture: str  # as written in the file
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int  # attention.key_length
+    head_dim_v: int  # attention.value_length
+    n_ff: int
+    n_rot: int
+    rms_eps: float
+    rope_type: RopeType
+    rope_base: float
+    rope_freq_scale: float
+    rope_attn_factor: float
+    # gemma3
+    n_swa: int  # 0: no sliding window
+    swa_layers: tuple[bool, ...]
+    rope_base_swa: float
+    rope_freq_scale_swa: float
+    final_logit_softcap: float  # 0: none
+    attention_scale: float  # gemma3 scales Q by this; llama/bitnet pass it as kq_scale
+
+    @property
+    def n_group(self) -> int:
+        return self.n_head // self.n_head_kv
+
+    def is_swa(self, layer: int) -> bool:
+        return self.n_swa > 0 and self.swa_layers[layer]
+
+    def layer_rope(self, layer: int) -> tuple[float, float]:
+        """(base, freq_scale) of a layer: SWA layers of gemma3 have their own."""
+        if self.is_swa(layer):
+            return self.rope_base_swa, self.rope_freq_scale_swa
+        return self.rope_base, self.rope_freq_scale
+
+
+def family_of(architecture: str) -> Family:
+    try:
+        return ARCHITECTURES[architecture]
+    except KeyError:
+        supported = ", ".join(sorted(ARCHITECTURES))
+        raise BadInput(
+            f"the model's architecture {architecture or '(none)'!r} is not supported by the NumPy reference "
+            f"engine (supported: {supported})",
+            next_step="use a model of a supported architecture, or an external candidate (--candidate)",
+        ) from None
+
+
+def read_hparams(model: GGUFModelFile) -> HParams:
+    arch = model.architecture
+    family = family_of(arch)
+
+    def key(name: str) -> str:
+        return f"{arch}.{name}"
+
+    n_embd = model.get_int(key("embedding_length"))
+    n_layer = model.get_int(key("block_count"))
+    n_head = _uniform_int(model, key("attention.head_count"), n_layer, default=None)
+    n_head_kv = _uniform_int(model, key("attention.head_count_kv"), n_layer, default=n_head)
+    n_ff = _uniform_int(model, key("feed_forward_length"), n_layer, default=None)
+    rms_eps = model.get_float(key("attention.layer_norm_rms_epsilon"))
+    if n_embd <= 0 or n_layer <= 0 or n_head <= 0 or n_head_kv <= 0 or n_ff <= 0:
+        raise BadInput(
+            f"the model {model.path} declares a zero size (embedding {n_embd}, layers {n_layer}, heads {n_head}, "
+            f"K/V heads {n_head_kv}, feed-forward {n_ff})",
+            next_step="check that the file is a complete model (re-convert it)",
+        )
+    if n_head % n_head_kv != 0:
+        raise BadInput(
+            f"the model {model.path} has {n_head} attention heads, not a multiple of its {n_head_kv} K/V heads",
+            next_step="check that the file is a complete model (re-convert it)",
+        )
+    head_dim = model.get_int(key("attention.key_length"), default=n_embd // n_head)
+    head_dim_v = model.get_int(key("attention.value_length"), default=n_embd // n_head)
+    n_rot = model.get_int(key("rope.dimension_count"), default=head_dim)
+    if family == "llama" and n_rot != head_dim:
+        raise BadInput(
+            f"the llama model {model.path} rotates {n_rot} dimensions per head, llama.cpp requires {head_dim}",
+            next_step="check that the file is a complete model (re-convert it)",
+        )
+    if n_rot > head_dim or n_rot % 2 != 0:
+        raise BadInput(
+            f"the model {model.path} declares rope.dimension_count {n_rot} for heads of {head_dim}",
+            next_step="check that the file is a complete model (re-convert it)",
+        )
+    if head_dim != head_dim_v:
+        raise BadInput(
+            f"the model {model.path} has K heads of {head_dim} and V heads of {head_dim_v}; "
+            f"the {family} graph needs them equal",
+            next_step="check that the file is a complete model (re-convert it)",
+        )
+
+    rope_base = model.get_float(key("rope.freq_base"), default=10000.0)
+    scaling = model.get_str(key("rope.scaling.type"), default="linear")
+    if scaling not in {"none", "linear"}:
+        raise BadInput(
+            f"the model {model.path} uses rope scaling {scaling!r}, "
+            "which the NumPy reference engine does not implement",
+            next_step="use a model without YaRN/LongRoPE scaling, or an external candidate",
+        )
+    factor = model.get_float(key("rope.scaling.factor"), default=0.0)
+    if factor == 0.0:
+        factor = model.get_float(key("rope.scale_linear"), default=0.0)
+    rope_freq_scale = 1.0 if factor == 0.0 else 1.0 / factor
+    rope_attn_factor = model.get_float(key("rope.scaling.attn_factor"), default=1.0)
+
+    gemma = _gemma3_hparams(model, arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, head_dim=head_dim)
+    n_swa, swa_layers, rope_base_swa, final_logit_softcap, attention_scale = gemma
+
+    n_vocab = model.info("token_embd.weight").ne[1] if len(model.info("token_embd.weight").ne) == 2 else 0
+    if n_vocab <= 0 or model.info("token_embd.weight").ne[0] != n_embd:
+        raise BadInput(
+            f"the token embedding of {model.path} has shape {model.info('token_embd.weight').ne}, "
+            f"expected ({n_embd}, n_vocab)",
+            next_step="check that the file is a complete model (re-convert it)",
+        )
+
+    return HParams(
+        family=family,
+        architecture=arch,
+        n_vocab=n_vocab,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        head_dim_v=head_dim_v,
+        n_ff=n_ff,
+        n_rot=n_rot,
+        rms_eps=rms_eps,
+        rope_type=ROPE_TYPES[family],
+        rope_base=rope_base,
+        rope_freq_scale=rope_freq_scale,
+        rope_attn_factor=rope_attn_factor,
+        n_swa=n_swa,
+        swa_layers=swa_layers,
+        rope_base_swa=rope_base_swa,
+        rope_freq_scale_swa=1.0,
+        final_logit_softcap=final_logit_softcap,
+        attention_scale=attention_scale,
+    )
+
+
+def _gemma3_hparams(
+    model: GGUFModelFile, arch: str, *, n_layer: int, n_embd: int, n_head: int, head_dim: int
+) -> tuple[int, tuple[bool, ...], float, float, float]:
+    """(n_swa, swa layers, SWA rope base, final softcap, attention scale); neutral for other families."""
+    if family_of(arch) != "gemma3":
+        return 0, tuple(False for _ in range(n_layer)), 10000.0, 0.0, _f32_inv_sqrt(head_dim)
+    n_swa = model.get_int(f"{arch}.attention.sliding_window", default=0)
+    swa_layers = tuple(False for _ in range(n_layer))
+    rope_base_swa = 10000.0
+    if n_swa > 0:
+        swa_layers = _swa_pattern(model, f"{arch}.attention.sliding_window_pattern", n_layer)
+        rope_base_swa = model.get_float(f"{arch}.rope.freq_base_swa", default=10000.0)
+    final_logit_softcap = model.get_float(f"{arch}.final_logit_softcapping", default=0.0)
+    # Gemma 3 27B (62 layers) scales by n_embd/n_head (gemma_pytorch config.py), others by the head size.
+    attention_scale = _f32_inv_sqrt(n_embd // n_head if n_layer == 62 else head_dim)
+    return n_swa, swa_layers, rope_base_swa, final_logit_softcap, attention_scale
+
+
+def _f32_inv_sqrt(n: int) -> float:
+    return float(np.float32(1.0) / np.sqrt(np.float32(n)))
+
+
+def _uniform_int(model: GGUFModelFile, key: str, n_layer: int, *, default: int | None) -> int:
+    """A per-model integer that llama.cpp also accepts as a per-layer array (get_key_or_arr)."""
+    value = model.get(key)
+    if value is None:
+        if default is None:
+            return model.get_int(key)  # raises the "lacks the metadata key" error
+        return default
+    if isinstance(value, list):
+        values = {int(v) for v in value}
+        if len(value) != n_layer or len(values) != 1:
+            raise BadInput(
+                f"the model {model.path} gives {key} per layer with different values; "
+                "the NumPy reference engine supports one value for all layers",
+                next_step="use a model with uniform layers, or an external candidate",
+            )
+        return values.pop()
+    return model.get_int(key)
+
+
+def _swa_pattern(model: GGUFModelFile, key: str, n_layer: int) -> tuple[bool, ...]:
+    """llama_model_base::load_swa_pattern with gemma3's default of 6 (dense_first false)."""
+    value = model.get(key)
+    if isinstance(value, list):
+        if len(value) < n_layer:
+            raise BadInput(
+                f"the model {model.path} gives {key} for {len(value)} layers, it has {n_layer}",
+                next_step="check that the file is a complete model (re-convert it)",
+            )
+        return tuple(bool(v) for v in value[:n_layer])
+    n_pattern = 6 if value is None else model.get_int(key)
+    return tuple(n_pattern == 0 or (il % n_pattern) < (n_pattern - 1) for il in range(n_layer))
+
+
+def describe(hp: HParams) -> dict[str, object]:
+    """Provenance facts for a report."""
+    return {
+        "architecture": hp.architecture,
+        "family": hp.family,
+        "n_vocab": hp.n_vocab,
+        "n_embd": hp.n_embd,
+        "n_layer": hp.n_layer,
+        "n_head": hp.n_head,
+        "n_head_kv": hp.n_head_kv,
+        "head_dim": hp.head_dim,
+        "n_ff": hp.n_ff,
+        "rope_type": hp.rope_type,
+        "rope_base": hp.rope_base,
+        "rope_freq_scale": hp.rope_freq_scale,
+        "n_swa": hp.n_swa,
+        "swa_layers": [il for il in range(hp.n_layer) if hp.is_swa(il)],
+        "rope_base_swa": hp.rope_base_swa if hp.n_swa > 0 else None,
+        "final_logit_softcap": hp.final_logit_softcap or None,
+        "rms_eps": hp.rms_eps,
+        "attention_scale": hp.attention_scale if math.isfinite(hp.attention_scale) else None,
+    }
