@@ -191,7 +191,7 @@ int run_trace(const Options & opts) {
         throw ShimError(kExitUsage, "trace needs at least one token");
     }
     const auto n = static_cast<uint32_t>(tokens.size());
-    const TraceFilters filters = parse_filters(opts, n);
+    TraceFilters filters = parse_filters(opts, n);
     if (!eval_callback_supported()) {
         throw ShimError(kExitUsage, "this backend's llama_context_params has no cb_eval, so it cannot be traced");
     }
@@ -200,6 +200,7 @@ int run_trace(const Options & opts) {
     ModelPtr model = load_model(path, /*vocab_only=*/false);
     const ModelFacts facts = model_facts(model.get());
     check_token_ids(tokens, facts.n_vocab);
+    filters.n_layer = facts.n_layer;
     if (filters.has_layers && filters.layer_first >= facts.n_layer) {
         throw ShimError(kExitUsage, "--layers " + std::to_string(filters.layer_first) + "-" +
                                         std::to_string(filters.layer_last) + " selects no layer of this model (" +

@@ -252,9 +252,17 @@ bool GraphTrace::ask(const struct ggml_tensor * t) {
     }
     ops_by_name_[name].push_back(ggml_op_desc(t));
     const int64_t layer = layer_of(name);
-    if (filters_.has_layers && layer >= 0 && (layer < filters_.layer_first || layer > filters_.layer_last)) {
-        ++n_filtered_;
-        return false;
+    if (layer >= 0) {
+        seen_layered_ = true;
+    }
+    if (filters_.has_layers) {
+        const bool wanted = layer >= 0 ? layer >= filters_.layer_first && layer <= filters_.layer_last
+                            : seen_layered_ ? filters_.layer_last >= filters_.n_layer - 1
+                                            : filters_.layer_first == 0;
+        if (!wanted) {
+            ++n_filtered_;
+            return false;
+        }
     }
     if (filters_.has_names && !std::regex_match(name, filters_.names)) {
         ++n_filtered_;

@@ -31,9 +31,14 @@ struct ggml_tensor;
 namespace shim {
 
 struct TraceFilters {
+    // Layers first..last. A tensor without a layer number is on the input side when no
+    // layered tensor came before it (embd, inp_scaled), else on the output side (norm,
+    // result_norm, result_output); it is kept when the range holds layer 0, respectively
+    // the last layer (n_layer - 1).
     bool has_layers = false;
     int64_t layer_first = 0;
     int64_t layer_last = 0;
+    int64_t n_layer = 0;
     bool has_names = false;
     std::string names_pattern;
     std::regex names;
@@ -100,6 +105,7 @@ private:
     int64_t n_unnamed_ = 0;
     int64_t n_filtered_ = 0;
     uint64_t bytes_copied_ = 0;
+    bool seen_layered_ = false;  // a node with a layer number came already: the output side
     bool failed_ = false;
     ExitCode error_code_ = kExitOther;
     std::string error_;
