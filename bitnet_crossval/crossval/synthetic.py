@@ -209,10 +209,11 @@ def _weights(spec: SyntheticSpec, *, family: str, n_vocab: int, seed: int, terna
     d = spec.n_embd
     # Embeddings: small, as in trained models (RMSNorm's epsilon then matters). Tied models read
     # logits off the embedding: a token's own logit stands out unless the layers' contributions
-    # outweigh its embedding in the residual stream, so gemma3 (embedding scaled by sqrt(n_embd))
-    # gets a small embedding, large post-norms and a large final norm (logits spread ~2.5).
-    embd_std = {"llama": 0.02, "gemma3": 0.03, "bitnet": 0.15}[family]
-    final_norm = 5.0 if family == "gemma3" else 1.0
+    # outweigh its embedding in the residual stream, so tied models get a small embedding and a
+    # final norm that brings the logits' spread back to ~2.5 (gemma3, whose embedding is scaled
+    # by sqrt(n_embd), also gets large post-norms).
+    embd_std = {"llama": 0.02, "gemma3": 0.03, "bitnet": 0.1}[family]
+    final_norm = {"llama": 1.0, "gemma3": 5.0, "bitnet": 1.5}[family]
     out: list[Weight] = [("token_embd.weight", draw.gaussian(n_vocab, d, embd_std), None)]
     for il in range(spec.n_layer):
         out += _layer_weights(draw, spec, family=family, il=il)

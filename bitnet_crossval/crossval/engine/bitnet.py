@@ -24,7 +24,7 @@ def forward(run: Run, *, activation: BitnetActivation) -> F32Array:
     x = run.embed()
     for il in range(hp.n_layer):
         p = f"blk.{il}."
-        cur = run.norm(x, p + "attn_norm.weight")
+        cur = run.norm(x, p + "attn_norm.weight", il)
         run.rec("attn_norm", il, cur)
 
         qkv = run.qkv(cur, il)
@@ -36,14 +36,14 @@ def forward(run: Run, *, activation: BitnetActivation) -> F32Array:
 
         kqv = run.attend(Qkv(q=q, k=k, v=qkv.v), il, kq_scale=hp.attention_scale)
         run.rec("kqv_out", il, kqv)
-        cur = kqv if run.faulty("missing_sub_norm") else run.norm(kqv, p + "attn_sub_norm.weight")
+        cur = kqv if run.faulty("missing_sub_norm") else run.norm(kqv, p + "attn_sub_norm.weight", il)
         run.rec("attn_sub_norm", il, cur)
         cur = run.lora_mm(cur, p + "attn_output", scale=True)
         run.rec("attn_out", il, cur)
 
         ffn_inp = np.add(cur, x, dtype=np.float32)
         run.rec("ffn_inp", il, ffn_inp)
-        cur = run.norm(ffn_inp, p + "ffn_norm.weight")
+        cur = run.norm(ffn_inp, p + "ffn_norm.weight", il)
         run.rec("ffn_norm", il, cur)
         cur = run.ffn(
             cur,
@@ -54,7 +54,7 @@ def forward(run: Run, *, activation: BitnetActivation) -> F32Array:
             down=False,
             act_name="ffn_sub_out",
         )
-        cur = run.norm(cur, p + "ffn_sub_norm.weight")
+        cur = run.norm(cur, p + "ffn_sub_norm.weight", il)
         run.rec("ffn_sub_norm", il, cur)
         cur = run.lora_mm(cur, p + "ffn_down", scale=True)
         run.rec("ffn_down", il, cur)
@@ -62,7 +62,7 @@ def forward(run: Run, *, activation: BitnetActivation) -> F32Array:
         x = np.add(cur, ffn_inp, dtype=np.float32)
         run.rec("l_out", il, x)
 
-    cur = run.norm(x, "output_norm.weight")
+    cur = run.norm(x, "output_norm.weight", -1)
     run.rec("result_norm", -1, cur)
     logits = run.output(cur, tied_only=True)
     run.rec("result_output", -1, logits)

@@ -26,17 +26,17 @@ def forward(run: Run) -> F32Array:
     run.rec("inp_scaled", -1, x)
     for il in range(hp.n_layer):
         p = f"blk.{il}."
-        cur = run.norm(x, p + "attn_norm.weight")
+        cur = run.norm(x, p + "attn_norm.weight", il)
         run.rec("attn_norm", il, cur)
 
         qkv = run.qkv(cur, il)
-        q = qkv.q if run.faulty("missing_qk_norm") else run.norm(qkv.q, p + "attn_q_norm.weight")
+        q = qkv.q if run.faulty("missing_qk_norm") else run.norm(qkv.q, p + "attn_q_norm.weight", il)
         run.rec("Qcur_normed", il, q)
         q = run.rope(q, il)
         run.rec("Qcur", il, q)
         if not iswa:  # a plain KV-cache graph evaluates V before K
             run.rec("Vcur", il, qkv.v)
-        k = qkv.k if run.faulty("missing_qk_norm") else run.norm(qkv.k, p + "attn_k_norm.weight")
+        k = qkv.k if run.faulty("missing_qk_norm") else run.norm(qkv.k, p + "attn_k_norm.weight", il)
         run.rec("Kcur_normed", il, k)
         k = run.rope(k, il)
         run.rec("Kcur", il, k)
@@ -48,22 +48,22 @@ def forward(run: Run) -> F32Array:
         run.rec("kqv_out", il, kqv)
         cur = run.lora_mm(kqv, p + "attn_output", scale=True)
 
-        cur = run.norm(cur, p + "post_attention_norm.weight")
+        cur = run.norm(cur, p + "post_attention_norm.weight", il)
         run.rec("attn_post_norm", il, cur)
         sa_out = np.add(cur, x, dtype=np.float32)
         run.rec("sa_out", il, sa_out)
 
-        cur = run.norm(sa_out, p + "ffn_norm.weight")
+        cur = run.norm(sa_out, p + "ffn_norm.weight", il)
         run.rec("ffn_norm", il, cur)
         cur = run.ffn(cur, il, activation="gelu", scales=False, biases=False, down=True)
         run.rec("ffn_out", il, cur)
-        cur = run.norm(cur, p + "post_ffw_norm.weight")
+        cur = run.norm(cur, p + "post_ffw_norm.weight", -1)  # llama.cpp passes -1 here
         run.rec("ffn_post_norm", il, cur)
 
         x = np.add(cur, sa_out, dtype=np.float32)
         run.rec("l_out", il, x)
 
-    cur = run.norm(x, "output_norm.weight")
+    cur = run.norm(x, "output_norm.weight", -1)
     run.rec("result_norm", -1, cur)
     logits = run.output(cur)
     cap = hp.final_logit_softcap

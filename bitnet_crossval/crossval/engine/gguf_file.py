@@ -78,7 +78,7 @@ def _reader_class() -> type[Any]:
     import struct
     import sys
 
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
     from gguf.gguf_reader import ReaderField
 
     known_ids = {int(t) for t in GGMLQuantizationType}
@@ -153,11 +153,16 @@ def _reader_class() -> type[Any]:
             for field in fields:
                 _name_len, name_data, _n_dims, dims, raw_dtype, offset_tensor = field.parts
                 type_id = int(raw_dtype[0])
-                if type_id in known_ids and not (type_id == TL2 and architecture in BITNET_FORK_ARCHITECTURES):
-                    known.append(field)
-                    continue
                 name = bytes(name_data).decode("utf-8")
                 ne = tuple(int(d) for d in dims.tolist())
+                if type_id in known_ids and not (type_id == TL2 and architecture in BITNET_FORK_ARCHITECTURES):
+                    block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
+                    n_bytes = int(np.prod(ne, dtype=np.int64)) * type_size // block_size
+                    if start_offs + int(offset_tensor[0]) + n_bytes > len(self.data):
+                        # gguf-py would fail reshaping a short view; say what happened instead.
+                        raise ValueError(f"the tensor {name} extends past the end of the file (truncated download?)")
+                    known.append(field)
+                    continue
                 self.foreign.append((name, type_id, ne, int(start_offs + int(offset_tensor[0]))))
             super()._build_tensors(start_offs, known)
 

@@ -89,9 +89,16 @@ class Run:
 
     # --- norms ---
 
-    def norm(self, x: F32Array, weight: str) -> F32Array:
-        """build_norm(LLM_NORM_RMS) with the model's weight (already +1 for Gemma in GGUF)."""
-        return ops.rms_norm_weighted(x, self.w(weight), self.eps)
+    def norm(self, x: F32Array, weight: str, il: int) -> F32Array:
+        """build_norm(LLM_NORM_RMS) with the model's weight (already +1 for Gemma in GGUF).
+
+        llama.cpp names the unweighted normalisation ``norm`` with the layer the graph passes
+        (-1 for some norms inside a layer, e.g. gemma3's post-FFN norm); many nodes share that
+        name, and the trace keeps the last.
+        """
+        normed = ops.rms_norm(x, self.eps)
+        self.rec("norm", il, normed)
+        return ops.f32(np.multiply(normed, self.w(weight), dtype=np.float32))
 
     # --- embeddings ---
 

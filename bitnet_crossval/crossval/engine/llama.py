@@ -22,7 +22,7 @@ def forward(run: Run) -> F32Array:
     x = run.embed()
     for il in range(hp.n_layer):
         p = f"blk.{il}."
-        cur = run.norm(x, p + "attn_norm.weight")
+        cur = run.norm(x, p + "attn_norm.weight", il)
         run.rec("attn_norm", il, cur)
 
         qkv = run.qkv(cur, il)
@@ -43,7 +43,7 @@ def forward(run: Run) -> F32Array:
 
         ffn_inp = np.add(cur, x, dtype=np.float32)
         run.rec("ffn_inp", il, ffn_inp)
-        cur = run.norm(ffn_inp, p + "ffn_norm.weight")
+        cur = run.norm(ffn_inp, p + "ffn_norm.weight", il)
         run.rec("ffn_norm", il, cur)
         cur = run.ffn(cur, il, activation="silu", scales=True, biases=True, down=True)
         run.rec("ffn_out", il, cur)
@@ -51,7 +51,7 @@ def forward(run: Run) -> F32Array:
         x = np.add(cur, ffn_inp, dtype=np.float32)
         run.rec("l_out", il, x)
 
-    cur = run.norm(x, "output_norm.weight")
+    cur = run.norm(x, "output_norm.weight", -1)
     run.rec("result_norm", -1, cur)
     logits = run.output(cur)
     run.rec("result_output", -1, logits)
