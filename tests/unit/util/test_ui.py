@@ -7,7 +7,16 @@ import pytest
 
 from bitnet_crossval.util import ui
 
-COLOR_VARS = ("NO_COLOR", "FORCE_COLOR", "TERM", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS")
+# What colour and progress output depend on, besides whether stderr is a terminal.
+UI_VARS = (
+    "NO_COLOR",
+    "FORCE_COLOR",
+    "TERM",
+    "TTY_COMPATIBLE",
+    "TTY_INTERACTIVE",
+    "COLUMNS",
+    "BITNET_PROGRESS_INTERVAL",
+)
 
 
 class TerminalStream(io.StringIO):
@@ -20,7 +29,7 @@ class TerminalStream(io.StringIO):
 @pytest.fixture(autouse=True)
 def _clean_ui(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts quiet, without colour settings and without a cached rich console."""
-    for name in COLOR_VARS:
+    for name in UI_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(ui, "_verbose", False)
     monkeypatch.setattr(ui, "_console", None)
