@@ -2,7 +2,8 @@
 // callback (cb_eval), as float32 .npy files plus the records of a trace manifest.
 //
 // Which tensors: named ones (the names llama.cpp's graph builders give with cb(cur, "Qcur",
-// il), rendered "Qcur-0"; ggml's derived names such as "Qcur-0 (reshaped)" do not count),
+// il), rendered "Qcur-0"; ggml's derived names such as "Qcur-0 (reshaped)" and the numbers it
+// gives unnamed nodes, "node_65", do not count),
 // of type F32/F16/BF16, whose token axis is the outermost non-unit axis. The token axis is
 // followed through the graph from the token embedding lookup (GET_ROWS) op by op, so it is
 // found even when the token count equals a head count; tensors whose token axis is inner

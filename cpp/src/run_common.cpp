@@ -108,22 +108,22 @@ OpenedContext open_context(llama_model * model, ContextSettings settings, KvRequ
             candidates = {{KvType::F32, KvType::F32}, {KvType::F32, KvType::F16}, {KvType::F16, KvType::F16}};
             break;
     }
-    std::string refusals;
+    std::string refusals;  // "<K/V> refused: <llama.cpp's reason>; ..."
+    std::string last_reason;
     for (const KvTypes & kv : candidates) {
         settings.kv = kv;
         OpenedContext opened;
-        std::string reason;
-        opened.ctx = try_new_context(model, settings, opened.report, reason);
+        opened.ctx = try_new_context(model, settings, opened.report, last_reason);
         if (opened.ctx) {
             opened.kv = kv;
             opened.fallback = refusals;
             return opened;
         }
-        refusals += (refusals.empty() ? "" : "; ") + kv_label(kv) + " refused: " + reason;
+        refusals += (refusals.empty() ? "" : "; ") + kv_label(kv) + " refused: " + last_reason;
     }
     if (candidates.size() == 1) {
         throw ShimError(kExitDecode, "llama.cpp could not create a context with an " + kv_label(candidates[0]) +
-                                         " cache: " + refusals.substr(refusals.find(": ") + 2));
+                                         " cache: " + last_reason);
     }
     throw ShimError(kExitDecode, "llama.cpp could not create a context with any KV cache type (" + refusals + ")");
 }
