@@ -19,8 +19,10 @@ from bitnet_crossval.store.layout import (
     constants_path_from,
 )
 from bitnet_crossval.store.lock import lock_timeout_from
+from bitnet_crossval.util.envnum import env_float
 from bitnet_crossval.util.files import refuse_non_regular
 from bitnet_crossval.util.retry import RetryPolicy, net_timeout
+from bitnet_crossval.util.ui import DEFAULT_PROGRESS_INTERVAL, PROGRESS_INTERVAL_ENV
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +53,7 @@ def load_context(environ: Mapping[str, str] | None = None) -> SuiteContext:
     lock_timeout_from(env)
     RetryPolicy.from_env(env)
     net_timeout(env)
+    env_float(env, PROGRESS_INTERVAL_ENV, default=DEFAULT_PROGRESS_INTERVAL, exclusive_minimum=True, example="30")
     cache = CacheLayout(root)
     return SuiteContext(
         cache=cache,

@@ -123,6 +123,15 @@ class CommandFailed(SuiteError):
         )
 
 
+class CommandTimedOut(CommandFailed):
+    """A subprocess ran past its time limit and was stopped."""
+
+    def __init__(self, argv: Sequence[str], timeout: float, output_tail: str, *, log_path: Path | None = None) -> None:
+        super().__init__(argv, 124, output_tail, log_path=log_path)
+        self.timeout = timeout
+        self.message = f"`{argv[0]}` did not finish within {timeout:g}s and was stopped"
+
+
 class ProgramNotFound(SuiteError):
     """An executable the suite needs is not on PATH."""
 

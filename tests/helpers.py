@@ -47,8 +47,15 @@ def run_invoke(
     )
 
 
+LEGACY_API = DATA / "legacy_llama_api"
+
+
 def copy_fake_llama(dest: Path) -> Path:
+    """A copy of the fake llama.cpp whose libllama implements the 2024 C API stub, so the
+    suite's shim builds and runs against it (see tests/data/fake_llama/CMakeLists.txt)."""
     shutil.copytree(FAKE_LLAMA, dest)
+    for part in ("include", "src"):
+        shutil.copytree(LEGACY_API / part, dest / "api" / part)
     return dest
 
 

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from bitnet_crossval.errors import BadInput, BuildFailed, CommandFailed, ProgramNotFound
 from bitnet_crossval.util import proc, ui
-from bitnet_crossval.util.files import make_dir, remove_tree, write_text
+from bitnet_crossval.util.files import ensure_writable, make_dir, remove_tree, write_text
 
 # Ninja prints "[12/345] Building ...", Make prints "[ 42%] Building ...".
 _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]", re.MULTILINE)
 _MAKE_PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 
 BUILD_OK_STAMP = ".bitnet-suite-build-ok"
+# The process group of the CMake step running in a build tree (see proc.stop_group_in).
+BUILD_GROUP_FILE = ".bitnet-suite-build.pgid"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,9 +85,12 @@ def prepare_build_dir(project: CMakeProject) -> None:
     generator's program is no longer on PATH; a tree copied or moved from elsewhere (its
     CMakeCache.txt names another directory, which CMake refuses) is started over.
     """
+    # A build whose parent was killed may still be compiling here; it must stop before we start.
+    proc.stop_group_in(project.build_dir / BUILD_GROUP_FILE)
     cached = read_cache(project.build_dir)
     if not cached:
         make_dir(project.build_dir)
+        ensure_writable(project.build_dir)
         return
     reason = None
     recorded_dir = cached.get("CMAKE_CACHEFILE_DIR")
@@ -99,6 +104,7 @@ def prepare_build_dir(project: CMakeProject) -> None:
         ui.debug(f"starting {project.build_dir} over: {reason}")
         remove_tree(project.build_dir)
     make_dir(project.build_dir)
+    ensure_writable(project.build_dir)
 
 
 def configure_args(project: CMakeProject) -> list[str]:
@@ -181,7 +187,8 @@ def _step(
     on_line: proc.LineCallback | None = None,
 ) -> str:
     try:
-        return proc.run(args, env=project.env, log_path=log_path, on_line=on_line).output
+        group_file = project.build_dir / BUILD_GROUP_FILE if project.build_dir.is_dir() else None
+        return proc.run(args, env=project.env, log_path=log_path, on_line=on_line, group_file=group_file).output
     except ProgramNotFound as exc:
         raise BuildFailed(
             f"cannot {stage} {what}: `{exc.program}` is not installed",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bitnet_crossval
-from bitnet_crossval.errors import BuildFailed, SuiteError
+from bitnet_crossval.errors import BadInput, BuildFailed, SuiteError
 from bitnet_crossval.provision import cmake
 from bitnet_crossval.reference.client import Shim
 from bitnet_crossval.util import ui
@@ -154,11 +154,12 @@ def _check_backend_layout(include_dirs: Sequence[Path], lib_dir: Path) -> None:
             next_step="pass the backend's <prefix>/include (and ggml's include dir if separate)",
         )
     for path in [*include_dirs, lib_dir]:
-        if ";" in str(path):
+        if ";" in str(path) or "\n" in str(path):
             # CMake splits list values on ';' and offers no escape that survives every layer.
-            raise BuildFailed(
-                f"the path {path} contains ';', which CMake cannot take in a list",
-                next_step="move the backend install to a path without ';'",
+            raise BadInput(
+                f"the backend path {str(path)!r} contains ';' or a line break, which CMake cannot take in a list",
+                next_step="move the backend install (or the directory LLAMA_CPP_DIR / BITNET_CPP_DIR names) "
+                "to a path without them",
             )
     if not any((Path(d) / "llama.h").is_file() for d in include_dirs):
         raise BuildFailed(
@@ -177,7 +178,7 @@ def _check_backend_layout(include_dirs: Sequence[Path], lib_dir: Path) -> None:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

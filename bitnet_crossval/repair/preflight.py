@@ -25,6 +25,7 @@ from bitnet_crossval.backends.platform import library_path_variable
 from bitnet_crossval.backends.specs import BackendSpec
 from bitnet_crossval.context import SuiteContext
 from bitnet_crossval.errors import BackendUnavailable, BadInput, BuildFailed, RevalidationFailed
+from bitnet_crossval.store.constants import shim_problem
 from bitnet_crossval.util import ui
 
 RepairMode = Literal["auto", "never", "always"]
@@ -110,15 +111,25 @@ def run_preflight(
 
     found = ctx.detector.detect(spec)
     if found.available and mode != "always":
-        if ctx.constants.has(spec.name):
-            return _report(ctx, spec, found, repaired=False)
-        # Usable, but the constants this process started with do not record it (and so no
-        # shim is recorded either): the repair is only the rebuild and the re-exec.
-        unlisted = f"it does not list {spec.display} ({ctx.constants.problem or 'stale'})"
-        if mode == "never":
-            ui.warn(f"the constants file is stale: {unlisted}; `invoke rebuild` records it and builds the shim")
-            return _report(ctx, spec, found, repaired=False)
-        ui.say(f"repairing the constants file: {unlisted}")
+        record = ctx.constants.record(spec.name)
+        if record is None or not record.available:
+            # Usable, but the constants this process started with do not record it (and so no
+            # shim is recorded either): the repair is only the rebuild and the re-exec.
+            unlisted = f"it does not list {spec.display} ({ctx.constants.problem or 'stale'})"
+            if mode == "never":
+                ui.warn(f"the constants file is stale: {unlisted}; `invoke rebuild` records it and builds the shim")
+                return _report(ctx, spec, found, repaired=False)
+            ui.say(f"repairing the constants file: {unlisted}")
+        else:
+            problem = shim_problem(record)
+            if problem is None:
+                return _report(ctx, spec, found, repaired=False)
+            if mode == "never":
+                raise BackendUnavailable(
+                    f"{spec.display} is installed but its shim cannot be used: {problem}",
+                    next_step=f"run `invoke rebuild`, or `invoke preflight --backend {spec.name} --repair auto`",
+                )
+            ui.say(f"repairing the shim of {spec.display}: {problem}")
         assert found.lib_dir is not None
         _rebuild_and_reexec(ctx, spec, found.lib_dir, reexec)
 
@@ -170,11 +181,15 @@ def _validate_after_repair(ctx: SuiteContext, spec: BackendSpec) -> PreflightRep
     found = ctx.detector.detect(spec)
     if not found.available:
         raise RevalidationFailed(f"{spec.display} is still unavailable after the repair: {found.reason}")
-    if not ctx.constants.has(spec.name):
+    record = ctx.constants.record(spec.name)
+    if record is None or not record.available:
         raise RevalidationFailed(
             f"{spec.display} was installed but the constants file {ctx.constants_path} "
             f"does not list it ({ctx.constants.problem or 'marked unavailable'})"
         )
+    problem = shim_problem(record)
+    if problem is not None:
+        raise RevalidationFailed(f"{spec.display} was repaired but its shim cannot be used: {problem}")
     return _report(ctx, spec, found, repaired=True)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from bitnet_crossval.errors import BadInput
-from bitnet_crossval.util.files import make_dir, write_text
+from bitnet_crossval.util.files import ensure_writable, make_dir, write_text
 from bitnet_crossval.util.timefmt import file_stamp
 
 APP_NAME = "bitnet"
@@ -196,6 +196,7 @@ class CacheLayout:
             self.logs,
         ):
             make_dir(directory)
+            ensure_writable(directory)
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
             write_text(tag, _CACHEDIR_TAG)

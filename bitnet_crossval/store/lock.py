@@ -41,7 +41,7 @@ def describe_owner(lock_path: Path) -> str:
     try:
         note = json.loads(owner_path(lock_path).read_text(encoding="utf-8"))
         return f"pid {note['pid']} on {note['host']}, since {note['since']} ({note['purpose']})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return "another process"
 
 

@@ -43,6 +43,16 @@ def make_dir(path: Path) -> None:
         raise os_error(exc, path) from exc
 
 
+def ensure_writable(directory: Path) -> None:
+    """Prove ``directory`` takes new files (an immutable or read-only directory, or one owned by
+    another user, is exit 4 here rather than a confusing failure of a tool that writes there)."""
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".bitnet-write-check-"):
+            pass
+    except OSError as exc:
+        raise os_error(exc, directory) from exc
+
+
 def refuse_non_regular(path: Path, *, what: str) -> None:
     """Refuse to write ``path`` when something other than a regular file is there.
 

@@ -15,13 +15,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
-from bitnet_crossval.errors import CommandFailed, ProgramNotFound
+from bitnet_crossval.errors import CommandFailed, CommandTimedOut, ProgramNotFound
 from bitnet_crossval.util import ui
+from bitnet_crossval.util.files import os_error
 
 TAIL_LINES = 40
 
@@ -62,57 +65,168 @@ def run(
     on_line: LineCallback | None = None,
     check: bool = True,
     timeout: float | None = None,
+    group_file: Path | None = None,
 ) -> Completed:
     """Run ``argv``; stdout and stderr are merged, kept in memory and optionally in a log file.
 
     ``on_line`` sees each output line as it arrives (progress parsing). The log file is
-    appended to, so one log can hold every step of a build.
+    appended to, so one log can hold every step of a build. ``timeout`` bounds the whole run,
+    also a child that stops writing without exiting (:class:`CommandTimedOut`). With
+    ``group_file`` the child gets a process group of its own whose id is kept in that file while
+    it runs, so a later run can stop what a killed parent left behind (:func:`stop_group_in`);
+    Ctrl-C or an error here stops the whole group.
     """
     args = [os.fspath(a) for a in argv]
     args[0] = resolve_program(args[0], env)
     ui.debug(f"+ {shlex.join(args)}" + (f"   (in {cwd})" if cwd else ""))
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    chunks: list[str] = []
-    log = open(log_path, "a", encoding="utf-8", errors="replace") if log_path else None  # noqa: SIM115
+    log = _open_log(log_path)
     started = time.monotonic()
     try:
         if log is not None:
             log.write(f"+ {shlex.join(args)}\n")
             log.flush()
-        with subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-        ) as proc:
-            assert proc.stdout is not None
-            try:
-                for line in proc.stdout:
-                    chunks.append(line)
-                    tail.append(line)
-                    if log is not None:
-                        log.write(line)
-                    if on_line is not None:
-                        on_line(line.rstrip("\n"))
-                returncode = proc.wait(timeout=timeout)
-            except BaseException:
-                # Ctrl-C, a timeout or a callback error: do not leave the child running.
-                proc.kill()
-                proc.wait()
-                raise
+        streamed = _stream(args, cwd=cwd, env=env, log=log, on_line=on_line, timeout=timeout, group_file=group_file)
     finally:
         if log is not None:
             log.write(f"# finished in {time.monotonic() - started:.1f}s\n")
             log.close()
-    result = Completed(argv=args, returncode=exit_code_of(returncode), output="".join(chunks))
+    if streamed.timed_out:
+        raise CommandTimedOut(args, timeout or 0.0, streamed.tail, log_path=log_path)
+    result = Completed(argv=args, returncode=exit_code_of(streamed.returncode), output=streamed.output)
     if check and result.returncode != 0:
-        raise CommandFailed(args, result.returncode, "".join(tail), log_path=log_path)
+        raise CommandFailed(args, result.returncode, streamed.tail, log_path=log_path)
     return result
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Streamed:
+    returncode: int
+    output: str
+    tail: str
+    timed_out: bool
+
+
+def _stream(
+    args: list[str],
+    *,
+    cwd: Path | None,
+    env: Mapping[str, str] | None,
+    log: TextIO | None,
+    on_line: LineCallback | None,
+    timeout: float | None,
+    group_file: Path | None,
+) -> _Streamed:
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    chunks: list[str] = []
+    own_group = group_file is not None and os.name == "posix"
+    timed_out = threading.Event()
+    with subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        start_new_session=own_group,
+    ) as child:
+        assert child.stdout is not None
+
+        def expire() -> None:
+            timed_out.set()
+            _kill(child, group=own_group)
+
+        if own_group and group_file is not None:
+            _write_group_file(group_file, child.pid)
+        # A timer, not wait(timeout): a child that stops writing without exiting would
+        # otherwise hold the read loop below forever.
+        watchdog = threading.Timer(timeout, expire) if timeout else None
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            for line in child.stdout:
+                chunks.append(line)
+                tail.append(line)
+                if log is not None:
+                    log.write(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+            returncode = child.wait()
+        except BaseException:
+            # Ctrl-C or a callback error: do not leave the child (or its group) running.
+            _kill(child, group=own_group)
+            child.wait()
+            raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            if own_group and group_file is not None:
+                group_file.unlink(missing_ok=True)
+    return _Streamed(returncode=returncode, output="".join(chunks), tail="".join(tail), timed_out=timed_out.is_set())
+
+
+def _open_log(log_path: Path | None) -> TextIO | None:
+    if log_path is None:
+        return None
+    try:
+        return open(log_path, "a", encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise os_error(exc, log_path) from exc
+
+
+def _kill(child: subprocess.Popen[str], *, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(child.pid, signal.SIGKILL)
+        else:
+            child.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _write_group_file(path: Path, pgid: int) -> None:
+    try:
+        path.write_text(f"{pgid}\n", encoding="ascii")
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+
+
+def stop_group_in(group_file: Path, *, grace: float = 5.0) -> bool:
+    """Stop the process group recorded in ``group_file`` by a run whose parent was killed
+    (ninja and the compilers outlive a SIGKILLed Python). Returns whether one was running.
+
+    Call it while holding the lock that guards what the group was working on, before starting
+    new work there, so the new run never races with the orphans.
+    """
+    try:
+        pgid = int(group_file.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        group_file.unlink(missing_ok=True)
+        return False
+    running = pgid > 1 and _group_alive(pgid)
+    if running:
+        ui.say(f"stopping the processes (group {pgid}) left running by an interrupted build")
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_alive(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+    group_file.unlink(missing_ok=True)
+    return running
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_foreground(

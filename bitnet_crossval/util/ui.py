@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -95,11 +97,44 @@ class _RichTask:
         self._progress.update(self._task_id, completed=completed, total=total)
 
 
+PROGRESS_INTERVAL_ENV = "BITNET_PROGRESS_INTERVAL"
+DEFAULT_PROGRESS_INTERVAL = 30.0
+
+
 class _QuietTask:
-    """Used when stderr is not a terminal: no live display, only the start and end lines."""
+    """Used when stderr is not a terminal (a CI log, ``2>file``): no live display, but a line
+    at least every ``interval`` seconds, so a long build never looks hung."""
+
+    def __init__(self, description: str, interval: float) -> None:
+        self._description = description
+        self._completed: float = 0.0
+        self._total: float | None = None
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
+        self._thread.start()
 
     def advance_to(self, completed: float, total: float | None = None) -> None:
-        pass
+        self._completed, self._total = completed, total
+
+    def _beat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            elapsed = int(time.monotonic() - self._started)
+            done = f" {self._completed:.0f}/{self._total:.0f}" if self._total else ""
+            say(f"{self._description}:{done} still running ({elapsed // 60}m{elapsed % 60:02d}s)")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _progress_interval() -> float:
+    raw = os.environ.get(PROGRESS_INTERVAL_ENV, "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_PROGRESS_INTERVAL
+    except ValueError:
+        return DEFAULT_PROGRESS_INTERVAL
+    return value if 0.0 < value < float("inf") else DEFAULT_PROGRESS_INTERVAL
 
 
 @contextmanager
@@ -110,7 +145,11 @@ def progress(
     con = console()
     if not con.is_terminal:
         say(f"{description} ...")
-        yield _QuietTask()
+        quiet = _QuietTask(description, _progress_interval())
+        try:
+            yield quiet
+        finally:
+            quiet.close()
         return
     from rich.progress import (
         BarColumn,

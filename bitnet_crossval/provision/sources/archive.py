@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from bitnet_crossval.backends.specs import BackendSpec
 from bitnet_crossval.errors import BadInput, SuiteError
-from bitnet_crossval.provision.sources.classify import ARCHIVE_ERRORS, classify_failure
+from bitnet_crossval.provision.sources.classify import ARCHIVE_ERRORS, classify_failure, describe_archive_error
 from bitnet_crossval.provision.sources.staging import assemble, read_marker
 from bitnet_crossval.util import ui
 
@@ -64,7 +64,7 @@ def extract_archive(archive: Path, dest: Path) -> None:
         raise _unsafe(archive, str(exc)) from exc
     except ARCHIVE_ERRORS as exc:
         raise BadInput(
-            f"{archive} is not a valid archive ({exc})",
+            f"{archive} is not a valid archive ({describe_archive_error(exc)})",
             next_step="download the archive again or use another source",
         ) from exc
     except OSError as exc:

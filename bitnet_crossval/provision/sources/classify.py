@@ -105,6 +105,14 @@ _NETWORK_ERRNOS = frozenset(
 )
 
 
+def describe_archive_error(exc: BaseException) -> str:
+    """A one-line reason for a broken archive (tarfile lists one line per method it tried)."""
+    text = str(exc).strip()
+    if isinstance(exc, tarfile.ReadError) and "\n" in text:
+        return "it is not a gzip, bzip2, xz or plain tar file"
+    return " ".join(text.split()) or type(exc).__name__
+
+
 def server_refused_commit(output: str) -> bool:
     """Whether git's output says the server will not serve the commit that was asked for."""
     return bool(_GIT_REFUSED.search(output))
@@ -143,7 +151,9 @@ def classify_failure(
     if isinstance(exc, (ssl.SSLError, socket.gaierror, socket.herror, TimeoutError, ConnectionError, HTTPException)):
         return NetworkError(f"cannot reach {where}: {_describe(exc)}", next_step=network_step)
     if isinstance(exc, ARCHIVE_ERRORS):
-        return BadInput(f"{where} is not a valid archive ({exc})", next_step="use another archive or source")
+        return BadInput(
+            f"{where} is not a valid archive ({describe_archive_error(exc)})", next_step="use another archive or source"
+        )
     if isinstance(exc, OSError):
         if exc.errno in PERMISSION_ERRNOS:
             return os_error(exc, Path(exc.filename) if exc.filename else Path(where))

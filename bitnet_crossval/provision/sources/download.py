@@ -73,7 +73,7 @@ def find_sdist(*, env: Mapping[str, str], policy: RetryPolicy, spec: BackendSpec
     )
     try:
         files = _parse_json_index(body, base) if content_type in _JSON_TYPES else _parse_html_index(body, base)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise BadInput(
             f"{redact_url(page)} did not return a readable package index ({exc})", next_step=next_step
         ) from exc

@@ -61,6 +61,15 @@ def fetch_default_or(
     if text is not None:
         return fetch_source(parse_source(text, spec=spec, ref=ref), spec=spec, cache=cache, env=env, policy=policy)
     default = parse_source(spec.default_source, spec=spec, ref=ref)
+    pypi = SourceSpec(kind="pypi", location=PYPI_REQUIREMENT)
+    if (
+        _has_pypi_fallback(spec, default)
+        and read_marker(cache.git_source(spec.name, spec.commit)) is None
+        and read_marker(cache.pypi_source(spec.name, LLAMA_CPP_PYPI_VERSION)) is not None
+    ):
+        # The same commit is already in the cache from PyPI: no network needed at all.
+        ui.debug(f"using the {spec.display} tree from the {LLAMA_CPP_PYPI_PACKAGE} sdist already in the cache")
+        return fetch_source(pypi, spec=spec, cache=cache, env=env, policy=policy)
     try:
         return fetch_source(default, spec=spec, cache=cache, env=env, policy=policy)
     except NetworkError as git_error:
@@ -71,7 +80,6 @@ def fetch_default_or(
             f"from the {LLAMA_CPP_PYPI_PACKAGE} {LLAMA_CPP_PYPI_VERSION} sdist on PyPI",
             "warn",
         )
-        pypi = SourceSpec(kind="pypi", location=PYPI_REQUIREMENT)
         try:
             return fetch_source(pypi, spec=spec, cache=cache, env=env, policy=policy)
         except NetworkError as pypi_error:

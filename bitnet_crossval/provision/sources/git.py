@@ -16,7 +16,7 @@ from pathlib import Path
 from bitnet_crossval.backends.specs import BackendSpec
 from bitnet_crossval.errors import BadInput, CommandFailed, ProgramNotFound, SuiteError, UnclassifiedError
 from bitnet_crossval.provision.sources.classify import classify_failure, is_transient, server_refused_commit
-from bitnet_crossval.provision.sources.spec import FULL_SHA, FetchedSource, SourceSpec, redact_url
+from bitnet_crossval.provision.sources.spec import FULL_SHA, FetchedSource, SourceSpec, check_local_git_url, redact_url
 from bitnet_crossval.provision.sources.staging import assemble, read_marker
 from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.util import proc, ui
@@ -28,6 +28,8 @@ def fetch_git(
 ) -> FetchedSource:
     """Check the commit ``source`` names out into the cache, reusing a finished checkout."""
     url = source.location
+    if url.lower().startswith("file:"):
+        check_local_git_url(url, spec=spec, must_exist=True)
     git = _Git(url=url, spec=spec, env=env, policy=policy)
     commit = source.ref if source.ref and FULL_SHA.match(source.ref) else git.resolve(source.ref)
     identity = git_identity(url, commit)

@@ -74,13 +74,21 @@ def parse_source(text: str, *, spec: BackendSpec, ref: str | None = None) -> Sou
         raise BadInput(f"the source for {spec.display} is empty", next_step=_source_forms(spec))
     if ref is not None:
         ref = _check_ref(ref.strip())
+    _refuse_control_characters(raw, spec=spec)
     if raw.lower() == PYPI_KEYWORD:
         return _parse_pypi(spec=spec, ref=ref)
     scheme = _SCHEME.match(raw)
     if scheme:
         return _parse_url(raw, scheme.group(1).lower(), spec=spec, ref=ref)
+    if "::" in raw.split("/", 1)[0] and not Path(raw).expanduser().exists():
+        # git's "<transport>::<address>" form (ext::, fd::, a remote helper) runs programs.
+        raise BadInput(
+            f"the source {raw!r} uses git's <transport>::<address> form, which the suite does not run",
+            next_step=_source_forms(spec),
+        )
     if _SCP_LIKE.match(raw) and not Path(raw).expanduser().exists():
         url, _, at_ref = _split_ref(raw, raw.index(":") + 1)
+        _refuse_option_like_host(raw.split(":", 1)[0].rsplit("@", 1)[-1], raw, spec=spec)
         return SourceSpec(kind="git", location=url, ref=ref or _check_ref(at_ref))
     return _parse_path(Path(raw).expanduser(), spec=spec, ref=ref)
 
@@ -115,7 +123,41 @@ def _parse_url(raw: str, scheme: str, *, spec: BackendSpec, ref: str | None) -> 
     url, _, at_ref = _split_ref(raw, path_start if path_start >= 0 else len(raw))
     if not urlsplit(url).netloc and scheme != "file":
         raise BadInput(f"the git URL {raw!r} names no host", next_step=_source_forms(spec))
+    _refuse_option_like_host(urlsplit(url).netloc.rsplit("@", 1)[-1], raw, spec=spec)
+    if scheme == "file":
+        check_local_git_url(url, spec=spec, must_exist=False)
     return SourceSpec(kind="git", location=url, ref=ref or _check_ref(at_ref))
+
+
+def check_local_git_url(url: str, *, spec: BackendSpec, must_exist: bool) -> None:
+    """A ``file://`` git source must name a directory: nothing about it is a network problem,
+    so it is checked here rather than left to a retried git call."""
+    local = Path(url2pathname(urlsplit(url).path))
+    if local.is_dir() or (not must_exist and not local.exists()):
+        return
+    what = "does not exist" if not local.exists() else "is not a directory"
+    raise BadInput(
+        f"the source {url!r} names {local}, which {what}: a file:// source must be a git repository or an archive",
+        next_step=_source_forms(spec),
+    )
+
+
+def _refuse_control_characters(raw: str, *, spec: BackendSpec) -> None:
+    bad = next((c for c in raw if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        kind = "a line break" if bad in "\r\n" else f"the control character {bad!r}"
+        raise BadInput(f"the source for {spec.display} contains {kind}", next_step=_source_forms(spec))
+    if ";" in raw and (_SCHEME.match(raw) or _SCP_LIKE.match(raw)) and not Path(raw).expanduser().exists():
+        raise BadInput(
+            f"the source URL {raw!r} contains ';', which no git host uses and the suite does not pass on",
+            next_step=_source_forms(spec),
+        )
+
+
+def _refuse_option_like_host(host: str, raw: str, *, spec: BackendSpec) -> None:
+    # ssh://-oProxyCommand=... would reach ssh as an option (CVE-2017-1000117).
+    if host.startswith("-"):
+        raise BadInput(f"the source URL {raw!r} names a host starting with '-'", next_step=_source_forms(spec))
 
 
 def _split_ref(raw: str, path_start: int) -> tuple[str, str, str | None]:

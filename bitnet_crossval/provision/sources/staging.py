@@ -53,7 +53,7 @@ def read_marker(directory: Path) -> str | None:
     """The project root recorded in a finished tree, or None when it is not finished."""
     try:
         document = json.loads((directory / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     root = document.get("root") if isinstance(document, dict) else None
     return root if isinstance(root, str) and (directory / root).is_dir() else None

@@ -33,6 +33,7 @@ from bitnet_crossval.provision.sources import (
     parse_source,
 )
 from bitnet_crossval.provision.sources import fetch as sources_fetch
+from bitnet_crossval.provision.sources.staging import MARKER_NAME
 from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.util.retry import RetryPolicy
 
@@ -383,15 +384,15 @@ class FakeFetch:
         return FetchedSource(path=Path("/fetched") / source.kind, identity={"kind": source.kind})
 
 
-def chain(monkeypatch: pytest.MonkeyPatch, outcomes, *, spec=LLAMA, text=None, ref=None, env=None):
+def chain(monkeypatch: pytest.MonkeyPatch, outcomes, *, spec=LLAMA, text=None, ref=None, env=None, cache=None):
     fake = FakeFetch(outcomes)
-    # fetch_default_or looks fetch_source up in tasks.sources.fetch, so that is where to patch it.
+    # fetch_default_or looks fetch_source up in bitnet_crossval.provision.sources.fetch, so patch it there.
     monkeypatch.setattr(sources_fetch, "fetch_source", fake)
     result = fetch_default_or(
         text,
         spec=spec,
         ref=ref,
-        cache=CacheLayout(Path("/unused")),
+        cache=cache or CacheLayout(Path("/unused")),
         env=env or {},
         policy=RetryPolicy(attempts=1),
     )
@@ -409,6 +410,18 @@ def test_default_falls_back_to_pypi_after_a_network_error(
         "cannot reach https://github.com/ggml-org/llama.cpp (network error); using the same llama.cpp "
         "commit from the llama-cpp-python 0.3.36 sdist on PyPI"
     ]
+
+
+def test_a_pypi_tree_already_in_the_cache_is_used_without_trying_git(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cache = CacheLayout(tmp_path)
+    tree = cache.pypi_source("llama", "0.3.36")
+    (tree / "vendor" / "llama.cpp").mkdir(parents=True)
+    (tree / MARKER_NAME).write_text('{"identity": {}, "root": "vendor/llama.cpp"}')
+    result, calls = chain(monkeypatch, {"git": AssertionError("git must not be tried")}, cache=cache)
+    assert [c.kind for c in calls] == ["pypi"]
+    assert result.path == Path("/fetched/pypi")
 
 
 @pytest.mark.parametrize(

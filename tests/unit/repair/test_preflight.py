@@ -109,12 +109,18 @@ def _fake_reexec(rec: Recorder) -> Any:
     return reexec
 
 
-LISTED = {"llama": BackendRecord(available=True)}
+def _listed(tmp_path: Path, *, shim_sha256: str | None = None) -> dict[str, BackendRecord]:
+    """Constants listing llama.cpp with a shim that exists (a stand-in executable)."""
+    shim = tmp_path / "bitnet-shim"
+    if not shim.exists():
+        shim.write_text("#!/bin/sh\n")
+        shim.chmod(0o755)
+    return {"llama": BackendRecord(available=True, shim=str(shim), shim_sha256=shim_sha256)}
 
 
 def test_available_and_recorded_backend_needs_no_repair(flow: Recorder, tmp_path: Path) -> None:
     flow.state["available"] = True  # type: ignore[attr-defined]
-    constants = Constants(path=tmp_path / "c.json", status="ok", backends=LISTED)
+    constants = Constants(path=tmp_path / "c.json", status="ok", backends=_listed(tmp_path))
     report = pf.run_preflight(_ctx(tmp_path, constants=constants), LLAMA, mode="auto", reexec=_fake_reexec(flow))
     assert report.available and not report.repaired
     assert [c[0] for c in flow.calls] == ["detect"]
@@ -172,7 +178,7 @@ def test_the_child_needs_the_constants_to_list_the_backend(flow: Recorder, tmp_p
     env = {"BITNET_REPAIR_PARENT": "1"}
     with pytest.raises(RevalidationFailed):
         pf.run_preflight(_ctx(tmp_path, env=env), LLAMA, mode="auto", reexec=_fake_reexec(flow))
-    listed = Constants(path=tmp_path / "c.json", status="ok", backends={"llama": BackendRecord(available=True)})
+    listed = Constants(path=tmp_path / "c.json", status="ok", backends=_listed(tmp_path))
     report = pf.run_preflight(_ctx(tmp_path, env=env, constants=listed), LLAMA, mode="auto")
     assert report.repaired and report.available
 
@@ -184,3 +190,28 @@ def test_a_repair_whose_shim_did_not_build_fails_instead_of_reexecuting(flow: Re
     assert info.value.exit_code == 5
     assert "the shim for llama.cpp did not build" in info.value.message
     assert [c[0] for c in flow.calls] == ["detect", "setup", "rebuild"]  # no re-exec, no "(auto-repaired)"
+
+
+@pytest.mark.parametrize("damage", ["missing", "changed"])
+def test_a_dead_shim_is_repaired_with_auto_and_reported_with_never(flow: Recorder, tmp_path: Path, damage: str) -> None:
+    flow.state["available"] = True  # type: ignore[attr-defined]
+    backends = _listed(tmp_path, shim_sha256="0" * 64)
+    shim = tmp_path / "bitnet-shim"
+    if damage == "missing":
+        shim.unlink()
+    constants = Constants(path=tmp_path / "c.json", status="ok", backends=backends)
+    with pytest.raises(BackendUnavailable) as info:
+        pf.run_preflight(_ctx(tmp_path, constants=constants), LLAMA, mode="never", reexec=_fake_reexec(flow))
+    assert info.value.exit_code == 1
+    assert "shim" in info.value.message and "invoke rebuild" in info.value.next_step
+    with pytest.raises(Reexeced):
+        pf.run_preflight(_ctx(tmp_path, constants=constants), LLAMA, mode="auto", reexec=_fake_reexec(flow))
+    assert [c[0] for c in flow.calls][-2:] == ["rebuild", "reexec"]
+
+
+def test_the_child_refuses_a_shim_that_does_not_match(flow: Recorder, tmp_path: Path) -> None:
+    flow.state["available"] = True  # type: ignore[attr-defined]
+    constants = Constants(path=tmp_path / "c.json", status="ok", backends=_listed(tmp_path, shim_sha256="0" * 64))
+    ctx = _ctx(tmp_path, env={"BITNET_REPAIR_PARENT": "1"}, constants=constants)
+    with pytest.raises(RevalidationFailed, match="shim"):
+        pf.run_preflight(ctx, LLAMA, mode="auto")
