@@ -7,19 +7,18 @@ by running the new executable's ``info``.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import bitnet_crossval
 from bitnet_crossval.errors import BadInput, BuildFailed, SuiteError
 from bitnet_crossval.provision import cmake
 from bitnet_crossval.reference.client import Shim
 from bitnet_crossval.util import ui
-from bitnet_crossval.util.files import file_sha256, make_dir, remove_tree, write_json_atomic
+from bitnet_crossval.util.files import file_sha256, make_dir, read_json_file, remove_tree, write_json_atomic
 
 ApiGeneration = Literal["current", "legacy"]
 
@@ -97,7 +96,7 @@ def build_shim(
     stamp_path = build_dir / CONFIGURE_STAMP
     cache_path = build_dir / "CMakeCache.txt"
     try:
-        if not (cache_path.exists() and _read_json(stamp_path) == stamp):
+        if not (cache_path.exists() and read_json_file(stamp_path) == stamp):
             ui.debug(f"configuring the shim for {backend} in {build_dir}")
             remove_tree(stamp_path)
             cmake.configure(project, log_path=log_path, what=what)
@@ -173,13 +172,6 @@ def _check_backend_layout(include_dirs: Sequence[Path], lib_dir: Path) -> None:
             next_step="point LLAMA_CPP_DIR / BITNET_CPP_DIR at an install with lib/libllama, "
             "or run `invoke setup-cpp-auto`",
         )
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
 
 
 def _api_from_cache(cache_path: Path, log_path: Path) -> ApiGeneration:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from bitnet_crossval.util.files import describe_file_type, dump_json, file_sha256, write_atomic
+from bitnet_crossval.util.files import describe_file_type, dump_json, file_sha256, read_regular_file, write_atomic
 from bitnet_crossval.util.timefmt import now_iso
 
 SCHEMA = "bitnet-suite/constants"
@@ -68,7 +68,7 @@ class Constants:
 
 def read_constants(path: Path) -> Constants:
     try:
-        raw = _read_regular_file(path)
+        raw = read_regular_file(path)
     except FileNotFoundError:
         return Constants(path=path, status="missing", problem="no constants file yet")
     except OSError as exc:
@@ -104,21 +104,6 @@ def read_constants(path: Path) -> Constants:
         backends=backends,
         generated_at=generated_at if isinstance(generated_at, str) else None,
     )
-
-
-def _read_regular_file(path: Path) -> bytes | None:
-    """The file's bytes, or None when ``path`` is not a regular file: opening a FIFO would
-    block until a writer comes, and a device is never a constants file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def shim_problem(record: BackendRecord) -> str | None:
@@ -217,6 +202,6 @@ def is_current(path: Path, backends: Mapping[str, BackendRecord]) -> bool:
 
 def _bytes_on_disk(path: Path) -> bytes | None:
     try:
-        return _read_regular_file(path)
+        return read_regular_file(path)
     except OSError:
         return None

@@ -22,7 +22,7 @@ from pathlib import Path
 from bitnet_crossval.errors import LockTimeout, UnclassifiedError
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.envnum import env_float
-from bitnet_crossval.util.files import make_dir, os_error
+from bitnet_crossval.util.files import make_dir, os_error, read_json_file
 
 LOCK_TIMEOUT_ENV = "BITNET_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 3600.0  # a cold build of a backend takes minutes, not hours
@@ -38,10 +38,10 @@ def owner_path(lock_path: Path) -> Path:
 
 def describe_owner(lock_path: Path) -> str:
     """Who holds the lock, from the note its holder wrote after acquiring it."""
+    note = read_json_file(owner_path(lock_path))
     try:
-        note = json.loads(owner_path(lock_path).read_text(encoding="utf-8"))
         return f"pid {note['pid']} on {note['host']}, since {note['since']} ({note['purpose']})"
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+    except (KeyError, TypeError):
         return "another process"
 
 

@@ -8,12 +8,11 @@ other code picks the JSON apart.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bitnet_crossval.util.files import write_json_atomic
+from bitnet_crossval.util.files import read_json_file, write_json_atomic
 from bitnet_crossval.util.timefmt import now_iso
 
 MARKER_NAME = ".bitnet-suite-install.json"
@@ -63,10 +62,7 @@ def write_marker(
 
 def read_marker(install_dir: Path) -> InstallMarker | None:
     """The marker in ``install_dir``, or None when it is absent or not one of ours."""
-    try:
-        data = json.loads(marker_path(install_dir).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
+    data = read_json_file(marker_path(install_dir))
     if not isinstance(data, dict) or not isinstance(data.get("backend"), str) or not data["backend"]:
         return None
     source = data.get("source")

@@ -120,6 +120,32 @@ def write_atomic(path: Path, data: bytes, *, what: str = "the file") -> None:
     _fsync_dir(path.parent)
 
 
+def read_regular_file(path: Path) -> bytes | None:
+    """The file's bytes, or None when ``path`` is not a regular file. Opening a FIFO would block
+    until a writer comes, and a device is never one of the suite's files; raises OSError (such
+    as FileNotFoundError) when it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_json_file(path: Path) -> Any:
+    """A small JSON file the suite wrote (a marker, a note, a stamp), or None when it is missing,
+    unreadable, not a regular file, not JSON or absurdly nested: such a file is never trusted."""
+    try:
+        raw = read_regular_file(path)
+        return None if raw is None else json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def file_sha256(path: Path) -> str:
     """The sha256 of a file's content (raises OSError when it cannot be read)."""
     import hashlib  # imported on use: start-up time matters for a quick preflight
@@ -155,10 +181,16 @@ def _fsync_dir(directory: Path) -> None:
 def remove_tree(path: Path) -> None:
     """Remove a file or directory tree if it exists (a missing one is fine)."""
     try:
-        if path.is_symlink() or path.is_file():
-            path.unlink(missing_ok=True)
-        elif path.exists():
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    try:
+        if stat.S_ISDIR(mode):
             shutil.rmtree(path)
+        else:  # a file, a symlink, a FIFO or a device node: removing the name is enough
+            path.unlink(missing_ok=True)
     except OSError as exc:
         raise os_error(exc, path) from exc
 

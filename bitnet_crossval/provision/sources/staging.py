@@ -9,13 +9,12 @@ the backend's lock.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bitnet_crossval.util.files import make_dir, os_error, remove_tree, write_json_atomic
+from bitnet_crossval.util.files import make_dir, os_error, read_json_file, remove_tree, write_json_atomic
 from bitnet_crossval.util.proc import process_alive
 
 MARKER_NAME = ".bitnet-source.json"
@@ -51,10 +50,7 @@ def assemble(final: Path, identity: dict[str, str], populate: Callable[[Path], s
 
 def read_marker(directory: Path) -> str | None:
     """The project root recorded in a finished tree, or None when it is not finished."""
-    try:
-        document = json.loads((directory / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
+    document = read_json_file(directory / MARKER_NAME)
     root = document.get("root") if isinstance(document, dict) else None
     return root if isinstance(root, str) and (directory / root).is_dir() else None
 
