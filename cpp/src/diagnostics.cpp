@@ -202,7 +202,9 @@ std::string Diagnostics::error_since(size_t mark) const {
     for (const Line & line : lines) {
         const std::string text = trim(line.text);
         const std::string low = lower(text);
-        if (text.empty()) {
+        const bool says_something =
+            std::any_of(text.begin(), text.end(), [](unsigned char c) { return std::isalnum(c) != 0; });
+        if (!says_something) {  // blank, or a rule of '=' around a boxed message
             continue;
         }
         if (line.error) {

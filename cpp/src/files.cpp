@@ -324,7 +324,8 @@ void PendingDir::commit() {
     const fs::file_status status = fs::status(target_, ec);
     if (!ec && fs::exists(status)) {
         if (!fs::is_directory(status) || !fs::is_empty(target_, ec)) {
-            throw ShimError(kExitUsage, what_ + " " + target_ + " appeared while the shim ran and is not an empty directory");
+            throw ShimError(kExitUsage,
+                            what_ + " " + target_ + " appeared while the shim ran and is not an empty directory");
         }
 #ifdef _WIN32
         fs::remove(target_, ec);

@@ -63,7 +63,8 @@ uint64_t write_npy_f32(const std::string & path, const float * data, const std::
         ok = std::fwrite(data, sizeof(float), count, f) == count;
     }
     if (!ok) {
-        throw ShimError(kExitOther, "cannot write " + file.temp_path() + ": " + std::strerror(errno != 0 ? errno : EIO));
+        const int err = errno != 0 ? errno : EIO;
+        throw ShimError(kExitOther, "cannot write " + file.temp_path() + ": " + std::strerror(err));
     }
     file.commit();
     return header.size() + count * sizeof(float);
