@@ -47,16 +47,7 @@ def test_machine_arch_from_uname(monkeypatch: pytest.MonkeyPatch, machine: str, 
     ("machine", "arch"),
     [
         ("AMD64", "x86_64"),
-        pytest.param(
-            "ARM64",
-            "arm64",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="platform.py:8 _ARCH_ALIAS maps Windows' AMD64 but not ARM64 (what platform.machine() "
-                "says on Windows on ARM), so machine_arch() returns 'ARM64' and the bitnet recipe and "
-                "codegen take the x86 branch",
-            ),
-        ),
+        ("ARM64", "arm64"),  # Windows on ARM
     ],
 )
 def test_machine_arch_on_windows_asks_platform(monkeypatch: pytest.MonkeyPatch, machine: str, arch: str) -> None:

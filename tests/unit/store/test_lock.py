@@ -89,6 +89,21 @@ def test_describe_owner_with_a_directory_as_note_says_another_process(tmp_path: 
     assert describe_owner(lock_path) == "another process"
 
 
+def test_describe_owner_with_a_fifo_as_note_does_not_block(tmp_path: Path) -> None:
+    lock_path = tmp_path / "llama.lock"
+    note = owner_path(lock_path)
+    os.mkfifo(note)
+    result: list[str] = []
+    thread = threading.Thread(target=lambda: result.append(describe_owner(lock_path)), daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():
+        os.close(os.open(note, os.O_WRONLY | os.O_NONBLOCK))  # let it go on, then fail
+        thread.join(5)
+        pytest.fail("describe_owner blocked on a FIFO")
+    assert result == ["another process"]
+
+
 def test_describe_owner_with_a_deeply_nested_note_says_another_process(tmp_path: Path) -> None:
     lock_path = tmp_path / "llama.lock"
     owner_path(lock_path).write_text("[" * 100_000 + "]" * 100_000)

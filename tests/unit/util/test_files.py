@@ -18,6 +18,8 @@ from bitnet_crossval.util.files import (
     file_sha256,
     make_dir,
     os_error,
+    read_json_file,
+    read_regular_file,
     refuse_non_regular,
     remove_tree,
     write_atomic,
@@ -300,11 +302,6 @@ def call_unblocking_fifo(fn, fifo: Path, *, patience: float = 0.5) -> tuple[bool
     return blocked, outcome[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="files.py:161 remove_tree hands a FIFO (not a regular file, not a symlink) to shutil.rmtree, "
-    "which opens it for reading and blocks until some writer appears; then it fails with ENOTDIR",
-)
 def test_remove_tree_removes_a_fifo_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -312,6 +309,82 @@ def test_remove_tree_removes_a_fifo_without_blocking(tmp_path: Path) -> None:
     assert not blocked, "remove_tree blocked on the FIFO"
     assert error is None
     assert not os.path.lexists(fifo)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a device node needs root")
+def test_remove_tree_removes_a_device_node_by_name(tmp_path: Path) -> None:
+    device = tmp_path / "null-copy"
+    os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    remove_tree(device)
+    assert not os.path.lexists(device)
+    assert os.path.exists(os.devnull)
+
+
+def test_remove_tree_under_a_file_is_a_suite_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UnclassifiedError):
+        remove_tree(blocker / "child")
+    assert blocker.read_text() == "x"
+
+
+# --- read_regular_file and read_json_file ------------------------------------------------------
+
+
+def test_read_regular_file_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    data = bytes(range(256)) * 1000  # more than one read's worth
+    path.write_bytes(data)
+    assert read_regular_file(path) == data
+    (tmp_path / "empty").write_bytes(b"")
+    assert read_regular_file(tmp_path / "empty") == b""
+
+
+def test_read_regular_file_follows_a_symlink_to_a_file(tmp_path: Path) -> None:
+    (tmp_path / "real").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert read_regular_file(tmp_path / "link") == b"x"
+
+
+def test_read_regular_file_refuses_a_directory_and_a_fifo_without_blocking(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    assert read_regular_file(tmp_path / "dir") is None
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    blocked, error = call_unblocking_fifo(lambda: read_regular_file(fifo), fifo, patience=5)
+    assert not blocked and error is None
+
+
+def test_read_regular_file_of_a_missing_file_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_regular_file(tmp_path / "missing")
+
+
+def test_read_json_file_reads_json(tmp_path: Path) -> None:
+    path = tmp_path / "doc.json"
+    write_json_atomic(path, {"a": [1, 2], "b": None})
+    assert read_json_file(path) == {"a": [1, 2], "b": None}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b'{"a": ', b"\xff\xfe not utf-8", b"nope", b"[" * 100_000 + b"]" * 100_000],
+)
+def test_read_json_file_of_damage_is_none(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "doc.json"
+    path.write_bytes(content)
+    assert read_json_file(path) is None
+
+
+def test_read_json_file_of_what_is_not_a_file_is_none(tmp_path: Path) -> None:
+    assert read_json_file(tmp_path / "missing") is None
+    (tmp_path / "dir").mkdir()
+    assert read_json_file(tmp_path / "dir") is None
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    result: list[object] = []
+    blocked, error = call_unblocking_fifo(lambda: result.append(read_json_file(fifo)), fifo, patience=5)
+    assert not blocked and error is None and result == [None]
 
 
 # --- copy_file --------------------------------------------------------------------------------
