@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitnet_crossval.errors import BadInput
+from bitnet_crossval.errors import BadInput, UnclassifiedError
 from bitnet_crossval.reference.client import Shim
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -58,3 +58,10 @@ def test_unknown_type_and_unreadable_input_are_bad_input(shim: Shim, wide_model:
         shim.quantize(tmp_path / "missing.gguf", tmp_path / "x.gguf", "Q8_0")
     assert list(tmp_path.iterdir()) == []
     assert "Q4_K_M" in shim.info()["quantize_types"]
+
+
+def test_a_refused_quantization_carries_llama_cpps_reason(shim: Shim, wide_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(UnclassifiedError) as caught:
+        shim.quantize(wide_model, tmp_path / "iq2.gguf", "IQ2_XXS")  # needs an importance matrix
+    assert "requires an importance matrix" in caught.value.message
+    assert list(tmp_path.iterdir()) == []
