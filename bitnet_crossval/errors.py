@@ -101,6 +101,19 @@ class Interrupted(SuiteError):
         )
 
 
+class CandidateFailed(SuiteError):
+    """The candidate crashed, hung, or returned something that is not logits: no comparison
+    could be made (a candidate that runs but disagrees is a parity failure, exit 10)."""
+
+    exit_code = 1
+    default_next_step = "fix the candidate so it writes float32 logits of shape [n_tokens, n_vocab]"
+
+    def __init__(self, message: str, *, next_step: str | None = None, detail: str = "") -> None:
+        super().__init__(message, next_step=next_step)
+        self.detail = detail
+        """The tail of the candidate's own output, shown above the error line."""
+
+
 class CommandFailed(SuiteError):
     """A subprocess exited non-zero. Callers classify it into one of the errors above."""
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
-_ARCH_ALIAS = {"AMD64": "x86_64", "x86_64": "x86_64", "x86": "x86_64", "aarch64": "arm64", "arm64": "arm64", "ARM64": "arm64"}
+_ARCH_ALIAS = {
+    "AMD64": "x86_64",
+    "x86_64": "x86_64",
+    "x86": "x86_64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "ARM64": "arm64",
+}
 
 
 def shared_library_suffixes() -> tuple[str, ...]:

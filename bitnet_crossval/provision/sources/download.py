@@ -58,10 +58,25 @@ def index_next_step(spec: BackendSpec) -> str:
 
 
 def find_sdist(*, env: Mapping[str, str], policy: RetryPolicy, spec: BackendSpec) -> tuple[str, str]:
-    """The download URL and published sha256 of the pinned sdist (PEP 691 JSON, PEP 503 HTML)."""
-    project = re.sub(r"[-_.]+", "-", LLAMA_CPP_PYPI_PACKAGE).lower()
+    """The download URL and published sha256 of the pinned llama-cpp-python sdist."""
+    return find_on_index(
+        LLAMA_CPP_PYPI_PACKAGE, PYPI_SDIST_NAME, env=env, policy=policy, spec=spec, next_step=index_next_step(spec)
+    )
+
+
+def find_on_index(
+    project_name: str,
+    filename: str,
+    *,
+    env: Mapping[str, str],
+    policy: RetryPolicy,
+    spec: BackendSpec | None,
+    next_step: str,
+) -> tuple[str, str]:
+    """The download URL and published sha256 of one file of a project on the simple index
+    (PEP 691 JSON, PEP 503 HTML)."""
+    project = re.sub(r"[-_.]+", "-", project_name).lower()
     page = index_url(env).rstrip("/") + f"/{project}/"
-    next_step = index_next_step(spec)
     timeout = net_timeout(env)
 
     def query() -> tuple[bytes, str, str]:
@@ -77,12 +92,12 @@ def find_sdist(*, env: Mapping[str, str], policy: RetryPolicy, spec: BackendSpec
         raise BadInput(
             f"{redact_url(page)} did not return a readable package index ({exc})", next_step=next_step
         ) from exc
-    if PYPI_SDIST_NAME not in files:
-        raise BadInput(f"{redact_url(page)} does not list {PYPI_SDIST_NAME}", next_step=next_step)
-    url, sha256 = files[PYPI_SDIST_NAME]
+    if filename not in files:
+        raise BadInput(f"{redact_url(page)} does not list {filename}", next_step=next_step)
+    url, sha256 = files[filename]
     if not sha256:
         raise BadInput(
-            f"{redact_url(page)} lists {PYPI_SDIST_NAME} without a sha256, so a download cannot be verified",
+            f"{redact_url(page)} lists {filename} without a sha256, so a download cannot be verified",
             next_step=next_step,
         )
     return _with_index_credentials(url, page), sha256.lower()
@@ -138,14 +153,16 @@ def download(
     url: str,
     dest: Path,
     *,
-    spec: BackendSpec,
+    spec: BackendSpec | None,
     env: Mapping[str, str],
     policy: RetryPolicy,
     expected_sha256: str | None,
+    next_step: str | None = None,
 ) -> str:
     """Stream ``url`` to ``dest`` (via ``dest.part``), record its sha256 beside it, return it."""
     timeout = net_timeout(env)
-    next_step = index_next_step(spec) if expected_sha256 else None
+    if next_step is None and expected_sha256 and spec is not None:
+        next_step = index_next_step(spec)
     make_dir(dest.parent)
     for stale in (dest, _sha256_path(dest)):
         _unlink(stale)  # an unverified leftover must not be mistaken for this download
@@ -201,7 +218,7 @@ def _with_network_retries(
     call: Callable[[], T],
     *,
     url: str,
-    spec: BackendSpec,
+    spec: BackendSpec | None,
     next_step: str | None,
     policy: RetryPolicy,
     what: str,

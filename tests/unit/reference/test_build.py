@@ -177,7 +177,22 @@ def test_api_disagreement_between_cache_and_binary_fails(
         _build(backend_prefix, tmp_path, ninja_env)
 
 
-def test_a_build_dir_of_another_generator_starts_over(
+def test_a_build_dir_whose_generator_is_gone_starts_over(
+    monkeypatch: pytest.MonkeyPatch, backend_prefix: Path, tmp_path: Path, fake_shim: Path, ninja_env: dict[str, str]
+) -> None:
+    # One policy for every CMake build (provision/cmake.py): a tree keeps its generator unless
+    # that generator's program is no longer on PATH; then it starts over with the preferred one.
+    build_dir = tmp_path / "build"
+    build_dir.mkdir()
+    (build_dir / "CMakeCache.txt").write_text("CMAKE_GENERATOR:INTERNAL=Unix Makefiles\n")
+    (build_dir / "stale-object.o").write_text("")
+    FakeCmake(monkeypatch, fake_shim)
+    no_make = {**ninja_env, "PATH": ninja_env["PATH"].split(os.pathsep)[0]}  # only the fake ninja
+    _build(backend_prefix, tmp_path, no_make)
+    assert not (build_dir / "stale-object.o").exists()
+
+
+def test_a_build_dir_of_another_generator_keeps_it_while_its_program_exists(
     monkeypatch: pytest.MonkeyPatch, backend_prefix: Path, tmp_path: Path, fake_shim: Path, ninja_env: dict[str, str]
 ) -> None:
     build_dir = tmp_path / "build"
@@ -185,5 +200,5 @@ def test_a_build_dir_of_another_generator_starts_over(
     (build_dir / "CMakeCache.txt").write_text("CMAKE_GENERATOR:INTERNAL=Unix Makefiles\n")
     (build_dir / "stale-object.o").write_text("")
     FakeCmake(monkeypatch, fake_shim)
-    _build(backend_prefix, tmp_path, ninja_env)
-    assert not (build_dir / "stale-object.o").exists()
+    _build(backend_prefix, tmp_path, ninja_env)  # make is on PATH: the tree is reused, not rebuilt
+    assert (build_dir / "stale-object.o").exists()

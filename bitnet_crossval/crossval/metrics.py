@@ -1,0 +1,210 @@
+"""Per-position comparison of two sets of logits, and the one verdict rule.
+
+Everything is computed in float64 over the full vocabulary, one position at a time (a row of
+a 262k vocabulary is 2 MB in float64; a whole Gemma run at once would be hundreds of MB).
+Position ``i`` of the logits scores the token at ``i + 1``, so the probability each side gives
+"the actual next token" exists for every position but the last.
+
+The verdict (see docs/explanation/verdict.md for the measurements behind the defaults): a
+position agrees when
+
+1. the KL divergence of the candidate's distribution from the reference's, ``KL(P_ref || P_cand)``
+   in nats, is at most ``kl_max``; and
+2. both pick the same top-1 token, or the two picks are a near tie: each side puts the other's
+   pick within ``tie_margin`` nats of its own (a correct engine on a quantised model flips a
+   top-1 at such positions; vLLM's model tests accept the same).
+
+A run agrees when every position does; the first position that does not is named.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bitnet_crossval.errors import BadInput
+
+# Defaults from the measurements in docs/explanation/verdict.md: a correct float engine against
+# llama.cpp on Gemma 3 270M Q4_K_M reaches KL 0.023 at worst (llama.cpp against itself: 0.010),
+# while every deliberate bug the self-check makes lands above 0.1 at its first failing position.
+DEFAULT_KL_MAX = 0.05
+DEFAULT_TIE_MARGIN = 0.5
+TOP_K = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thresholds:
+    kl_max: float = DEFAULT_KL_MAX
+    """Largest KL(P_ref || P_cand), in nats, a position may have."""
+    tie_margin: float = DEFAULT_TIE_MARGIN
+    """How close (in nats of log-probability, on both sides) two different top-1 picks must be to count as a tie."""
+
+    def __post_init__(self) -> None:
+        for name, value in (("--kl-max", self.kl_max), ("--tie-margin", self.tie_margin)):
+            if not (math.isfinite(value) and value >= 0.0):
+                raise BadInput(
+                    f"{name} {value!r} is not a number of nats of at least 0",
+                    next_step=f"pass {name} with a value such as {DEFAULT_KL_MAX if name == '--kl-max' else DEFAULT_TIE_MARGIN}",
+                )
+
+    def to_json(self) -> dict[str, float]:
+        return {"kl_max": self.kl_max, "tie_margin": self.tie_margin}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PositionMetrics:
+    position: int
+    token: int
+    """The input token at this position."""
+    next_token: int | None
+    """The token at the next position (what these logits score), None at the last position."""
+    cosine: float
+    max_abs_diff: float
+    nmse: float
+    """mean((cand - ref)^2) / var(ref), as llama.cpp's check-nmse.py computes it."""
+    kl: float
+    """KL(P_ref || P_cand) over the whole vocabulary, in nats."""
+    top1_ref: int
+    top1_cand: int
+    top1_agree: bool
+    near_tie: bool
+    top5_overlap: int
+    p_next_ref: float | None
+    p_next_cand: float | None
+    passed: bool
+    reasons: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["reasons"] = list(self.reasons)
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    n_positions: int
+    n_failed: int
+    first_failure: int | None
+    max_kl: float
+    mean_kl: float
+    min_cosine: float
+    max_nmse: float
+    max_abs_diff: float
+    top1_agreement: float
+    n_near_ties: int
+    failed_positions: list[int] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.n_failed == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def compare_row(
+    ref: npt.NDArray[np.floating[Any]],
+    cand: npt.NDArray[np.floating[Any]],
+    *,
+    position: int,
+    token: int,
+    next_token: int | None,
+    thresholds: Thresholds,
+) -> PositionMetrics:
+    """The metrics and the verdict of one position."""
+    r = np.asarray(ref, dtype=np.float64)
+    c = np.asarray(cand, dtype=np.float64)
+    diff = c - r
+    norm = float(np.linalg.norm(r) * np.linalg.norm(c))
+    cosine = float(np.dot(r, c) / norm) if norm > 0.0 else (1.0 if not diff.any() else 0.0)
+    variance = float(np.var(r))
+    mse = float(np.mean(diff * diff))
+    nmse = mse / variance if variance > 0.0 else (0.0 if mse == 0.0 else math.inf)
+    logp_r = _log_softmax(r)
+    logp_c = _log_softmax(c)
+    p_r = np.exp(logp_r)
+    kl = max(0.0, float(np.sum(p_r * (logp_r - logp_c))))
+    top1_r, top1_c = int(np.argmax(r)), int(np.argmax(c))
+    agree = top1_r == top1_c
+    near_tie = not agree and (
+        logp_r[top1_r] - logp_r[top1_c] <= thresholds.tie_margin
+        and logp_c[top1_c] - logp_c[top1_r] <= thresholds.tie_margin
+    )
+    top5 = len(set(_top_k(r, TOP_K)) & set(_top_k(c, TOP_K)))
+    reasons: list[str] = []
+    if kl > thresholds.kl_max:
+        reasons.append(f"KL {kl:.3g} > {thresholds.kl_max:g}")
+    if not agree and not near_tie:
+        reasons.append(f"top-1 differs ({top1_r} vs {top1_c}) and is no near tie")
+    return PositionMetrics(
+        position=position,
+        token=token,
+        next_token=next_token,
+        cosine=cosine,
+        max_abs_diff=float(np.max(np.abs(diff))) if diff.size else 0.0,
+        nmse=nmse,
+        kl=kl,
+        top1_ref=top1_r,
+        top1_cand=top1_c,
+        top1_agree=agree,
+        near_tie=near_tie,
+        top5_overlap=top5,
+        p_next_ref=float(p_r[next_token]) if next_token is not None else None,
+        p_next_cand=float(np.exp(logp_c[next_token])) if next_token is not None else None,
+        passed=not reasons,
+        reasons=tuple(reasons),
+    )
+
+
+def compare_logits(
+    ref: npt.NDArray[np.floating[Any]],
+    cand: npt.NDArray[np.floating[Any]],
+    tokens: Sequence[int],
+    *,
+    thresholds: Thresholds,
+) -> list[PositionMetrics]:
+    """One :class:`PositionMetrics` per position; ``ref`` and ``cand`` are ``[n_tokens, n_vocab]``."""
+    if ref.shape != cand.shape or ref.shape[0] != len(tokens):
+        raise ValueError(f"shapes differ: reference {ref.shape}, candidate {cand.shape}, {len(tokens)} tokens")
+    rows = []
+    for i, token in enumerate(tokens):
+        next_token = int(tokens[i + 1]) if i + 1 < len(tokens) else None
+        rows.append(
+            compare_row(ref[i], cand[i], position=i, token=int(token), next_token=next_token, thresholds=thresholds)
+        )
+    return rows
+
+
+def summarize(rows: Sequence[PositionMetrics]) -> Summary:
+    failed = [row.position for row in rows if not row.passed]
+    kls = [row.kl for row in rows]
+    return Summary(
+        n_positions=len(rows),
+        n_failed=len(failed),
+        first_failure=failed[0] if failed else None,
+        max_kl=max(kls, default=0.0),
+        mean_kl=sum(kls) / len(kls) if kls else 0.0,
+        min_cosine=min((row.cosine for row in rows), default=1.0),
+        max_nmse=max((row.nmse for row in rows), default=0.0),
+        max_abs_diff=max((row.max_abs_diff for row in rows), default=0.0),
+        top1_agreement=sum(row.top1_agree for row in rows) / len(rows) if rows else 1.0,
+        n_near_ties=sum(row.near_tie for row in rows),
+        failed_positions=failed,
+    )
+
+
+def _log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    shifted = x - np.max(x)
+    result: npt.NDArray[np.float64] = shifted - math.log(float(np.sum(np.exp(shifted))))
+    return result
+
+
+def _top_k(x: npt.NDArray[np.float64], k: int) -> list[int]:
+    k = min(k, x.shape[0])
+    part = np.argpartition(-x, k - 1)[:k]
+    return [int(i) for i in part]
