@@ -27,6 +27,7 @@ from bitnet_crossval.crossval.engine.options import (
     FaultName,
     FaultSpec,
     KvCache,
+    OutputWeights,
 )
 from bitnet_crossval.crossval.engine.source import bitnet_activation_from_source
 from bitnet_crossval.crossval.engine.trace import TraceRecorder, TraceSite, split_key, trace_key
@@ -44,6 +45,7 @@ __all__ = [
     "GGUFModelFile",
     "HParams",
     "KvCache",
+    "OutputWeights",
     "TensorInfo",
     "TraceRecorder",
     "TraceSite",

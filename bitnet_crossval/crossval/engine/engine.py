@@ -101,14 +101,20 @@ class Engine:
         return fault_site(self.options.fault, self.hparams)
 
     def preload(self) -> float:
-        """Dequantise every weight now; returns the seconds it took."""
+        """Dequantise every weight now (not a streamed output matrix); returns the seconds it took."""
         started = time.perf_counter()
+        streamed = {"token_embd.weight", "output.weight"} if self.options.output_weights == "stream" else set()
         for name in self._required:
-            self.weight(name)
+            if name not in streamed:
+                self.weight(name)
         for name in self.model.tensors:
-            if name.endswith(_OPTIONAL_SUFFIXES) or name in {"output.weight", "rope_freqs.weight"}:
+            optional = name.endswith(_OPTIONAL_SUFFIXES) or name == "rope_freqs.weight"
+            if optional or (name == "output.weight" and name not in streamed and self._reads_output()):
                 self.weight(name)
         return time.perf_counter() - started
+
+    def _reads_output(self) -> bool:
+        return self.hparams.family != "bitnet" and self.model.has_tensor("output.weight")
 
     def describe(self) -> dict[str, Any]:
         """What was computed, for a report's provenance."""
@@ -121,6 +127,7 @@ class Engine:
             "kv_cache": self.options.kv_cache,
             "emulate_activation_quant": self.options.emulate_activation_quant,
             "gelu_fp16_table": self.options.gelu_fp16_table,
+            "output_weights": self.options.output_weights,
             "fault": None if fault is None else {"name": fault.name, "value": fault.magnitude},
             "tensor_types": sorted({info.type_name for info in self.model.tensors.values()}),
         }

@@ -364,13 +364,29 @@ class GGUFModelFile:
         assert info.n_bytes is not None  # _decoder_for refused unknown sizes
         return np.asarray(data[info.offset : info.offset + info.n_bytes])
 
+    def release_file_pages(self, name: str, rows: tuple[int, int] | None = None) -> None:
+        """Hand the file pages of ``name`` (or of its rows ``[start, stop)``) back to the kernel,
+        after reading them without caching. F32 tensors keep theirs: cached arrays view them."""
+        info = self.info(name)
+        if info.type_id == 0 or info.n_bytes is None:
+            return
+        if rows is None:
+            self._release(info)
+            return
+        row_bytes = info.n_bytes // info.shape[0]
+        self._release_range(info.offset + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes)
+
     def _release(self, info: TensorInfo) -> None:
+        if info.n_bytes is not None:
+            self._release_range(info.offset, info.n_bytes)
+
+    def _release_range(self, offset: int, n_bytes: int) -> None:
         mapping = getattr(self._reader.data, "_mmap", None)
-        if mapping is None or info.n_bytes is None or not hasattr(mmap, "MADV_DONTNEED"):
+        if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
         page = mmap.PAGESIZE
-        start = (info.offset + page - 1) // page * page  # whole pages only: neighbours may share one
-        end = (info.offset + info.n_bytes) // page * page
+        start = (offset + page - 1) // page * page  # whole pages only: neighbours may share one
+        end = (offset + n_bytes) // page * page
         if end > start:
             try:
                 mapping.madvise(mmap.MADV_DONTNEED, start, end - start)

@@ -111,12 +111,31 @@ class Run:
     def output(self, x: F32Array, *, tied_only: bool = False) -> F32Array:
         """The lm head: ``output`` when the file has one (and the graph reads it), else token_embd."""
         name = "token_embd.weight" if tied_only or not self.has("output.weight") else "output.weight"
-        logits = self.matmul(x, name)
+        stream = self.options.output_weights == "stream"
+        logits = self._streamed_matmul(x, name) if stream else self.matmul(x, name)
         if name == "output.weight" and self.engine.model.info(name).type_name == "NVFP4":
             s = self.opt("output.scale")  # llama.cpp loads output.scale for NVFP4 only
             if s is not None:
                 logits = np.multiply(logits, s.reshape(-1)[0], dtype=np.float32)
         return logits
+
+    def _streamed_matmul(self, x: F32Array, name: str, *, rows_per_slab: int = 4096) -> F32Array:
+        """x @ W^T with W dequantised a slab of rows at a time and never kept whole.
+
+        For a vocabulary-sized matrix this trades a dequantisation per forward pass for not
+        holding its float32 copy (640 MiB for Gemma 3's embedding, 2.7x its Q8_0 bytes).
+        """
+        model = self.engine.model
+        if self.options.emulate_activation_quant:
+            x = ops.round_activations(x, model.info(name).type_name)
+        n_rows = model.info(name).shape[0]
+        out = np.empty((x.shape[0], n_rows), dtype=np.float32)
+        for start in range(0, n_rows, rows_per_slab):
+            stop = min(n_rows, start + rows_per_slab)
+            slab = model.rows(name, np.arange(start, stop, dtype=np.int64))
+            np.matmul(x, slab.T, out=out[:, start:stop])
+            model.release_file_pages(name, (start, stop))
+        return out
 
     # --- attention ---
 

@@ -19,6 +19,7 @@ from bitnet_crossval.errors import BadInput
 
 BitnetActivation = Literal["silu", "relu2"]
 KvCache = Literal["f32", "f16"]
+OutputWeights = Literal["cache", "stream"]
 
 FaultName = Literal[
     "rope_type",
@@ -170,6 +171,11 @@ class EngineOptions:
     ggml's CPU backend does before a dot product with quantised/F16/BF16 weights (Q8_0 or Q8_K
     blocks, fp16, bf16); off, the engine is a plain float reference.
     ``gelu_fp16_table``: GELU through ggml's fp16 table (what llama.cpp computes on CPU).
+    ``output_weights``: "cache" keeps the float32 output matrix (the token embedding when tied)
+    after its first use; "stream" dequantises it slab by slab in every forward pass instead,
+    which saves its whole float32 copy (most of the memory of a small model with a large
+    vocabulary) for a dequantisation per pass. Results agree up to float rounding (the matmul is
+    split differently).
     ``fault``: a deliberate fault, for the self-check only.
     """
 
@@ -177,6 +183,7 @@ class EngineOptions:
     kv_cache: KvCache = "f32"
     emulate_activation_quant: bool = False
     gelu_fp16_table: bool = True
+    output_weights: OutputWeights = "cache"
     fault: Fault | None = None
 
     def with_fault(self, name: FaultName, value: float | None = None) -> EngineOptions:

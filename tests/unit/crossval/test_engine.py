@@ -240,3 +240,14 @@ def test_describe_records_the_choices(model_factory: Any) -> None:
     assert facts["rope_type"] == "neox" and facts["kv_cache"] == "f16" and facts["fault"] is None
     gemma = load_engine(model_factory("gemma3")).describe()
     assert gemma["swa_layers"] == [0, 1, 3] and gemma["n_swa"] == 6 and gemma["rope_base_swa"] == 10000.0
+
+
+@pytest.mark.parametrize(("arch", "tensor_type"), [("gemma3", "Q8_0"), ("llama", "Q4_0"), ("bitnet", "F16")])
+def test_streamed_output_weights_give_the_same_logits(model_factory: Any, arch: str, tensor_type: str) -> None:
+    path = model_factory(arch, tensor_type)
+    cached = load_engine(path).forward(TOKENS)
+    streamed_engine = load_engine(path, EngineOptions(output_weights="stream"))
+    streamed = streamed_engine.forward(TOKENS)
+    np.testing.assert_allclose(streamed, cached, rtol=1e-5, atol=1e-5)
+    output = "output.weight" if arch == "llama" else "token_embd.weight"
+    assert output not in streamed_engine.model._cache  # never held whole
