@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from bitnet_crossval.crossval.engine import (
     bitnet_activation_from_source,
     load_engine,
 )
-from bitnet_crossval.crossval.synthetic import UPSTREAM_TENSOR_TYPES, write_synthetic_model
+from bitnet_crossval.crossval.synthetic import UPSTREAM_TENSOR_TYPES, Arch, default_spec, write_synthetic_model
 from bitnet_crossval.reference.client import Shim, TraceResult, run_report
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -185,6 +185,37 @@ def test_f16_kv_cache_rounding_is_reproduced(llama_shim: Shim, make_model: Model
     as_f16 = parity(ref, load_engine(model, EngineOptions(kv_cache="f16")).forward(tokens))
     print(f"\n{arch} F16 KV: engine f32 cache {as_f32.line()}\n{arch} F16 KV: engine f16 cache {as_f16.line()}")
     assert as_f16.nmse_max < 1e-6 and as_f16.nmse_mean < as_f32.nmse_mean / 3
+
+
+VARIANTS: dict[str, tuple[Arch, dict[str, Any]]] = {
+    "llama-biases-rope-freqs-tied": ("llama", {"attention_bias": True, "ffn_bias": True, "rope_freqs": True,
+                                               "separate_output": False}),
+    "bitnet-scale-tensors": ("bitnet", {"scale_tensors": True}),
+    "gemma3-bool-pattern-swa-base-softcap": ("gemma3", {"swa_pattern": (True, False, True, True),
+                                                        "rope_base_swa": 5000.0, "final_logit_softcap": 15.0,
+                                                        "sliding_window": 4}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_model_variants_match_llama_cpp(llama_shim: Shim, vocab: Path, tmp_path: Path, variant: str) -> None:
+    """Optional tensors and keys llama.cpp reads: biases, rope_freqs, .scale, SWA pattern as bools,
+    an explicit SWA rope base, the final softcap; names and values against llama.cpp's trace."""
+    arch, changes = VARIANTS[variant]
+    model = write_synthetic_model(
+        tmp_path / f"{variant}.gguf",
+        arch=arch,
+        vocab=vocab,
+        spec=replace(default_spec(arch), **changes),
+    )
+    tokens = sequence(llama_shim, model)
+    trace = llama_shim.trace(model, tokens, out_dir=tmp_path / "trace", kv_type="f32")
+    recorder = TraceRecorder()
+    result = parity(np.array(trace.logits()), load_engine(model).forward(tokens, trace=recorder))
+    print(f"\n{variant}: {result.line()}")
+    assert result.nmse_max < BANDS["F32"].nmse and result.top1 == 1.0
+    assert recorder.keys() == list(trace.names)
+    assert max(rel(recorder[t.name], t.load()) for t in trace.tensors) < 1e-3
 
 
 # --- faults: caught by the logits, located by llama.cpp's own trace ---
