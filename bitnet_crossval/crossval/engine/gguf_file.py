@@ -14,6 +14,7 @@ and not also its file. F32 tensors are served straight from the mapping (no copy
 from __future__ import annotations
 
 import mmap
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,6 @@ I2_S = 36  # microsoft/BitNet: 2-bit ternary codes + one float32 scale per tenso
 I8_S = 37  # microsoft/BitNet: activations only, never stored in a model
 TL1 = 38  # microsoft/BitNet lookup-table kernels (ARM)
 TL2 = 39  # microsoft/BitNet lookup-table kernels (x86); upstream gives 39 to MXFP4
-MXFP4 = 39
 
 # Architectures written by microsoft/BitNet's converters: their type 39 is TL2, not MXFP4.
 BITNET_FORK_ARCHITECTURES = frozenset({"bitnet-b1.58", "bitnet-25"})
@@ -75,7 +75,6 @@ def _reader_class() -> type[Any]:
       single part (so ``ReaderField.contents()`` still returns the list); string arrays are
       walked once for their offsets (``string_arrays``) and decoded only on demand.
     """
-    import struct
     import sys
 
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
@@ -181,7 +180,9 @@ class GGUFModelFile:
             )
         try:
             self._reader = _reader_class()(self.path, "r")
-        except (ValueError, OSError, IndexError, UnicodeDecodeError) as exc:
+        except (ValueError, OSError, IndexError, KeyError, UnicodeDecodeError, struct.error) as exc:
+            # gguf-py reports a corrupt header as any of these (a short read, a bad enum value, a
+            # duplicated key); all mean the same thing to a user.
             raise BadInput(
                 f"{self.path} is not a readable GGUF file ({exc})",
                 next_step="check that the file is a complete GGUF model (re-download or re-convert it)",
@@ -207,9 +208,6 @@ class GGUFModelFile:
         self._file_size = self.path.stat().st_size
 
     # --- metadata ---
-
-    def has_key(self, key: str) -> bool:
-        return key in self._reader.fields
 
     def get(self, key: str, default: Any = None) -> Any:
         field = self._reader.fields.get(key)
@@ -351,10 +349,6 @@ class GGUFModelFile:
             n_bytes=int(raw_rows.nbytes),
         )
         return np.array(decoder(np.ascontiguousarray(raw_rows).reshape(-1), picked), dtype=np.float32)
-
-    def forget(self, name: str) -> None:
-        """Drop the cached float32 copy of ``name`` (it is decoded again when next needed)."""
-        self._cache.pop(name, None)
 
     def cached_bytes(self) -> int:
         return sum(int(a.nbytes) for a in self._cache.values() if not isinstance(a, np.memmap))

@@ -9,7 +9,6 @@ sliding-window pattern 6 and SWA rope base 10000.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -256,5 +255,5 @@ def describe(hp: HParams) -> dict[str, object]:
         "rope_base_swa": hp.rope_base_swa if hp.n_swa > 0 else None,
         "final_logit_softcap": hp.final_logit_softcap or None,
         "rms_eps": hp.rms_eps,
-        "attention_scale": hp.attention_scale if math.isfinite(hp.attention_scale) else None,
+        "attention_scale": hp.attention_scale,
     }

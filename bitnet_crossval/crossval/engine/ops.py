@@ -32,13 +32,6 @@ def rms_norm(x: F32Array, eps: float) -> F32Array:
     return f32(np.multiply(x, scale, dtype=np.float32))
 
 
-def rms_norm_weighted(x: F32Array, weight: F32Array | None, eps: float) -> F32Array:
-    normed = rms_norm(x, eps)
-    if weight is None:
-        return normed
-    return np.multiply(normed, weight, dtype=np.float32)
-
-
 def rope_cos_sin(
     positions: npt.NDArray[np.int64],
     *,

@@ -186,11 +186,6 @@ class EngineOptions:
     output_weights: OutputWeights = "cache"
     fault: Fault | None = None
 
-    def with_fault(self, name: FaultName, value: float | None = None) -> EngineOptions:
-        from dataclasses import replace
-
-        return replace(self, fault=Fault(name=name, value=value))
-
 
 def check_fault_applies(fault: Fault, hp: HParams) -> None:
     """BadInput when ``fault`` cannot change this model's results (so a self-check cannot pass by accident)."""
