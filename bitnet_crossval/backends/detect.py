@@ -217,9 +217,11 @@ def check_loadable(spec: BackendSpec, libraries: Mapping[str, Path], *, python: 
         result = proc.run(
             [python or probe_interpreter(), "-I", "-S", "-c", _PROBE, json.dumps(ordered), json.dumps(groups)]
         )
-        verdict = json.loads(result.output.strip().splitlines()[-1])
-    except (SuiteError, ValueError, IndexError) as exc:
-        return f"the library load check could not run: {exc}"
+    except SuiteError as exc:
+        return f"the library load check could not run: {exc.message}"
+    verdict = _probe_verdict(result.output)
+    if verdict is None:
+        return "the library load check could not run: it printed no verdict"
     if "error" in verdict:
         return f"the libraries do not load: {verdict['error']}"
     if verdict["missing"]:
@@ -228,6 +230,21 @@ def check_loadable(spec: BackendSpec, libraries: Mapping[str, Path], *, python: 
             f"so this is not a usable {spec.display} build"
         )
     return ""
+
+
+def _probe_verdict(output: str) -> dict[str, Any] | None:
+    """The probe's JSON line; a library may print its own lines before or after it (stdout and
+    stderr arrive merged), so the last line that is a verdict counts."""
+    for line in reversed(output.splitlines()):
+        try:
+            verdict = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(verdict, dict) and (
+            isinstance(verdict.get("error"), str) or isinstance(verdict.get("missing"), list)
+        ):
+            return verdict
+    return None
 
 
 def _fingerprint(spec: BackendSpec, root: Path) -> tuple[object, ...]:

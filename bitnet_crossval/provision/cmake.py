@@ -48,14 +48,13 @@ MAX_JOBS = 1024
 def parse_jobs(value: str) -> int | None:
     """``--jobs``: a whole number of parallel compile jobs (None: one per CPU)."""
     text = value.strip()
-    if not text or text == "0":
-        return None
-    if not text.isdigit() or int(text) > MAX_JOBS:
+    # ASCII digits only ("²" is a digit to str.isdigit), and few of them before int() sees them.
+    if not re.fullmatch(r"[0-9]{1,6}", text or "0") or int(text or "0") > MAX_JOBS:
         raise BadInput(
             f"--jobs {value!r} is not a number of parallel jobs between 1 and {MAX_JOBS}",
             next_step="pass a whole number such as --jobs 2, or leave it out to use every CPU",
         )
-    return int(text)
+    return int(text or "0") or None
 
 
 def preferred_generator(env: Mapping[str, str]) -> str | None:

@@ -9,6 +9,7 @@ carrying the command, the exit code and the tail of its output. No shell is ever
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shlex
 import shutil
@@ -24,7 +25,7 @@ from typing import TextIO
 
 from bitnet_crossval.errors import CommandFailed, CommandTimedOut, ProgramNotFound
 from bitnet_crossval.util import ui
-from bitnet_crossval.util.files import os_error
+from bitnet_crossval.util.files import os_error, read_regular_file
 
 TAIL_LINES = 40
 
@@ -188,35 +189,67 @@ def _kill(child: subprocess.Popen[str], *, group: bool) -> None:
 
 
 def _write_group_file(path: Path, pgid: int) -> None:
+    # The leader's start time goes with the id: a later run must never signal a group that
+    # merely reuses the number (after a reboot, or in a copied tree).
     try:
-        path.write_text(f"{pgid}\n", encoding="ascii")
+        path.write_text(f"{pgid} {_start_time(pgid)}\n", encoding="ascii")
     except OSError as exc:
         raise os_error(exc, path) from exc
 
 
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), "-" where unknown."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return "-"
+    # Field 22; the command name (field 2) may hold spaces and parentheses, so count from its end.
+    fields = stat_line.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else "-"
+
+
 def stop_group_in(group_file: Path, *, grace: float = 5.0) -> bool:
     """Stop the process group recorded in ``group_file`` by a run whose parent was killed
-    (ninja and the compilers outlive a SIGKILLed Python). Returns whether one was running.
+    (ninja and the compilers outlive a SIGKILLed Python). Returns whether one was stopped.
 
-    Call it while holding the lock that guards what the group was working on, before starting
-    new work there, so the new run never races with the orphans.
+    The group is ours when its leader is the process recorded (same id, same start time), or
+    when the leader is gone and members remain (the kernel does not hand out a group id while
+    the group has members). Anything else, or a platform without process groups, is left
+    alone. Call it while holding the lock that guards the build tree, before new work there.
     """
     try:
-        pgid = int(group_file.read_text(encoding="ascii").strip())
-    except (OSError, ValueError):
-        group_file.unlink(missing_ok=True)
+        raw = read_regular_file(group_file)
+    except OSError:
         return False
-    running = pgid > 1 and _group_alive(pgid)
-    if running:
-        ui.say(f"stopping the processes (group {pgid}) left running by an interrupted build")
+    _discard(group_file)
+    parts = (raw or b"").decode("ascii", errors="replace").split()
+    if os.name != "posix" or len(parts) != 2 or not parts[0].isdigit():
+        return False
+    pgid, recorded_start = int(parts[0]), parts[1]
+    if pgid <= 1 or not _group_alive(pgid):
+        return False
+    leader_start = _start_time(pgid)
+    if leader_start not in ("-", recorded_start):
+        return False  # the id now belongs to another group
+    if recorded_start == "-":
+        return False  # nothing to tell the two apart with
+    ui.say(f"stopping the processes (group {pgid}) left running by an interrupted build")
+    try:
         os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while _group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if _group_alive(pgid):
             os.killpg(pgid, signal.SIGKILL)
-    group_file.unlink(missing_ok=True)
-    return running
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _discard(path: Path) -> None:
+    # A build tree that is not a directory is reported by whoever uses it next.
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -28,10 +28,13 @@ def fetch_git(
 ) -> FetchedSource:
     """Check the commit ``source`` names out into the cache, reusing a finished checkout."""
     url = source.location
-    if url.lower().startswith("file:"):
-        check_local_git_url(url, spec=spec, must_exist=True)
     git = _Git(url=url, spec=spec, env=env, policy=policy)
-    commit = source.ref if source.ref and FULL_SHA.match(source.ref) else git.resolve(source.ref)
+    pinned = source.ref if source.ref and FULL_SHA.match(source.ref) else None
+    if pinned is not None and (finished := read_marker(cache.git_source(spec.name, pinned))) is not None:
+        return FetchedSource(path=cache.git_source(spec.name, pinned) / finished, identity=git_identity(url, pinned))
+    if url.lower().startswith("file:"):  # before git runs: nothing about a local path is a network problem
+        check_local_git_url(url, spec=spec, must_exist=True)
+    commit = pinned or git.resolve(source.ref)
     identity = git_identity(url, commit)
     final = cache.git_source(spec.name, commit)
     finished = read_marker(final)

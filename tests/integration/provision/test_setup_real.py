@@ -53,7 +53,7 @@ def test_local_source_installs_then_does_nothing_then_rebuilds_incrementally(
     assert "nothing to do" in second.stderr
     assert _builds(builds) == 1
 
-    llama_c = source / "src" / "llama.c"
+    llama_c = source / "api" / "src" / "stub_llama.c"  # what libllama is compiled from (copy_fake_llama)
     llama_c.write_text(llama_c.read_text() + "\nint llama_extra_symbol(void) { return 7; }\n")
     third = run_invoke(_setup_args(str(source)), env=env)
     assert third.returncode == 0, third.stderr

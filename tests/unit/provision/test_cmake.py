@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from bitnet_crossval.provision.cmake import (
     prepare_build_dir,
     read_cache,
 )
+from bitnet_crossval.util import proc
 
 # --- parse_jobs ------------------------------------------------------------------------------
 
@@ -50,12 +52,6 @@ def test_parse_jobs_refuses_anything_else_as_bad_input(text: str) -> None:
     assert "--jobs 2" in caught.value.next_step
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cmake.py:53 parse_jobs checks str.isdigit(), which accepts digits int() refuses "
-    "(superscripts such as '²') and numbers longer than int()'s 4300-digit limit; int() then raises "
-    "ValueError, a crash instead of BadInput (exit 6)",
-)
 @pytest.mark.parametrize("text", ["²", "1" * 5000], ids=["superscript-two", "5000-digits"])
 def test_parse_jobs_refuses_digits_int_cannot_read(text: str) -> None:
     with pytest.raises(BadInput):
@@ -261,12 +257,6 @@ def test_a_tree_reached_through_a_symlink_is_the_same_tree(tmp_path: Path) -> No
     assert (real / "kept.o").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proc.py:207 stop_group_in, called first by prepare_build_dir (cmake.py:89), unlinks "
-    "<build_dir>/.bitnet-suite-build.pgid outside its try; when build_dir is a file that raises a raw "
-    "NotADirectoryError (a traceback) instead of the BadInput make_dir would give",
-)
 def test_a_build_dir_that_is_a_file_is_bad_input(tmp_path: Path) -> None:
     project = project_in(tmp_path, FakeCMake(tmp_path).env)
     project.build_dir.write_text("not a directory")
@@ -274,13 +264,6 @@ def test_a_build_dir_that_is_a_file_is_bad_input(tmp_path: Path) -> None:
         prepare_build_dir(project)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cmake.py:89 prepare_build_dir calls proc.stop_group_in (proc.py:197), which SIGTERMs (then "
-    "SIGKILLs) whatever process group the tree's .bitnet-suite-build.pgid names, with no check that the "
-    "group is still that build: a stale file (the parent was SIGKILLed, the machine rebooted, the tree "
-    "was copied) whose id was reused kills an unrelated process group",
-)
 def test_a_stale_group_file_does_not_kill_an_unrelated_process_group(tmp_path: Path) -> None:
     fake = FakeCMake(tmp_path, ninja=True)
     project = project_in(tmp_path, fake.env)
@@ -293,12 +276,31 @@ def test_a_stale_group_file_does_not_kill_an_unrelated_process_group(tmp_path: P
     reaper = threading.Thread(target=bystander.wait, daemon=True)
     reaper.start()
     try:
-        (project.build_dir / cmake.BUILD_GROUP_FILE).write_text(f"{bystander.pid}\n")
-        prepare_build_dir(project)
-        assert bystander.poll() is None, f"the unrelated process was killed (exit {bystander.returncode})"
+        for recorded in (f"{bystander.pid}\n", f"{bystander.pid} 1\n"):  # old format; a wrong start time
+            (project.build_dir / cmake.BUILD_GROUP_FILE).write_text(recorded)
+            prepare_build_dir(project)
+            assert bystander.poll() is None, f"the unrelated process was killed (exit {bystander.returncode})"
     finally:
         bystander.kill()
         reaper.join(10)
+
+
+def test_the_orphans_of_a_killed_build_are_stopped_before_the_tree_is_reused(tmp_path: Path) -> None:
+    fake = FakeCMake(tmp_path, ninja=True)
+    project = project_in(tmp_path, fake.env)
+    write_cache(project.build_dir, CMAKE_CACHEFILE_DIR=str(project.build_dir), CMAKE_GENERATOR="Ninja")
+    # A "compiler" left running in its own group, recorded the way proc.run records a build.
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    reaper = threading.Thread(target=orphan.wait, daemon=True)  # as init reaps a real orphan
+    reaper.start()
+    try:
+        proc._write_group_file(project.build_dir / cmake.BUILD_GROUP_FILE, orphan.pid)
+        prepare_build_dir(project)
+        reaper.join(10)
+        assert orphan.returncode == -signal.SIGTERM
+        assert not (project.build_dir / cmake.BUILD_GROUP_FILE).exists()
+    finally:
+        orphan.kill()
 
 
 # --- running a fake cmake ----------------------------------------------------------------------
