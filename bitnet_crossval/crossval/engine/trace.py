@@ -61,7 +61,9 @@ class TraceRecorder:
     ``layers``: layer indices to keep (tensors outside any layer, such as ``result_output``,
     are kept unless ``include_global`` is false). ``names``: shell-style patterns matched
     against the name without its layer suffix or against the full key (``"attn_*"``,
-    ``"Qcur-0"``). ``positions``: token positions to keep (indices into the token axis).
+    ``"Qcur-0"``). ``name_regex``: a regular expression the whole key must match, as the
+    shim's ``trace --names`` takes it. ``positions``: token positions to keep (indices into
+    the token axis).
     """
 
     def __init__(
@@ -69,11 +71,13 @@ class TraceRecorder:
         *,
         layers: Iterable[int] | None = None,
         names: Sequence[str] | None = None,
+        name_regex: str | None = None,
         positions: Sequence[int] | slice | None = None,
         include_global: bool = True,
     ) -> None:
         self._layers = frozenset(layers) if layers is not None else None
         self._names = tuple(names) if names is not None else None
+        self._regex = re.compile(name_regex) if name_regex is not None else None
         self._positions: list[int] | slice | None = list(positions) if isinstance(positions, Sequence) else positions
         self._include_global = include_global
         self._entries: dict[str, F32Array] = {}
@@ -84,9 +88,11 @@ class TraceRecorder:
                 return False
         elif self._layers is not None and layer not in self._layers:
             return False
+        key = trace_key(name, layer)
+        if self._regex is not None and self._regex.fullmatch(key) is None:
+            return False
         if self._names is None:
             return True
-        key = trace_key(name, layer)
         return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(key, p) for p in self._names)
 
     def record(self, name: str, layer: int, value: npt.NDArray[np.floating]) -> None:

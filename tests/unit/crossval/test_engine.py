@@ -126,6 +126,9 @@ def test_recorder_filters_bound_what_is_kept(model_factory: Any) -> None:
     engine.forward(TOKENS, trace=full)
     np.testing.assert_array_equal(recorder["Qcur-1"], full["Qcur-1"][[0, 5]])
     assert recorder.nbytes() < full.nbytes() / 10
+    regex = TraceRecorder(name_regex=r"(Qcur|Kcur)-[01]")
+    engine.forward(TOKENS, trace=regex)
+    assert regex.keys() == ["Qcur-0", "Kcur-0", "Qcur-1", "Kcur-1"]
     no_global = TraceRecorder(names=["result_*"], include_global=False)
     engine.forward(TOKENS, trace=no_global)
     assert len(no_global) == 0
