@@ -30,6 +30,10 @@ class SuiteError(Exception):
         self.next_step = next_step or self.default_next_step
         self.log_path = log_path
 
+    def to_json(self) -> dict[str, object]:
+        """The error as ``--json``/``--format json`` documents carry it."""
+        return {"message": self.message, "next_step": self.next_step, "exit_code": self.exit_code}
+
     def render(self) -> str:
         """The lines a user sees: what went wrong, where the log is, what to do next."""
         lines = [f"error: {self.message}"]

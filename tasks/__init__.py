@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
+from .crossval import crossval_per_token
 from .preflight import preflight
 from .rebuild import rebuild
 from .setup import setup_cpp_auto
 
 ns = Collection()
-for _task in (preflight, setup_cpp_auto, rebuild):
+for _task in (preflight, setup_cpp_auto, rebuild, crossval_per_token):
     ns.add_task(_task)
 ns.configure({"run": {"echo": False}})

@@ -38,7 +38,7 @@ def preflight(c: Any, backend: str = "llama", repair: str = "", verbose: bool = 
                 {
                     "backend": backend,
                     "available": False,
-                    "error": {"message": exc.message, "next_step": exc.next_step, "exit_code": exc.exit_code},
+                    "error": exc.to_json(),
                 }
             )
         raise

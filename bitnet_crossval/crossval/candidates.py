@@ -27,12 +27,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_crossval.errors import BadInput, CandidateFailed, CommandFailed, CommandTimedOut, ProgramNotFound, SuiteError
+from bitnet_crossval.errors import (
+    BadInput,
+    CandidateFailed,
+    CommandFailed,
+    CommandTimedOut,
+    ProgramNotFound,
+    SuiteError,
+)
+
+if TYPE_CHECKING:
+    from bitnet_crossval.crossval.engine import EngineOptions
+    from bitnet_crossval.reference.client import KvType, Shim
 
 CandidateKind = Literal["numpy", "llama", "bitnet", "cmd", "py"]
 PLACEHOLDERS = ("{model}", "{tokens}", "{out}")
@@ -110,7 +121,9 @@ class CandidateOutput:
 class Candidate(Protocol):
     label: str
 
-    def run(self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None) -> CandidateOutput:
+    def run(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
+    ) -> CandidateOutput:
         """Logits of every position of ``tokens``; a trace into ``trace_dir`` when given and supported."""
         ...
 
@@ -137,6 +150,52 @@ def check_logits(array: object, *, label: str, n_tokens: int, n_vocab: int) -> F
     return logits
 
 
+# --------------------------------------------------------------------------- numpy
+
+
+class NumpyCandidate:
+    """The built-in engine. It loads (and validates) the model when it is made, so an
+    unsupported architecture or tensor type is reported before the reference runs."""
+
+    def __init__(self, model: Path, options: EngineOptions) -> None:
+        from bitnet_crossval.crossval.engine import load_engine
+
+        self.label = "numpy"
+        self.engine = load_engine(model, options)
+
+    def run(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
+    ) -> CandidateOutput:
+        started = time.monotonic()
+        logits = self.engine.forward(tokens)
+        details = self.engine.describe()
+        return CandidateOutput(
+            logits=np.asarray(logits, dtype=np.float32), seconds=time.monotonic() - started, details=details
+        )
+
+
+# --------------------------------------------------------------------------- llama / bitnet
+
+
+class ShimCandidate:
+    """One C++ backend as the candidate of another (or of itself: a determinism check)."""
+
+    def __init__(self, label: str, shim: Shim, *, threads: int, kv_type: KvType) -> None:
+        self.label = label
+        self.shim = shim
+        self._threads = threads
+        self._kv_type = kv_type
+
+    def run(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
+    ) -> CandidateOutput:
+        started = time.monotonic()
+        logits, doc = self.shim.logits(
+            model, [int(t) for t in tokens], threads=self._threads, kv_type=self._kv_type, out_dir=work_dir
+        )
+        return CandidateOutput(logits=np.asarray(logits), seconds=time.monotonic() - started, details=doc)
+
+
 # --------------------------------------------------------------------------- cmd:
 
 
@@ -154,16 +213,18 @@ class CommandCandidate:
         values = {"{model}": str(model), "{tokens}": str(tokens), "{out}": str(out)}
         if not any(p in arg for arg in self._argv for p in PLACEHOLDERS):
             return [*self._argv, str(model), str(tokens), str(out)]
+        values[TRACE_PLACEHOLDER] = str(trace) if trace is not None else ""
         argv = []
-        for arg in self._argv:
+        for template in self._argv:
+            filled = template
             for placeholder, value in values.items():
-                arg = arg.replace(placeholder, value)
-            if TRACE_PLACEHOLDER in arg:
-                arg = arg.replace(TRACE_PLACEHOLDER, str(trace) if trace is not None else "")
-            argv.append(arg)
+                filled = filled.replace(placeholder, value)
+            argv.append(filled)
         return argv
 
-    def run(self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None) -> CandidateOutput:
+    def run(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
+    ) -> CandidateOutput:
         from bitnet_crossval.util import proc
 
         tokens_path = work_dir / "candidate-tokens.npy"
@@ -222,7 +283,9 @@ class PythonCandidate:
         self._function = load_function(spec)
         self.accepts_trace = _accepts_keyword(self._function, "trace")
 
-    def run(self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None) -> CandidateOutput:
+    def run(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
+    ) -> CandidateOutput:
         kwargs: dict[str, Any] = {}
         if trace_dir is not None and self.accepts_trace:
             trace_dir.mkdir(parents=True, exist_ok=True)
@@ -233,8 +296,9 @@ class PythonCandidate:
         except SuiteError:
             raise
         except Exception as exc:
+            reason = " ".join(str(exc).split()) or "(no message)"
             raise CandidateFailed(
-                f"the candidate {self.label} raised {type(exc).__name__}: {' '.join(str(exc).split()) or '(no message)'}",
+                f"the candidate {self.label} raised {type(exc).__name__}: {reason}",
                 next_step="rerun with --verbose for the traceback",
             ) from exc
         seconds = time.monotonic() - started

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import bitnet_crossval
 from bitnet_crossval.errors import BadInput, BuildFailed, SuiteError
 from bitnet_crossval.provision import cmake
 from bitnet_crossval.reference.client import Shim
+from bitnet_crossval.reference.sources import shim_source_digest, shim_source_dir
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import file_sha256, make_dir, read_json_file, remove_tree, write_json_atomic
 
@@ -24,19 +24,6 @@ ApiGeneration = Literal["current", "legacy"]
 
 EXECUTABLE_NAME = "bitnet-shim.exe" if sys.platform == "win32" else "bitnet-shim"
 CONFIGURE_STAMP = "bitnet-shim-configure.json"
-
-
-def shim_source_dir() -> Path:
-    """The shim's CMake project: ``bitnet_crossval/cpp`` in an installed wheel, the repository's
-    ``cpp/`` in a checkout (the wheel ships that directory under the library's name)."""
-    package = Path(bitnet_crossval.__file__).resolve().parent
-    for candidate in (package / "cpp", package.parent / "cpp"):
-        if (candidate / "CMakeLists.txt").is_file():
-            return candidate
-    raise BuildFailed(
-        f"the shim's sources are missing: neither {package / 'cpp'} nor {package.parent / 'cpp'} holds CMakeLists.txt",
-        next_step="reinstall the suite (pip install --force-reinstall bitnet-crossval-suite)",
-    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +38,8 @@ class ShimBuild:
     log_path: Path
     sha256: str
     """Of the executable, recorded so a later run can tell it is still the file built here."""
+    source_digest: str
+    """Of the C++ sources it was built from (:func:`shim_source_digest`)."""
 
 
 def build_shim(
@@ -126,6 +115,7 @@ def build_shim(
         build_dir=build_dir,
         log_path=log_path,
         sha256=file_sha256(executable),
+        source_digest=shim_source_digest(source),
     )
 
 

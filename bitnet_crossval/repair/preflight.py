@@ -25,6 +25,7 @@ from bitnet_crossval.backends.platform import library_path_variable
 from bitnet_crossval.backends.specs import BackendSpec
 from bitnet_crossval.context import SuiteContext
 from bitnet_crossval.errors import BackendUnavailable, BadInput, BuildFailed, RevalidationFailed
+from bitnet_crossval.reference.sources import shim_source_digest
 from bitnet_crossval.store.constants import shim_problem
 from bitnet_crossval.util import ui
 
@@ -121,7 +122,7 @@ def run_preflight(
                 return _report(ctx, spec, found, repaired=False)
             ui.say(f"repairing the constants file: {unlisted}")
         else:
-            problem = shim_problem(record)
+            problem = shim_problem(record, source_digest=shim_source_digest())
             if problem is None:
                 return _report(ctx, spec, found, repaired=False)
             if mode == "never":
@@ -187,7 +188,7 @@ def _validate_after_repair(ctx: SuiteContext, spec: BackendSpec) -> PreflightRep
             f"{spec.display} was installed but the constants file {ctx.constants_path} "
             f"does not list it ({ctx.constants.problem or 'marked unavailable'})"
         )
-    problem = shim_problem(record)
+    problem = shim_problem(record, source_digest=shim_source_digest())
     if problem is not None:
         raise RevalidationFailed(f"{spec.display} was repaired but its shim cannot be used: {problem}")
     return _report(ctx, spec, found, repaired=True)

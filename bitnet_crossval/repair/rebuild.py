@@ -15,6 +15,7 @@ from bitnet_crossval.backends.detect import Detection
 from bitnet_crossval.backends.specs import BackendSpec
 from bitnet_crossval.context import SuiteContext
 from bitnet_crossval.errors import SuiteError
+from bitnet_crossval.reference.sources import shim_source_digest
 from bitnet_crossval.store import lock
 from bitnet_crossval.store.constants import BackendRecord, is_current, shim_problem, write_constants
 from bitnet_crossval.util import ui
@@ -79,9 +80,11 @@ def constants_are_current(ctx: SuiteContext) -> bool:
         record = record_for(detection)
         old = ctx.constants.record(spec.name)
         if old is not None and record.available:
-            if old.shim is not None and shim_problem(old) is not None:
+            if old.shim is not None and shim_problem(old, source_digest=shim_source_digest()) is not None:
                 return False
-            record = replace(record, shim=old.shim, shim_api=old.shim_api, shim_sha256=old.shim_sha256)
+            record = replace(
+                record, shim=old.shim, shim_api=old.shim_api, shim_sha256=old.shim_sha256, shim_source=old.shim_source
+            )
         records[spec.name] = record
     return is_current(ctx.constants_path, records)
 
@@ -100,4 +103,10 @@ def _with_shim(ctx: SuiteContext, spec: BackendSpec, detection: Detection, recor
         backend_commit=record.source.get("commit", "unknown"),
         build_flags=" ".join(record.build_flags),
     )
-    return replace(record, shim=str(built.executable), shim_api=built.api, shim_sha256=built.sha256)
+    return replace(
+        record,
+        shim=str(built.executable),
+        shim_api=built.api,
+        shim_sha256=built.sha256,
+        shim_source=built.source_digest,
+    )

@@ -42,6 +42,8 @@ class BackendRecord:
     shim: str | None = None
     shim_api: str | None = None
     shim_sha256: str | None = None
+    shim_source: str | None = None
+    """Digest of the C++ sources the shim was built from."""
     detected_at: str = ""
 
     def without_timestamp(self) -> dict[str, Any]:
@@ -106,14 +108,18 @@ def read_constants(path: Path) -> Constants:
     )
 
 
-def shim_problem(record: BackendRecord) -> str | None:
+def shim_problem(record: BackendRecord, *, source_digest: str | None = None) -> str | None:
     """Why the shim a record names is not the one that was built, or None when it is.
 
     A missing file, another program in its place or a truncated binary all change its sha256;
-    a record without a hash (an older file) is checked for existence only.
+    a record without a hash (an older file) is checked for existence only. With
+    ``source_digest`` (of the shim sources this suite carries now), a shim built from other
+    sources, by another version of the suite, is out of date too.
     """
     if record.shim is None:
         return "no shim is recorded"
+    if source_digest is not None and record.shim_source != source_digest:
+        return f"the shim {record.shim} was built from other sources (an earlier version of the suite)"
     shim = Path(record.shim)
     try:
         mode = shim.stat().st_mode
@@ -142,6 +148,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "shim": (str, type(None)),
     "shim_api": (str, type(None)),
     "shim_sha256": (str, type(None)),
+    "shim_source": (str, type(None)),
     "detected_at": (str,),
 }
 

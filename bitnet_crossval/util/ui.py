@@ -77,7 +77,9 @@ def console() -> Console:
     if _console is None:
         from rich.console import Console
 
-        _console = Console(stderr=True, highlight=False)
+        # Without a terminal (a CI log, 2>file) rich would assume 80 columns and squeeze tables.
+        probe = Console(stderr=True)
+        _console = Console(stderr=True, highlight=False, width=None if probe.is_terminal else 160)
     return _console
 
 
@@ -87,6 +89,10 @@ _console: Console | None = None
 class ProgressTask(Protocol):
     def advance_to(self, completed: float, total: float | None = None) -> None: ...
 
+    def describe(self, description: str) -> None:
+        """Say what is being done now (one bar through several steps)."""
+        ...
+
 
 class _RichTask:
     def __init__(self, progress: Progress, task_id: TaskID) -> None:
@@ -95,6 +101,9 @@ class _RichTask:
 
     def advance_to(self, completed: float, total: float | None = None) -> None:
         self._progress.update(self._task_id, completed=completed, total=total)
+
+    def describe(self, description: str) -> None:
+        self._progress.update(self._task_id, description=description)
 
 
 PROGRESS_INTERVAL_ENV = "BITNET_PROGRESS_INTERVAL"
@@ -116,6 +125,11 @@ class _QuietTask:
 
     def advance_to(self, completed: float, total: float | None = None) -> None:
         self._completed, self._total = completed, total
+
+    def describe(self, description: str) -> None:
+        # Without a live display every step gets its own line, so a log shows what ran when.
+        self._description = description
+        say(f"{description} ...")
 
     def _beat(self, interval: float) -> None:
         while not self._stop.wait(interval):

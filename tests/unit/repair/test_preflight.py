@@ -10,6 +10,7 @@ from bitnet_crossval.backends.specs import LLAMA
 from bitnet_crossval.context import SuiteContext
 from bitnet_crossval.errors import BackendUnavailable, BadInput, BuildFailed, RevalidationFailed
 from bitnet_crossval.provision.install import SetupResult
+from bitnet_crossval.reference.sources import shim_source_digest
 from bitnet_crossval.repair import preflight as pf
 from bitnet_crossval.repair.rebuild import RebuildResult
 from bitnet_crossval.store.constants import BackendRecord, Constants
@@ -115,7 +116,8 @@ def _listed(tmp_path: Path, *, shim_sha256: str | None = None) -> dict[str, Back
     if not shim.exists():
         shim.write_text("#!/bin/sh\n")
         shim.chmod(0o755)
-    return {"llama": BackendRecord(available=True, shim=str(shim), shim_sha256=shim_sha256)}
+    record = BackendRecord(available=True, shim=str(shim), shim_sha256=shim_sha256, shim_source=shim_source_digest())
+    return {"llama": record}
 
 
 def test_available_and_recorded_backend_needs_no_repair(flow: Recorder, tmp_path: Path) -> None:

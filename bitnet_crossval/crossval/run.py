@@ -1,0 +1,419 @@
+"""One cross-validation: the reference and a candidate on the same tokens, position by position.
+
+The reference (the shim of ``--backend``) tokenizes the prompt, greedily generates
+``max_tokens`` more tokens, then evaluates prompt plus continuation in one causal batch; the
+candidate evaluates the same ids; :mod:`~bitnet_crossval.crossval.metrics` compares every
+position. Scripts call :func:`run_crossval` directly::
+
+    from bitnet_crossval.context import load_context
+    from bitnet_crossval.crossval import CrossvalRequest, parse_model, run_crossval
+
+    result = run_crossval(CrossvalRequest(model=parse_model("model.gguf"), prompt="Hello"), load_context())
+    print(result.verdict, result.summary.first_failure if result.summary else None)
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from bitnet_crossval.crossval.candidates import (
+    DEFAULT_CANDIDATE_TIMEOUT,
+    Candidate,
+    CandidateOutput,
+    CandidateSpec,
+    CommandCandidate,
+    NumpyCandidate,
+    PythonCandidate,
+    ShimCandidate,
+    parse_candidate,
+)
+from bitnet_crossval.crossval.metrics import (
+    DEFAULT_KL_MAX_FLOAT,
+    DEFAULT_KL_MAX_QUANTIZED,
+    DEFAULT_TIE_MARGIN,
+    PositionMetrics,
+    Summary,
+    Thresholds,
+    compare_logits,
+    summarize,
+)
+from bitnet_crossval.crossval.models import ModelChoice, parse_model, resolve_model
+from bitnet_crossval.crossval.tokens import (
+    TokenMismatch,
+    check_token_ids,
+    first_difference,
+    read_tokens_file,
+    tokenizer_json_tokens,
+)
+from bitnet_crossval.errors import BackendUnavailable, BadInput
+from bitnet_crossval.util import ui
+
+if TYPE_CHECKING:
+    from bitnet_crossval.backends.specs import BackendName
+    from bitnet_crossval.context import SuiteContext
+    from bitnet_crossval.reference.client import KvType, Shim
+
+Verdict = Literal["parity", "divergence", "token-mismatch"]
+
+DEFAULT_PROMPT = "The capital of France is Paris. The quick brown fox jumps over the lazy dog, and then"
+DEFAULT_MAX_TOKENS = 16
+# Weight types whose matrices llama.cpp multiplies without quantising the activations: a model
+# made only of these is held to the float threshold (docs/explanation/verdict.md).
+FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossvalRequest:
+    model: ModelChoice = field(default_factory=lambda: parse_model(None))
+    backend: BackendName = "llama"
+    prompt: str = DEFAULT_PROMPT
+    tokens_file: Path | None = None
+    tokenizer: Path | None = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    add_bos: bool | None = None
+    """None: as the model's metadata says (``tokenizer.ggml.add_bos_token``)."""
+    parse_special: bool = False
+    candidate: CandidateSpec = field(default_factory=lambda: parse_candidate("numpy"))
+    kl_max: float | None = None
+    """None: by the model's weight types (float or quantised)."""
+    tie_margin: float = DEFAULT_TIE_MARGIN
+    candidate_timeout: float = DEFAULT_CANDIDATE_TIMEOUT
+    threads: int = 1
+    kv_type: KvType = "auto"
+    bitnet_activation: Literal["silu", "relu2"] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossvalResult:
+    verdict: Verdict
+    model: dict[str, Any]
+    reference: dict[str, Any]
+    candidate: dict[str, Any]
+    tokens: list[int]
+    n_prompt: int
+    pieces: list[str]
+    thresholds: Thresholds
+    rows: list[PositionMetrics]
+    summary: Summary | None
+    token_mismatch: TokenMismatch | None
+    timings: dict[str, float]
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "parity"
+
+    def failure_sentence(self) -> str:
+        if self.token_mismatch is not None:
+            return (
+                f"the tokenizer disagrees with the reference's at token index {self.token_mismatch.first_index}, "
+                "so no logits were compared"
+            )
+        assert self.summary is not None and self.summary.first_failure is not None
+        first = self.rows[self.summary.first_failure]
+        return (
+            f"parity failed: {self.summary.n_failed} of {self.summary.n_positions} positions diverge, first at "
+            f"position {first.position} ({'; '.join(first.reasons)})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": "bitnet-crossval/report",
+            "version": 1,
+            "verdict": self.verdict,
+            "passed": self.passed,
+            "model": self.model,
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "tokens": self.tokens,
+            "n_prompt": self.n_prompt,
+            "pieces": self.pieces,
+            "thresholds": self.thresholds.to_json(),
+            "rows": [row.to_json() for row in self.rows],
+            "summary": self.summary.to_json() if self.summary else None,
+            "token_mismatch": self.token_mismatch.to_json() if self.token_mismatch else None,
+            "timings": self.timings,
+        }
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._started = time.monotonic()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 4)
+
+    def total(self) -> float:
+        return round(time.monotonic() - self._started, 4)
+
+
+def reference_shim(ctx: SuiteContext, backend: BackendName, *, log_dir: Path | None = None) -> Shim:
+    """The shim built against ``backend``, as the constants file records it."""
+    from bitnet_crossval.reference.client import Shim
+    from bitnet_crossval.reference.sources import shim_source_digest
+    from bitnet_crossval.store.constants import shim_problem
+
+    record = ctx.constants.record(backend)
+    problem = (
+        "the constants file does not list it"
+        if record is None or not record.available
+        else shim_problem(record, source_digest=shim_source_digest())
+    )
+    if problem is not None or record is None or record.shim is None:
+        raise BackendUnavailable(
+            f"there is no usable shim for the {backend} backend: {problem}",
+            next_step=f"run `invoke preflight --backend {backend} --repair auto` (or `invoke rebuild`)",
+        )
+    return Shim(Path(record.shim), env=ctx.env, log_dir=log_dir)
+
+
+def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path | None = None) -> CrossvalResult:
+    """Run the whole comparison and return its result; a :class:`~bitnet_crossval.errors.SuiteError`
+    when it cannot be made (bad input, a candidate that fails)."""
+    if work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="bitnet-crossval-") as tmp:
+            return run_crossval(request, ctx, work_dir=Path(tmp))
+    timer = Timer()
+    shim = reference_shim(ctx, request.backend, log_dir=work_dir / "logs")
+    record = ctx.constants.record(request.backend)
+    assert record is not None
+    with ui.progress("cross-validation: preparing the model", total=5) as bar:
+        with timer.phase("model"):
+            model = resolve_model(
+                request.model, cache=ctx.cache, env=ctx.env, source_dirs=_source_dirs(record.build_flags, record)
+            )
+            info = shim.info(model)
+        n_vocab = int(info["vocab_size"])
+        add_bos = bool(info.get("add_bos")) if request.add_bos is None else request.add_bos
+        bar.advance_to(1)
+        bar.describe("cross-validation: tokenizing")
+        with timer.phase("tokenize"):
+            prompt_tokens = _prompt_tokens(request, shim, model, add_bos=add_bos, n_vocab=n_vocab)
+            mismatch = _tokenizer_mismatch(request, prompt_tokens, add_bos=add_bos)
+        _check_context(len(prompt_tokens) + request.max_tokens, info, model)
+        model_facts, weight_types = _model_facts(model, info)
+        thresholds = Thresholds(
+            kl_max=request.kl_max if request.kl_max is not None else _default_kl_max(weight_types),
+            tie_margin=request.tie_margin,
+        )
+        reference: dict[str, Any] = {
+            "backend": request.backend,
+            "commit": record.source.get("commit", ""),
+            "source": dict(record.source),
+            "build_flags": list(record.build_flags),
+            "shim": str(shim.executable),
+            "api": info.get("api"),
+        }
+        if mismatch is not None:
+            return CrossvalResult(
+                verdict="token-mismatch",
+                model=model_facts,
+                reference=reference,
+                candidate={"label": request.candidate.label, "kind": request.candidate.kind},
+                tokens=list(prompt_tokens),
+                n_prompt=len(prompt_tokens),
+                pieces=_pieces(shim, model, prompt_tokens),
+                thresholds=thresholds,
+                rows=[],
+                summary=None,
+                token_mismatch=mismatch,
+                timings={**timer.seconds, "total": timer.total()},
+            )
+        bar.advance_to(2)
+        bar.describe("cross-validation: loading the candidate")
+        with timer.phase("candidate_load"):
+            candidate = _make_candidate(
+                request, ctx, model=model, n_vocab=n_vocab, architecture=str(info.get("architecture"))
+            )
+        bar.describe(f"cross-validation: the reference generates {request.max_tokens} tokens")
+        with timer.phase("reference"):
+            tokens, ref_logits, ref_doc = _reference_run(request, shim, model, prompt_tokens, work_dir)
+        check_token_ids(tokens, n_vocab=n_vocab, where="the reference's continuation")
+        if isinstance(candidate, NumpyCandidate) and ref_doc["settings"]["kv_type_v"] == "f16":
+            # The backend refused an F32 V cache (the 2024 bitnet.cpp fork): round as it does.
+            candidate = NumpyCandidate(model, replace(candidate.engine.options, kv_cache="f16"))
+        bar.advance_to(3)
+        bar.describe(f"cross-validation: the candidate ({candidate.label}) evaluates {len(tokens)} positions")
+        with timer.phase("candidate"):
+            output = _run_candidate(candidate, model, tokens, work_dir)
+        bar.advance_to(4)
+        bar.describe("cross-validation: comparing")
+        with timer.phase("compare"):
+            rows = compare_logits(ref_logits, output.logits, tokens, thresholds=thresholds)
+            summary = summarize(rows)
+        bar.advance_to(5)
+    reference.update(ref_doc)
+    return CrossvalResult(
+        verdict="parity" if summary.passed else "divergence",
+        model=model_facts,
+        reference=reference,
+        candidate={"label": candidate.label, "kind": request.candidate.kind, "details": _jsonable(output.details)},
+        tokens=list(tokens),
+        n_prompt=len(prompt_tokens),
+        pieces=_pieces(shim, model, tokens),
+        thresholds=thresholds,
+        rows=rows,
+        summary=summary,
+        token_mismatch=None,
+        timings={**timer.seconds, "candidate_compute": round(output.seconds, 4), "total": timer.total()},
+    )
+
+
+def _source_dirs(_flags: list[str], record: Any) -> list[Path]:
+    """Source trees the backend was built from (where llama.cpp's vocabulary files are)."""
+    from bitnet_crossval.provision.cmake import read_cache
+    from bitnet_crossval.store.marker import read_marker
+
+    dirs: list[Path] = []
+    if record.install_dir:
+        marker = read_marker(Path(record.install_dir))
+        if marker is not None and marker.build_dir:
+            home = read_cache(Path(marker.build_dir)).get("CMAKE_HOME_DIRECTORY")
+            if home:
+                dirs.append(Path(home))
+        if marker is not None and marker.source.get("kind") == "local":
+            dirs.append(Path(marker.source.get("location", "")))
+    return dirs
+
+
+def _prompt_tokens(request: CrossvalRequest, shim: Shim, model: Path, *, add_bos: bool, n_vocab: int) -> list[int]:
+    if request.tokens_file is not None:
+        tokens = read_tokens_file(request.tokens_file)
+        check_token_ids(tokens, n_vocab=n_vocab, where=f"the tokens file {request.tokens_file}")
+        return tokens
+    if not request.prompt:
+        raise BadInput("the prompt is empty", next_step="pass --prompt TEXT or --tokens-file FILE")
+    tokens = list(shim.tokenize(model, request.prompt, add_bos=add_bos, parse_special=request.parse_special).tokens)
+    if not tokens:
+        raise BadInput("the prompt tokenizes to no tokens", next_step="pass a longer --prompt, or --add-bos")
+    return tokens
+
+
+def _tokenizer_mismatch(request: CrossvalRequest, reference: list[int], *, add_bos: bool) -> TokenMismatch | None:
+    if request.tokenizer is None:
+        return None
+    if request.tokens_file is not None:
+        raise BadInput(
+            "--tokenizer compares tokenizations of --prompt, which --tokens-file replaces",
+            next_step="pass one of --tokenizer and --tokens-file",
+        )
+    return first_difference(
+        reference, tokenizer_json_tokens(request.tokenizer, request.prompt, add_special_tokens=add_bos)
+    )
+
+
+def _check_context(n_positions: int, info: dict[str, Any], model: Path) -> None:
+    n_ctx = int(info.get("context_length") or 0)
+    if n_ctx and n_positions > n_ctx:
+        raise BadInput(
+            f"the prompt and the continuation need {n_positions} positions, more than the context of {n_ctx} "
+            f"that {model.name} was trained for",
+            next_step="shorten --prompt or lower --max-tokens",
+        )
+
+
+def _model_facts(model: Path, info: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    from bitnet_crossval.crossval.engine import GGUFModelFile
+    from bitnet_crossval.util.files import file_sha256
+
+    weight_types: list[str] = []
+    try:
+        gguf = GGUFModelFile(model)
+        weight_types = sorted(
+            {t.type_name for name, t in gguf.tensors.items() if len(t.shape) >= 2 and name.endswith(".weight")}
+        )
+    except BadInput:
+        weight_types = []  # the reference loaded it; the candidate will say what it cannot read
+    facts = {
+        "path": str(model),
+        "sha256": file_sha256(model),
+        "size_bytes": model.stat().st_size,
+        "architecture": info.get("architecture"),
+        "name": info.get("name"),
+        "n_vocab": info.get("vocab_size"),
+        "n_layer": info.get("n_layer"),
+        "context_length": info.get("context_length"),
+        "weight_types": weight_types,
+        "precision": "float" if weight_types and set(weight_types) <= FLOAT_TYPES else "quantized",
+    }
+    return facts, weight_types
+
+
+def _default_kl_max(weight_types: list[str]) -> float:
+    return DEFAULT_KL_MAX_FLOAT if weight_types and set(weight_types) <= FLOAT_TYPES else DEFAULT_KL_MAX_QUANTIZED
+
+
+def _make_candidate(
+    request: CrossvalRequest, ctx: SuiteContext, *, model: Path, n_vocab: int, architecture: str
+) -> Candidate:
+    spec = request.candidate
+    if spec.kind == "numpy":
+        from bitnet_crossval.crossval.engine import EngineOptions
+
+        options = EngineOptions(bitnet_activation=request.bitnet_activation)
+        return NumpyCandidate(model, options)
+    if spec.kind in ("llama", "bitnet"):
+        other = reference_shim(ctx, spec.kind)
+        return ShimCandidate(spec.kind, other, threads=request.threads, kv_type=request.kv_type)
+    if spec.kind == "cmd":
+        return CommandCandidate(spec, env=ctx.env, n_vocab=n_vocab, timeout=request.candidate_timeout)
+    return PythonCandidate(spec, n_vocab=n_vocab)
+
+
+def _reference_run(
+    request: CrossvalRequest, shim: Shim, model: Path, prompt: list[int], work_dir: Path
+) -> tuple[list[int], np.ndarray[Any, Any], dict[str, Any]]:
+    from bitnet_crossval.reference.client import run_report
+
+    continuation: list[int] = []
+    if request.max_tokens > 0:
+        generated = shim.generate(model, prompt, n=request.max_tokens, threads=request.threads, kv_type=request.kv_type)
+        continuation = list(generated.tokens)
+    tokens = [*prompt, *continuation]
+    logits, doc = shim.logits(model, tokens, threads=request.threads, kv_type=request.kv_type, out_dir=work_dir)
+    run = run_report(doc)
+    settings = {
+        "kv_type_k": run.kv_type_k,
+        "kv_type_v": run.kv_type_v,
+        "kv_fallback": run.kv_fallback,
+        "threads": run.threads,
+        "n_ctx": run.n_ctx,
+        "n_ubatch": run.n_ubatch,
+        "seed": run.seed,
+        "flash_attn": doc.get("flash_attn", False),
+        "causal": doc.get("causal", True),
+        "generated": len(continuation),
+    }
+    return tokens, np.asarray(logits), {"settings": settings}
+
+
+def _run_candidate(candidate: Candidate, model: Path, tokens: list[int], work_dir: Path) -> CandidateOutput:
+    return candidate.run(model, np.asarray(tokens, dtype=np.int32), work_dir=work_dir, trace_dir=None)
+
+
+def _pieces(shim: Shim, model: Path, tokens: list[int]) -> list[str]:
+    detok = shim.detokenize(model, tokens)
+    return [piece.decode("utf-8", errors="replace") for piece in detok.pieces]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

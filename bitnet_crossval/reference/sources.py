@@ -1,0 +1,40 @@
+"""Where the shim's C++ sources are, and a digest of them.
+
+The constants file records the digest each shim was built from, so a shim built by an older
+version of the suite (different sources) is rebuilt rather than trusted.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import bitnet_crossval
+from bitnet_crossval.errors import BuildFailed
+
+
+def shim_source_dir() -> Path:
+    """The shim's CMake project: ``bitnet_crossval/cpp`` in an installed wheel, the repository's
+    ``cpp/`` in a checkout (the wheel ships that directory under the library's name)."""
+    package = Path(bitnet_crossval.__file__).resolve().parent
+    for candidate in (package / "cpp", package.parent / "cpp"):
+        if (candidate / "CMakeLists.txt").is_file():
+            return candidate
+    raise BuildFailed(
+        f"the shim's sources are missing: neither {package / 'cpp'} nor {package.parent / 'cpp'} holds CMakeLists.txt",
+        next_step="reinstall the suite (pip install --force-reinstall bitnet-crossval-suite)",
+    )
+
+
+@functools.cache
+def shim_source_digest(source_dir: Path | None = None) -> str:
+    """A sha256 over the names and contents of the shim's sources (CMakeLists.txt, src/)."""
+    import hashlib
+
+    root = source_dir or shim_source_dir()
+    digest = hashlib.sha256()
+    files = [root / "CMakeLists.txt", *sorted(p for p in (root / "src").rglob("*") if p.is_file())]
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
