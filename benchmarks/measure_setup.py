@@ -4,10 +4,17 @@
 """Measure what issue 2 asks for, side by side in one run, and print the figures.
 
 1. `invoke preflight --backend llama` with the backend present, as a ratio to a bare
-   `python -c "import invoke"` (runs interleaved, medians compared).
+   `python -c "import invoke"` (runs interleaved, medians compared). In the same loop, each also
+   as a ratio to `import invoke`: `invoke --list`, an empty invoke task (a temporary tasks.py
+   with one no-op task: the floor any invoke command pays) and the console script's
+   `bitnet-crossval preflight --backend llama` (run from a directory with no tasks.py).
 2. `invoke setup-cpp-auto --backend llama` when there is nothing to do.
 3. A cold `setup-cpp-auto` of a llama.cpp source tree, as a ratio to a plain
    `cmake -S/-B` + `cmake --build` of the same tree with the same flags and target.
+
+Every interpreter caches its bytecode in a private directory (PYTHONPYCACHEPREFIX), as an
+installed suite has its .pyc files, even where PYTHONDONTWRITEBYTECODE is set; one untimed round
+fills it. --no-bytecode-cache measures with the environment as it is instead.
 
 Usage: python benchmarks/measure_setup.py --cache DIR [--runs 15] [--source TREE] [--skip-cold]
 DIR must hold a llama.cpp install made by the suite (e.g. after `invoke preflight --repair auto`
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,6 +71,24 @@ def _cold_setup(source: Path, env: dict[str, str]) -> float:
         return timed([sys.executable, "-m", "invoke", "setup-cpp-auto", "--backend", "llama"], cold_env)
 
 
+EMPTY_TASKS = """\
+from invoke import task
+
+
+@task
+def noop(c):
+    pass
+"""
+
+
+def _console_script() -> str:
+    """The suite's console script beside this interpreter, else the one on PATH."""
+    found = shutil.which("bitnet-crossval", path=str(Path(sys.executable).parent)) or shutil.which("bitnet-crossval")
+    if found is None:
+        raise SystemExit("no bitnet-crossval console script: install the suite (pip install -e .)")
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, required=True)
@@ -70,26 +96,46 @@ def main() -> None:
     parser.add_argument("--source", type=Path)
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--cold-rounds", type=int, default=2)
+    parser.add_argument("--no-bytecode-cache", action="store_true", help="leave PYTHONDONTWRITEBYTECODE as it is")
     args = parser.parse_args()
 
+    scratch = tempfile.TemporaryDirectory(prefix="measure-setup-")
+    scratch_dir = Path(scratch.name)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BITNET_", "LLAMA_CPP_"))}
     env.pop("CI", None)
     env.update(BITNET_CACHE_DIR=str(args.cache.resolve()), NO_COLOR="1")
+    if not args.no_bytecode_cache:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(scratch_dir / "pycache")
     py = sys.executable
+    empty_project = scratch_dir / "empty-project"  # tasks.py with one no-op task
+    empty_project.mkdir()
+    (empty_project / "tasks.py").write_text(EMPTY_TASKS, encoding="utf-8")
+    elsewhere = scratch_dir / "elsewhere"  # no tasks.py: the console script needs none
+    elsewhere.mkdir()
 
-    bare, preflight, noop = [], [], []
-    for _ in range(args.runs):
-        bare.append(timed([py, "-c", "import invoke"], env))
-        preflight.append(timed([py, "-m", "invoke", "preflight", "--backend", "llama"], env))
-        noop.append(timed([py, "-m", "invoke", "setup-cpp-auto", "--backend", "llama"], env))
-    figures: dict[str, float] = {
-        "import_invoke_median_s": statistics.median(bare),
-        "preflight_present_median_s": statistics.median(preflight),
-        "setup_noop_median_s": statistics.median(noop),
-        "setup_noop_max_s": max(noop),
+    # name -> (command, working directory); run interleaved, one of each per round.
+    commands: dict[str, tuple[list[str], Path]] = {
+        "import_invoke": ([py, "-c", "import invoke"], REPO),
+        "invoke_list": ([py, "-m", "invoke", "--list"], REPO),
+        "empty_task": ([py, "-m", "invoke", "noop"], empty_project),
+        "preflight_present": ([py, "-m", "invoke", "preflight", "--backend", "llama"], REPO),
+        "console_preflight_present": ([_console_script(), "preflight", "--backend", "llama"], elsewhere),
+        "setup_noop": ([py, "-m", "invoke", "setup-cpp-auto", "--backend", "llama"], REPO),
     }
-    figures["preflight_ratio_to_import_invoke"] = (
-        figures["preflight_present_median_s"] / figures["import_invoke_median_s"]
+    for cmd, cwd in commands.values():  # untimed: fills the bytecode cache, warms the page cache
+        timed(cmd, env, cwd)
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(args.runs):
+        for name, (cmd, cwd) in commands.items():
+            times[name].append(timed(cmd, env, cwd))
+    figures: dict[str, float] = {f"{name}_median_s": statistics.median(values) for name, values in times.items()}
+    figures["setup_noop_max_s"] = max(times["setup_noop"])
+    bare = figures["import_invoke_median_s"]
+    for name in ("invoke_list", "empty_task", "preflight_present", "console_preflight_present"):
+        figures[f"{name}_ratio_to_import_invoke"] = figures[f"{name}_median_s"] / bare
+    figures["preflight_present_ratio_to_empty_task"] = (
+        figures["preflight_present_median_s"] / figures["empty_task_median_s"]
     )
 
     if not args.skip_cold:
@@ -102,9 +148,11 @@ def main() -> None:
         figures["setup_cold_s"] = statistics.median(setup_times)
         figures["setup_cold_ratio_to_plain_cmake"] = sum(setup_times) / sum(plain_times)
 
-    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {args.runs} runs each")
+    bytecode = "no bytecode cache" if args.no_bytecode_cache else "bytecode cached"
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {args.runs} runs each, {bytecode}")
     for key, value in figures.items():
-        print(f"{key:40s} {value:8.3f}")
+        print(f"{key:45s} {value:8.3f}")
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

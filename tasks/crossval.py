@@ -27,7 +27,7 @@ from ._runner import print_json, suite_context, suite_task
         "junit": "write a JUnit XML file (one test case per position)",
         "add-bos": "auto (the model's setting), yes or no",
         "parse-special": "let the prompt contain special tokens such as <s>",
-        "kl-max": "largest KL(ref||cand) per position, in nats (default: 0.002 for float weights, 0.05 quantised)",
+        "kl-max": "largest KL(ref||cand) per position, in nats (default: 0.002 for float weights, 0.1 quantised)",
         "tie-margin": "how close two different top-1 picks must be to count as a tie, in nats (default 0.5)",
         "candidate-timeout": "seconds a cmd: candidate may run (default 600)",
         "threads": "threads of the reference (default 1, deterministic)",

@@ -32,9 +32,10 @@ from bitnet_crossval.errors import BadInput
 # Defaults from the measurements in docs/explanation/verdict.md. Float weights (F32/F16/BF16): a
 # correct engine stays below KL 2.5e-4 (BF16), every deliberate bug of the self-check reaches
 # 7.9e-3 or more. Quantised weights: llama.cpp quantises activations on the fly, so a correct
-# float engine reaches KL 0.023 on Gemma 3 270M Q4_K_M (llama.cpp against itself: 0.010).
+# float engine reaches KL 0.038 on Gemma 3 270M Q4_K_M (worst of 264 positions over six
+# prompts), while the bugs reach 0.3 and more on quantised synthetic models.
 DEFAULT_KL_MAX_FLOAT = 2e-3
-DEFAULT_KL_MAX_QUANTIZED = 0.05
+DEFAULT_KL_MAX_QUANTIZED = 0.1
 DEFAULT_KL_MAX = DEFAULT_KL_MAX_QUANTIZED
 DEFAULT_TIE_MARGIN = 0.5
 TOP_K = 5
@@ -86,7 +87,7 @@ class PositionMetrics:
     reasons: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {key: _finite_or_none(value) for key, value in asdict(self).items()}
         data["reasons"] = list(self.reasons)
         return data
 
@@ -110,7 +111,7 @@ class Summary:
         return self.n_failed == 0
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        return {**{key: _finite_or_none(value) for key, value in asdict(self).items()}, "passed": self.passed}
 
 
 def compare_row(
@@ -137,7 +138,7 @@ def compare_row(
     kl = max(0.0, float(np.sum(p_r * (logp_r - logp_c))))
     top1_r, top1_c = int(np.argmax(r)), int(np.argmax(c))
     agree = top1_r == top1_c
-    near_tie = not agree and (
+    near_tie = not agree and bool(
         logp_r[top1_r] - logp_r[top1_c] <= thresholds.tie_margin
         and logp_c[top1_c] - logp_c[top1_r] <= thresholds.tie_margin
     )
@@ -202,6 +203,11 @@ def summarize(rows: Sequence[PositionMetrics]) -> Summary:
         n_near_ties=sum(row.near_tie for row in rows),
         failed_positions=failed,
     )
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or infinity: such a metric is written as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -38,6 +38,12 @@ def load_checks(stderr: str) -> list[LoadCheck]:
     ]
 
 
+def one_load_check(stderr: str) -> LoadCheck:
+    checks = load_checks(stderr)
+    assert len(checks) == 1, f"{len(checks)} load checks:\n{stderr}"
+    return checks[0]
+
+
 @dataclass(frozen=True)
 class Repaired:
     cache: Path
@@ -76,8 +82,8 @@ def test_repair_checks_once_in_each_process_image(warm: Repaired) -> None:
     assert "Fallback" not in after
     assert "(auto-repaired)" in after
 
-    (parent,) = load_checks(before)
-    (child,) = load_checks(after)
+    parent = one_load_check(before)
+    child = one_load_check(after)
     assert parent.backend == child.backend == "llama.cpp"
     assert child.pid == parent.pid  # exec keeps the pid: two images of one process
     assert child.lib_dir == warm.lib_dir
@@ -90,7 +96,7 @@ def test_warm_preflight_checks_once(warm: Repaired) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "[reexec]" not in result.stderr and "repairing" not in result.stderr
-    (check,) = load_checks(result.stderr)
+    check = one_load_check(result.stderr)
     assert (check.backend, check.lib_dir) == ("llama.cpp", warm.lib_dir)
 
 
@@ -100,7 +106,7 @@ def test_rebuild_checks_each_backend_found_once(warm: Repaired, tmp_path: Path) 
     result = run_invoke(["rebuild", "--verbose"], env=warm.env)
 
     assert result.returncode == 0, result.stderr
-    (check,) = load_checks(result.stderr)
+    check = one_load_check(result.stderr)
     assert (check.backend, check.lib_dir) == ("llama.cpp", warm.lib_dir)
 
     other = shutil.copytree(warm.lib_dir.parent, tmp_path / "other-build", symlinks=True)
