@@ -151,7 +151,7 @@ def main() -> None:
     bytecode = "no bytecode cache" if args.no_bytecode_cache else "bytecode cached"
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {args.runs} runs each, {bytecode}")
     for key, value in figures.items():
-        print(f"{key:45s} {value:8.3f}")
+        print(f"{key:50s} {value:8.3f}")
     scratch.cleanup()
 
 

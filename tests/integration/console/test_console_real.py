@@ -221,25 +221,34 @@ def test_console_script_runs_the_installed_suite_from_another_directory(
 # --- warm, then repairs that re-exec -----------------------------------------------------------
 
 
-def test_warm_preflight_exits_0(venv: Venv, console_env: dict[str, str], work: Path, tmp_path: Path) -> None:
-    source = copy_fake_llama(tmp_path / "fake-llama")
+@pytest.fixture(scope="module")
+def warm(console_env: dict[str, str], work: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The module's cache made warm with the console script: ``setup-cpp-auto`` from a fake
+    llama.cpp, then ``rebuild`` (the one full shim build of the module); its stderr."""
+    source = copy_fake_llama(tmp_path_factory.mktemp("warm") / "fake-llama")
     setup = run([PROGRAM, "setup-cpp-auto", "--backend", "llama", "--source", source], env=console_env, cwd=work)
     assert setup.returncode == 0, setup.stderr
     rebuilt = run([PROGRAM, "rebuild", "--verbose"], env=console_env, cwd=work)
     assert rebuilt.returncode == 0, rebuilt.stderr
-    # The shim is compiled from the sources the wheel installed, not from the checkout's cpp/.
-    assert f"-S {venv.site / 'bitnet_crossval' / 'cpp'} " in rebuilt.stderr, rebuilt.stderr
+    return rebuilt.stderr
 
-    warm = run([PROGRAM, "preflight", "--backend", "llama"], env=console_env, cwd=work)
-    assert warm.returncode == 0, warm.stderr
-    assert "llama.cpp is available" in warm.stderr
-    assert "repairing" not in warm.stderr and "[reexec]" not in warm.stderr
+
+def test_warm_preflight_exits_0(venv: Venv, console_env: dict[str, str], work: Path, warm: str) -> None:
+    # The shim was compiled from the sources the wheel installed, not from the checkout's cpp/.
+    assert f"-S {venv.site / 'bitnet_crossval' / 'cpp'} " in warm, warm
+
+    result = run([PROGRAM, "preflight", "--backend", "llama"], env=console_env, cwd=work)
+
+    assert result.returncode == 0, result.stderr
+    assert "llama.cpp is available" in result.stderr
+    assert "repairing" not in result.stderr and "[reexec]" not in result.stderr
 
 
 @pytest.fixture
-def broken(console_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """The module's cache without its llama.cpp install, and a fresh fake source to repair it
-    from (a new source path, so its build runs in full and reaches the rendezvous)."""
+def broken(console_env: dict[str, str], warm: str, tmp_path: Path) -> dict[str, str]:
+    """The warm cache without its llama.cpp install, and a fresh fake source to repair it from
+    (a new source path, so its build runs in full and reaches the rendezvous; the shim's build
+    tree is kept, so the shim is only relinked)."""
     shutil.rmtree(Path(console_env["BITNET_CACHE_DIR"]) / "installs" / "llama", ignore_errors=True)
     source = copy_fake_llama(tmp_path / "fake-llama")
     return {**console_env, "LLAMA_CPP_SOURCE": str(source)}
