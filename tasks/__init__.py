@@ -7,9 +7,10 @@ from invoke.collection import Collection
 from .crossval import crossval_per_token
 from .preflight import preflight
 from .rebuild import rebuild
+from .selfcheck import crossval_selfcheck
 from .setup import setup_cpp_auto
 
 ns = Collection()
-for _task in (preflight, setup_cpp_auto, rebuild, crossval_per_token):
+for _task in (preflight, setup_cpp_auto, rebuild, crossval_per_token, crossval_selfcheck):
     ns.add_task(_task)
 ns.configure({"run": {"echo": False}})

@@ -32,6 +32,9 @@ from ._runner import print_json, suite_context, suite_task
         "candidate-timeout": "seconds a cmd: candidate may run (default 600)",
         "threads": "threads of the reference (default 1, deterministic)",
         "bitnet-activation": "auto, silu or relu2: the FFN activation the numpy engine uses for bitnet models",
+        "trace": "on a divergence, compare both sides' intermediates and name the first tensor that departs",
+        "trace-layers": "trace only these layers: A or A-B (implies --trace)",
+        "trace-names": "trace only tensors whose whole name matches this regular expression (implies --trace)",
         "verbose": "show every command and a traceback on errors",
     }
 )
@@ -57,6 +60,9 @@ def crossval_per_token(
     candidate_timeout: str = "",
     threads: str = "",
     bitnet_activation: str = "auto",
+    trace: bool = False,
+    trace_layers: str = "",
+    trace_names: str = "",
     verbose: bool = False,
 ) -> None:
     """Compare a candidate's logits with the C++ reference's at every position (repairs the backend first)."""
@@ -82,6 +88,9 @@ def crossval_per_token(
             candidate_timeout=candidate_timeout,
             threads=threads,
             bitnet_activation=bitnet_activation,
+            trace=trace,
+            trace_layers=trace_layers,
+            trace_names=trace_names,
         )
         report_path = parse_output(report, what="the report")
         plot_path = parse_output(plot, what="the plot")
@@ -107,4 +116,4 @@ def crossval_per_token(
     if output_format == "json":
         print_json(result.to_json())
     if not result.passed:
-        raise ParityFailed(result.failure_sentence())
+        raise ParityFailed(result.failure_sentence(), next_step=result.next_step())

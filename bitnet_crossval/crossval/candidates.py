@@ -4,6 +4,7 @@ A candidate takes a GGUF model and a sequence of token ids and returns the logit
 position, ``[n_tokens, n_vocab]``, from one causal evaluation. ``--candidate`` names one:
 
 - ``numpy`` (the default): the built-in engine (:mod:`bitnet_crossval.crossval.engine`);
+  ``numpy:FAULT`` is the same engine with one deliberate bug (what the self-check runs);
 - ``llama`` / ``bitnet``: a C++ backend through its shim, to compare the two references;
 - ``cmd:<command line>``: any program, split with :func:`shlex.split` and run without a shell.
   ``{model}``, ``{tokens}`` (a ``.npy`` 1-D int32 array) and ``{out}`` (where it writes a
@@ -62,6 +63,7 @@ class CandidateSpec:
     argv: tuple[str, ...] = ()
     module: str = ""
     function: str = ""
+    """The function of py:module:function; for numpy:FAULT, the deliberate fault."""
 
     @property
     def label(self) -> str:
@@ -80,6 +82,16 @@ def parse_candidate(text: str) -> CandidateSpec:
     raw = text.strip()
     if raw in ("", "numpy"):
         return CandidateSpec(kind="numpy", text="numpy")
+    if raw.startswith("numpy:"):
+        from bitnet_crossval.crossval.engine import FAULT_NAMES
+
+        fault = raw[len("numpy:") :]
+        if fault not in FAULT_NAMES:
+            raise BadInput(
+                f"--candidate {text!r}: {fault!r} is not a fault the numpy engine can make",
+                next_step=f"use numpy:FAULT with FAULT one of {', '.join(FAULT_NAMES)}",
+            )
+        return CandidateSpec(kind="numpy", text=raw, function=fault)
     if raw in ("llama", "bitnet"):
         return CandidateSpec(kind=raw, text=raw)  # type: ignore[arg-type]
     if raw.startswith("cmd:"):
@@ -127,6 +139,24 @@ class Candidate(Protocol):
         """Logits of every position of ``tokens``; a trace into ``trace_dir`` when given and supported."""
         ...
 
+    def trace(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, request: TraceRequest, work_dir: Path
+    ) -> Traced | None:
+        """The candidate's intermediates by llama.cpp name, or None when it cannot trace."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class TraceRequest:
+    """What to trace: token positions, an inclusive layer range, a regular expression over names."""
+
+    positions: list[int]
+    layers: tuple[int, int] | None = None
+    names: str | None = None
+
+
+Traced = Mapping[str, Callable[[], F32Array]]
+
 
 def check_logits(array: object, *, label: str, n_tokens: int, n_vocab: int) -> F32Array:
     """The candidate's output as float32 ``[n_tokens, n_vocab]`` with finite values, or a
@@ -173,6 +203,16 @@ class NumpyCandidate:
             logits=np.asarray(logits, dtype=np.float32), seconds=time.monotonic() - started, details=details
         )
 
+    def trace(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, request: TraceRequest, work_dir: Path
+    ) -> Traced | None:
+        from bitnet_crossval.crossval.engine import TraceRecorder
+
+        layers = range(request.layers[0], request.layers[1] + 1) if request.layers is not None else None
+        recorder = TraceRecorder(layers=layers, name_regex=request.names, positions=request.positions)
+        self.engine.forward(tokens, trace=recorder)
+        return {key: _constant(value) for key, value in recorder.entries.items()}
+
 
 # --------------------------------------------------------------------------- llama / bitnet
 
@@ -194,6 +234,21 @@ class ShimCandidate:
             model, [int(t) for t in tokens], threads=self._threads, kv_type=self._kv_type, out_dir=work_dir
         )
         return CandidateOutput(logits=np.asarray(logits), seconds=time.monotonic() - started, details=doc)
+
+    def trace(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, request: TraceRequest, work_dir: Path
+    ) -> Traced | None:
+        result = self.shim.trace(
+            model,
+            [int(t) for t in tokens],
+            out_dir=work_dir / "candidate-trace",
+            layers=request.layers,
+            names=request.names,
+            positions=request.positions,
+            threads=self._threads,
+            kv_type=self._kv_type,
+        )
+        return {t.name: t.load for t in result.tensors}
 
 
 # --------------------------------------------------------------------------- cmd:
@@ -270,6 +325,13 @@ class CommandCandidate:
         written_trace = trace_dir if trace_dir is not None and any(trace_dir.iterdir()) else None
         return CandidateOutput(logits=logits, seconds=seconds, details={"argv": argv}, trace_dir=written_trace)
 
+    def trace(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, request: TraceRequest, work_dir: Path
+    ) -> Traced | None:
+        if not any(TRACE_PLACEHOLDER in arg for arg in self._argv):
+            return None
+        return _traced_from_dir(self.run(model, tokens, work_dir=work_dir, trace_dir=work_dir / "candidate-trace"))
+
 
 # --------------------------------------------------------------------------- py:
 
@@ -305,6 +367,23 @@ class PythonCandidate:
         logits = check_logits(array, label=self.label, n_tokens=len(tokens), n_vocab=self._n_vocab)
         written_trace = trace_dir if "trace" in kwargs and trace_dir is not None and any(trace_dir.iterdir()) else None
         return CandidateOutput(logits=logits, seconds=seconds, trace_dir=written_trace)
+
+    def trace(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, request: TraceRequest, work_dir: Path
+    ) -> Traced | None:
+        if not self.accepts_trace:
+            return None
+        return _traced_from_dir(self.run(model, tokens, work_dir=work_dir, trace_dir=work_dir / "candidate-trace"))
+
+
+def _constant(value: F32Array) -> Callable[[], F32Array]:
+    return lambda: value
+
+
+def _traced_from_dir(output: CandidateOutput) -> Traced:
+    from bitnet_crossval.crossval.trace import read_trace_dir
+
+    return read_trace_dir(output.trace_dir) if output.trace_dir is not None else {}
 
 
 def load_function(spec: CandidateSpec) -> Callable[..., Any]:

@@ -17,6 +17,7 @@ from bitnet_crossval.crossval.candidates import DEFAULT_CANDIDATE_TIMEOUT, parse
 from bitnet_crossval.crossval.metrics import DEFAULT_TIE_MARGIN
 from bitnet_crossval.crossval.models import parse_model
 from bitnet_crossval.crossval.run import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, CrossvalRequest
+from bitnet_crossval.crossval.trace import parse_layers, parse_names
 from bitnet_crossval.errors import BadInput
 
 OutputFormat = Literal["text", "json"]
@@ -97,6 +98,9 @@ def build_request(
     candidate_timeout: str,
     threads: str,
     bitnet_activation: str,
+    trace: bool = False,
+    trace_layers: str = "",
+    trace_names: str = "",
 ) -> CrossvalRequest:
     """The request the options describe; every problem is :class:`BadInput`."""
     spec = spec_for(backend or "llama")
@@ -127,4 +131,7 @@ def build_request(
         ),
         threads=parse_int(threads, option="--threads", default=1, minimum=1, maximum=MAX_THREADS),
         bitnet_activation=None if activation == "auto" else activation,  # type: ignore[arg-type]
+        trace=trace or bool(trace_layers.strip() or trace_names.strip()),
+        trace_layers=parse_layers(trace_layers),
+        trace_names=parse_names(trace_names),
     )

@@ -126,6 +126,46 @@ def print_table(result: CrossvalResult) -> None:
             f"[red]divergence: {summary.n_failed} of {summary.n_positions} positions fail; the first is position "
             f"{first.position} ({'; '.join(first.reasons)})[/red]"
         )
+    if result.trace is not None:
+        print_trace(result)
+
+
+def print_trace(result: CrossvalResult) -> None:
+    """The last agreeing tensors and the first that departs, then the one-sentence answer."""
+    from rich.table import Table
+
+    trace = result.trace
+    assert trace is not None
+    con = ui.console()
+    if trace.compared:
+        table = Table(title=f"trace, positions 0-{trace.positions[-1]} (relative error limit {trace.rel_tol:g})")
+        for column in ("#", "tensor", "op", "shape", "rel. error", "cosine", "layout", ""):
+            table.add_column(column)
+        start = max(0, len(trace.compared) - 6)
+        if start:
+            table.add_row("…", "", "", "", "", "", "", "")
+        for index, t in enumerate(trace.compared[start:], start=start):
+            mark = "[green]agrees[/green]" if t.agrees else "[red]departs[/red]"
+            table.add_row(
+                str(index),
+                t.name,
+                t.op,
+                "x".join(str(d) for d in t.shape),
+                f"{t.max_rel_error:.2e}",
+                f"{t.min_cosine:.5f}",
+                t.layout,
+                mark,
+            )
+        con.print(table)
+    style = "red" if trace.first_departure is not None else "yellow"
+    con.print(f"[{style}]trace: {trace.sentence()}[/{style}]")
+    if trace.missing_in_candidate:
+        shown = ", ".join(trace.missing_in_candidate[:8]) + (" ..." if len(trace.missing_in_candidate) > 8 else "")
+        con.print(
+            f"the candidate did not provide {len(trace.missing_in_candidate)} tensors the reference computed: {shown}"
+        )
+    if trace.only_in_candidate:
+        con.print(f"the candidate wrote tensors the reference does not name: {', '.join(trace.only_in_candidate[:8])}")
 
 
 def _print_token_mismatch(result: CrossvalResult) -> None:

@@ -33,6 +33,7 @@ from bitnet_crossval.crossval.candidates import (
     NumpyCandidate,
     PythonCandidate,
     ShimCandidate,
+    TraceRequest,
     parse_candidate,
 )
 from bitnet_crossval.crossval.metrics import (
@@ -52,6 +53,13 @@ from bitnet_crossval.crossval.tokens import (
     first_difference,
     read_tokens_file,
     tokenizer_json_tokens,
+)
+from bitnet_crossval.crossval.trace import (
+    DEFAULT_REL_TOL_FLOAT,
+    DEFAULT_REL_TOL_QUANTIZED,
+    RefTensor,
+    TraceComparison,
+    compare_traces,
 )
 from bitnet_crossval.errors import BackendUnavailable, BadInput
 from bitnet_crossval.util import ui
@@ -89,6 +97,10 @@ class CrossvalRequest:
     threads: int = 1
     kv_type: KvType = "auto"
     bitnet_activation: Literal["silu", "relu2"] | None = None
+    trace: bool = False
+    """On a divergence, compare both sides' intermediates to find the first tensor that departs."""
+    trace_layers: tuple[int, int] | None = None
+    trace_names: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,10 +117,21 @@ class CrossvalResult:
     summary: Summary | None
     token_mismatch: TokenMismatch | None
     timings: dict[str, float]
+    trace: TraceComparison | None = None
 
     @property
     def passed(self) -> bool:
         return self.verdict == "parity"
+
+    def next_step(self) -> str:
+        if self.token_mismatch is not None:
+            return "make the candidate's tokenizer agree (BOS, special tokens, normalisation), or pass --tokens-file"
+        if self.trace is None:
+            return "rerun with --trace to see the first layer and op where the candidate departs"
+        departure = self.trace.first_departure
+        if departure is None:
+            return "widen --trace-layers / --trace-names, or give the candidate a {trace} / trace= output"
+        return f"look at how the candidate computes {departure.name} ({departure.op}): the tensors before it agree"
 
     def failure_sentence(self) -> str:
         if self.token_mismatch is not None:
@@ -118,9 +141,10 @@ class CrossvalResult:
             )
         assert self.summary is not None and self.summary.first_failure is not None
         first = self.rows[self.summary.first_failure]
+        where = f"; {self.trace.sentence()}" if self.trace is not None else ""
         return (
             f"parity failed: {self.summary.n_failed} of {self.summary.n_positions} positions diverge, first at "
-            f"position {first.position} ({'; '.join(first.reasons)})"
+            f"position {first.position} ({'; '.join(first.reasons)}){where}"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -140,6 +164,7 @@ class CrossvalResult:
             "summary": self.summary.to_json() if self.summary else None,
             "token_mismatch": self.token_mismatch.to_json() if self.token_mismatch else None,
             "timings": self.timings,
+            "trace": self.trace.to_json() if self.trace else None,
         }
 
 
@@ -255,6 +280,21 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
             rows = compare_logits(ref_logits, output.logits, tokens, thresholds=thresholds)
             summary = summarize(rows)
         bar.advance_to(5)
+        comparison = None
+        if request.trace and summary.first_failure is not None:
+            bar.describe(f"cross-validation: tracing both sides up to position {summary.first_failure}")
+            with timer.phase("trace"):
+                comparison = _locate(
+                    request,
+                    shim,
+                    candidate,
+                    model=model,
+                    tokens=tokens,
+                    first_failure=summary.first_failure,
+                    work_dir=work_dir,
+                    architecture=str(info.get("architecture")),
+                    precision=model_facts["precision"],
+                )
     reference.update(ref_doc)
     return CrossvalResult(
         verdict="parity" if summary.passed else "divergence",
@@ -269,6 +309,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         summary=summary,
         token_mismatch=None,
         timings={**timer.seconds, "candidate_compute": round(output.seconds, 4), "total": timer.total()},
+        trace=comparison,
     )
 
 
@@ -361,9 +402,10 @@ def _make_candidate(
 ) -> Candidate:
     spec = request.candidate
     if spec.kind == "numpy":
-        from bitnet_crossval.crossval.engine import EngineOptions
+        from bitnet_crossval.crossval.engine import EngineOptions, Fault
 
-        options = EngineOptions(bitnet_activation=request.bitnet_activation)
+        fault = Fault(name=spec.function) if spec.function else None  # type: ignore[arg-type]
+        options = EngineOptions(bitnet_activation=request.bitnet_activation, fault=fault)
         return NumpyCandidate(model, options)
     if spec.kind in ("llama", "bitnet"):
         other = reference_shim(ctx, spec.kind)
@@ -402,6 +444,53 @@ def _reference_run(
 
 def _run_candidate(candidate: Candidate, model: Path, tokens: list[int], work_dir: Path) -> CandidateOutput:
     return candidate.run(model, np.asarray(tokens, dtype=np.int32), work_dir=work_dir, trace_dir=None)
+
+
+def _locate(
+    request: CrossvalRequest,
+    shim: Shim,
+    candidate: Candidate,
+    *,
+    model: Path,
+    tokens: list[int],
+    first_failure: int,
+    work_dir: Path,
+    architecture: str,
+    precision: str,
+) -> TraceComparison:
+    """Trace both sides over positions 0..first_failure (the failing position depends on all of
+    them) in the same batch as the logits, and find the first tensor that departs."""
+    positions = list(range(first_failure + 1))
+    trace_request = TraceRequest(positions=positions, layers=request.trace_layers, names=request.trace_names)
+    reference = shim.trace(
+        model,
+        tokens,
+        out_dir=work_dir / "reference-trace",
+        layers=request.trace_layers,
+        names=request.trace_names,
+        positions=positions,
+        threads=request.threads,
+        kv_type=request.kv_type,
+    )
+    ref_tensors = [
+        RefTensor(name=t.name, layer=t.layer, op=t.op, shape=t.shape, load=t.load) for t in reference.tensors
+    ]
+    traced = candidate.trace(model, np.asarray(tokens, dtype=np.int32), request=trace_request, work_dir=work_dir)
+    if traced is not None and request.trace_layers is not None:
+        # Outside a layer filter the reference writes only the ends it needs; do not call the
+        # candidate's extra unlayered tensors differences.
+        traced = {
+            name: load
+            for name, load in traced.items()
+            if name in {t.name for t in ref_tensors} or _layer_of(name) is not None
+        }
+    rel_tol = DEFAULT_REL_TOL_FLOAT if precision == "float" else DEFAULT_REL_TOL_QUANTIZED
+    return compare_traces(ref_tensors, traced, architecture=architecture, positions=positions, rel_tol=rel_tol)
+
+
+def _layer_of(name: str) -> int | None:
+    head, _, tail = name.rpartition("-")
+    return int(tail) if head and tail.isdigit() else None
 
 
 def _pieces(shim: Shim, model: Path, tokens: list[int]) -> list[str]:

@@ -1,0 +1,133 @@
+"""The checker checked: deliberately broken candidates must be caught, and located.
+
+For each synthetic architecture (``llama``, ``bitnet`` with ternary weights, ``gemma3``), the
+NumPy engine runs once as it is (the verdict must be parity) and once per deliberate fault that
+applies to it (wrong RoPE variant or base, wrong norm epsilon, a missing bitnet sub-norm,
+swapped gate/up, a GQA head mapping mix-up, an off-by-one causal mask either way, a wrong
+ternary scale, a missing gemma3 Q/K norm, a wrong sliding window). Each faulty run must end in
+divergence, and ``--trace`` must name the tensor the fault first changes (the engine knows it:
+``Engine.fault_site``). Anything else is a failure of the checker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from bitnet_crossval.crossval.candidates import parse_candidate
+from bitnet_crossval.crossval.models import parse_model, resolve_model
+from bitnet_crossval.crossval.run import CrossvalRequest, run_crossval
+
+if TYPE_CHECKING:
+    from bitnet_crossval.backends.specs import BackendName
+    from bitnet_crossval.context import SuiteContext
+
+ARCHITECTURES = ("llama", "bitnet", "gemma3")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelfcheckCase:
+    architecture: str
+    fault: str | None
+    """None: the engine as it is, which must agree."""
+    description: str
+    verdict: str
+    first_failure: int | None
+    kl_at_first_failure: float | None
+    expected_site: str | None
+    found_site: str | None
+    seconds: float
+
+    @property
+    def caught(self) -> bool:
+        return self.verdict == ("parity" if self.fault is None else "divergence")
+
+    @property
+    def located(self) -> bool:
+        return self.fault is None or (self.found_site is not None and self.found_site == self.expected_site)
+
+    @property
+    def ok(self) -> bool:
+        return self.caught and self.located
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "architecture": self.architecture,
+            "fault": self.fault,
+            "description": self.description,
+            "verdict": self.verdict,
+            "first_failure": self.first_failure,
+            "kl_at_first_failure": self.kl_at_first_failure,
+            "expected_site": self.expected_site,
+            "found_site": self.found_site,
+            "caught": self.caught,
+            "located": self.located,
+            "ok": self.ok,
+            "seconds": self.seconds,
+        }
+
+
+def cases_for(architecture: str) -> list[str | None]:
+    """The clean run, then every fault that can change a model of this architecture."""
+    from bitnet_crossval.crossval.engine import FAULTS
+
+    family = "bitnet" if architecture.startswith("bitnet") else architecture
+    return [None, *(name for name, spec in FAULTS.items() if family in spec.families)]
+
+
+def run_selfcheck(
+    ctx: SuiteContext, *, backend: BackendName = "llama", architectures: tuple[str, ...] = ARCHITECTURES
+) -> list[SelfcheckCase]:
+    from bitnet_crossval.crossval.engine import FAULTS, EngineOptions, Fault, load_engine
+
+    results: list[SelfcheckCase] = []
+    for arch in architectures:
+        choice = parse_model(f"synthetic:{arch}")
+        base = CrossvalRequest(model=choice, backend=backend, trace=True)
+        for fault in cases_for(arch):
+            candidate = parse_candidate(f"numpy:{fault}" if fault else "numpy")
+            result = run_crossval(replace(base, candidate=candidate), ctx)
+            expected = None
+            if fault is not None:
+                model = resolve_model(choice, cache=ctx.cache, env=ctx.env, source_dirs=[])
+                site = load_engine(model, EngineOptions(fault=Fault(name=fault))).fault_site()  # type: ignore[arg-type]
+                expected = site.key if site is not None else None
+            summary = result.summary
+            first = summary.first_failure if summary else None
+            departure = result.trace.first_departure if result.trace else None
+            results.append(
+                SelfcheckCase(
+                    architecture=arch,
+                    fault=fault,
+                    description=FAULTS[fault].description if fault else "the engine as it is",  # type: ignore[index]
+                    verdict=result.verdict,
+                    first_failure=first,
+                    kl_at_first_failure=result.rows[first].kl if first is not None else None,
+                    expected_site=expected,
+                    found_site=departure.name if departure else None,
+                    seconds=result.timings.get("total", 0.0),
+                )
+            )
+    return results
+
+
+def print_selfcheck(cases: list[SelfcheckCase]) -> None:
+    from rich.table import Table
+
+    from bitnet_crossval.util import ui
+
+    table = Table(title="crossval self-check: deliberately broken candidates")
+    for column in ("arch", "fault", "verdict", "first failing position", "KL there", "expected tensor", "traced", "ok"):
+        table.add_column(column)
+    for case in cases:
+        table.add_row(
+            case.architecture,
+            case.fault or "(none)",
+            case.verdict,
+            "" if case.first_failure is None else str(case.first_failure),
+            "" if case.kl_at_first_failure is None else f"{case.kl_at_first_failure:.3g}",
+            case.expected_site or "",
+            case.found_site or "",
+            "[green]yes[/green]" if case.ok else "[red]NO[/red]",
+        )
+    ui.console().print(table)

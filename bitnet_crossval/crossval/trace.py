@@ -1,0 +1,334 @@
+"""Where a divergence starts: the reference's and the candidate's intermediates, tensor by tensor.
+
+When a position diverges, both sides are evaluated again with their intermediates recorded
+(the shim's ``trace`` with llama.cpp's graph callback; the candidate's own trace), for the
+positions up to the first failing one. The tensors are compared in the reference's execution
+order with a numeric tolerance (relative error and cosine per position, never bit equality);
+the first tensor that departs is the answer, with the last one that still agreed before it.
+
+Names follow llama.cpp's ``cb(cur, name, il)`` rendered ``name-il`` (``attn_norm-0``,
+``Qcur-3``, ``result_output``); layouts put the token axis first (``[n_tokens, n_embd]``, Q/K/V
+``[n_tokens, n_head, head_dim]``). A candidate may hand in other layouts that the mapping below
+knows per architecture: heads merged (``[n_tokens, n_head * head_dim]``), heads first
+(``[n_head, n_tokens, head_dim]``), transposed 2-D tensors, and for ``llama`` the Hugging Face
+order of the rotary halves in Q and K (llama's GGUF conversion permutes those rows). A tensor
+present on one side only is reported, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bitnet_crossval.errors import BadInput
+
+F32Array = npt.NDArray[np.float32]
+Loader = Callable[[], F32Array]
+
+# Relative error per position (||cand - ref|| / ||ref||) a tensor may have and still agree.
+# Float weights: the engine reproduces llama.cpp within 1.3e-4 (gemma3's fp16 GELU table) on F32
+# and within about 1e-2 on BF16, while a bug's first tensor departs by 0.1 or more. Quantised
+# weights: llama.cpp rounds activations to 8 bits before every matmul, so agreement is looser.
+DEFAULT_REL_TOL_FLOAT = 2e-2
+DEFAULT_REL_TOL_QUANTIZED = 0.25
+
+_ROTARY_NAMES = frozenset({"Qcur", "Kcur"})
+_LAYER_SUFFIX = re.compile(r"^(?P<base>.+?)-(?P<layer>\d+)$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefTensor:
+    name: str
+    layer: int | None
+    op: str
+    shape: tuple[int, ...]
+    load: Loader
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorComparison:
+    name: str
+    layer: int | None
+    op: str
+    shape: list[int]
+    layout: str
+    """How the candidate's array was mapped onto the reference's layout ("as is", "heads merged", ...)."""
+    max_rel_error: float
+    min_cosine: float
+    max_abs_diff: float
+    worst_position: int
+    agrees: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "layer": self.layer,
+            "op": self.op,
+            "shape": self.shape,
+            "layout": self.layout,
+            "max_rel_error": _finite(self.max_rel_error),
+            "min_cosine": _finite(self.min_cosine),
+            "max_abs_diff": _finite(self.max_abs_diff),
+            "worst_position": self.worst_position,
+            "agrees": self.agrees,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class TraceComparison:
+    positions: list[int]
+    rel_tol: float
+    compared: list[TensorComparison]
+    """In the reference's execution order, up to and including the first that departs."""
+    first_departure: TensorComparison | None
+    last_agreement: TensorComparison | None
+    missing_in_candidate: list[str] = field(default_factory=list)
+    """Names the reference computed and the candidate did not provide (before the departure)."""
+    only_in_candidate: list[str] = field(default_factory=list)
+    candidate_traced: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "positions": self.positions,
+            "rel_tol": self.rel_tol,
+            "candidate_traced": self.candidate_traced,
+            "first_departure": self.first_departure.to_json() if self.first_departure else None,
+            "last_agreement": self.last_agreement.to_json() if self.last_agreement else None,
+            "missing_in_candidate": self.missing_in_candidate,
+            "only_in_candidate": self.only_in_candidate,
+            "compared": [c.to_json() for c in self.compared],
+        }
+
+    def sentence(self) -> str:
+        if not self.candidate_traced:
+            return "the candidate wrote no trace, so the divergence cannot be located inside the model"
+        if self.first_departure is None:
+            return (
+                "every traced tensor agrees within the tolerance; the divergence starts outside what was traced "
+                "(widen --trace-layers / --trace-names)"
+            )
+        d = self.first_departure
+        where = f"layer {d.layer}, " if d.layer is not None else ""
+        after = f"; everything before it agrees (last: {self.last_agreement.name})" if self.last_agreement else ""
+        return (
+            f"{where}{d.name} ({d.op}) first departs: relative error {d.max_rel_error:.3g}, cosine "
+            f"{d.min_cosine:.4f} at position {d.worst_position}{after}"
+        )
+
+
+def parse_layers(text: str) -> tuple[int, int] | None:
+    """``--trace-layers``: ``A`` or ``A-B`` (inclusive), or empty for every layer."""
+    value = text.strip()
+    if not value:
+        return None
+    match = re.fullmatch(r"([0-9]{1,4})(?:-([0-9]{1,4}))?", value)
+    if match is None or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+        raise BadInput(
+            f"--trace-layers {text!r} is not a layer or a range A-B", next_step="pass e.g. --trace-layers 0-3"
+        )
+    first = int(match.group(1))
+    return first, int(match.group(2)) if match.group(2) is not None else first
+
+
+def parse_names(text: str) -> str | None:
+    """``--trace-names``: a regular expression the whole tensor name must match."""
+    value = text.strip()
+    if not value:
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise BadInput(
+            f"--trace-names {text!r} is not a regular expression ({exc})", next_step="pass e.g. --trace-names 'attn_.*'"
+        ) from None
+    return value
+
+
+def compare_traces(
+    reference: Sequence[RefTensor],
+    candidate: Mapping[str, Loader] | None,
+    *,
+    architecture: str,
+    positions: list[int],
+    rel_tol: float,
+) -> TraceComparison:
+    """Compare in the reference's order; stop at the first tensor that departs."""
+    if candidate is None:
+        return TraceComparison(
+            positions=positions, rel_tol=rel_tol, compared=[], first_departure=None, last_agreement=None,
+            candidate_traced=False,
+        )  # fmt: skip
+    reference_names = {t.name for t in reference}
+    compared: list[TensorComparison] = []
+    missing: list[str] = []
+    first: TensorComparison | None = None
+    last: TensorComparison | None = None
+    for ref in reference:
+        loader = candidate.get(ref.name)
+        if loader is None:
+            missing.append(ref.name)
+            continue
+        result = compare_tensor(ref, loader(), architecture=architecture, positions=positions, rel_tol=rel_tol)
+        compared.append(result)
+        if not result.agrees:
+            first = result
+            break
+        last = result
+    only = sorted(name for name in candidate if name not in reference_names)
+    return TraceComparison(
+        positions=positions,
+        rel_tol=rel_tol,
+        compared=compared,
+        first_departure=first,
+        last_agreement=last,
+        missing_in_candidate=missing,
+        only_in_candidate=only,
+    )
+
+
+def compare_tensor(
+    ref: RefTensor, array: F32Array, *, architecture: str, positions: list[int], rel_tol: float
+) -> TensorComparison:
+    expected = np.asarray(ref.load(), dtype=np.float64)
+    best: TensorComparison | None = None
+    for layout, view in candidate_views(ref.name, architecture, np.asarray(array), expected.shape, positions):
+        result = _metrics(ref, expected, view, layout=layout, positions=positions, rel_tol=rel_tol)
+        if result.agrees:
+            return result
+        if best is None:
+            best = result
+    if best is not None:
+        return best
+    return TensorComparison(
+        name=ref.name,
+        layer=ref.layer,
+        op=ref.op,
+        shape=list(expected.shape),
+        layout=f"shape {list(np.shape(array))} does not map onto {list(expected.shape)}",
+        max_rel_error=math.inf,
+        min_cosine=0.0,
+        max_abs_diff=math.inf,
+        worst_position=positions[0] if positions else 0,
+        agrees=False,
+    )
+
+
+def candidate_views(
+    name: str, architecture: str, array: npt.NDArray[Any], expected: tuple[int, ...], positions: list[int]
+) -> list[tuple[str, npt.NDArray[np.float64]]]:
+    """The candidate's array in the reference's layout, each way this architecture allows.
+
+    A candidate may hold every position (``[n_tokens, ...]``) while the reference kept only
+    ``positions``; those rows are selected first.
+    """
+    views: list[tuple[str, npt.NDArray[np.float64]]] = []
+    base = _LAYER_SUFFIX.match(name)
+    base_name = base.group("base") if base else name
+    for layout, shaped in _shapes(np.asarray(array, dtype=np.float64), expected, positions):
+        views.append((layout, shaped))
+        if architecture == "llama" and base_name in _ROTARY_NAMES and shaped.ndim == 3:
+            views.append((f"{layout}, rotary halves in Hugging Face order", _hf_to_gguf_rotary(shaped)))
+    return views
+
+
+def _shapes(
+    array: npt.NDArray[np.float64], expected: tuple[int, ...], positions: list[int]
+) -> list[tuple[str, npt.NDArray[np.float64]]]:
+    n = expected[0] if expected else 0
+    out: list[tuple[str, npt.NDArray[np.float64]]] = []
+
+    def select(a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64] | None:
+        if a.shape[0] == n:
+            return a
+        if positions and a.shape[0] > max(positions):
+            return a[positions]
+        return None
+
+    candidates: list[tuple[str, npt.NDArray[np.float64]]] = [("as is", array)]
+    if array.ndim == 2:
+        candidates.append(("transposed", array.T))
+    if array.ndim == 3:
+        candidates.append(("heads first", array.transpose(1, 0, 2)))
+    for layout, a in candidates:
+        rows = select(a) if a.ndim >= 1 and a.shape else None
+        if rows is None:
+            continue
+        if rows.shape == expected:
+            out.append((layout, rows))
+        elif rows.size == int(np.prod(expected)) and rows.shape[0] == n:
+            what = "heads merged" if len(expected) == 3 else "heads split"
+            out.append((f"{layout}, {what}", rows.reshape(expected)))
+    return out
+
+
+def _hf_to_gguf_rotary(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Hugging Face keeps each head's rotary pairs as halves (i, i + d/2); llama's GGUF stores them
+    adjacent (2i, 2i + 1) after convert_hf_to_gguf permutes the Q/K rows."""
+    half = x.shape[-1] // 2
+    return np.stack((x[..., :half], x[..., half:]), axis=-1).reshape(x.shape)
+
+
+def _metrics(
+    ref: RefTensor,
+    expected: npt.NDArray[np.float64],
+    actual: npt.NDArray[np.float64],
+    *,
+    layout: str,
+    positions: list[int],
+    rel_tol: float,
+) -> TensorComparison:
+    n = expected.shape[0]
+    e = expected.reshape(n, -1)
+    a = actual.reshape(n, -1)
+    diff = a - e
+    ref_norm = np.linalg.norm(e, axis=1)
+    diff_norm = np.linalg.norm(diff, axis=1)
+    scale = np.maximum(ref_norm, 1e-30)
+    rel = np.where(ref_norm > 0, diff_norm / scale, np.where(diff_norm > 0, np.inf, 0.0))
+    cand_norm = np.linalg.norm(a, axis=1)
+    denom = ref_norm * cand_norm
+    cosine = np.where(denom > 0, np.sum(e * a, axis=1) / np.maximum(denom, 1e-300), np.where(diff_norm > 0, 0.0, 1.0))
+    finite = np.isfinite(a).all()
+    worst = int(np.argmax(np.nan_to_num(rel, nan=np.inf))) if n else 0
+    max_rel = float(np.max(rel)) if n else 0.0
+    return TensorComparison(
+        name=ref.name,
+        layer=ref.layer,
+        op=ref.op,
+        shape=list(expected.shape),
+        layout=layout,
+        max_rel_error=max_rel if finite else math.inf,
+        min_cosine=float(np.min(cosine)) if n else 1.0,
+        max_abs_diff=float(np.max(np.abs(diff))) if diff.size else 0.0,
+        worst_position=positions[worst] if worst < len(positions) else worst,
+        agrees=bool(finite and max_rel <= rel_tol),
+    )
+
+
+def read_trace_dir(directory: Path) -> dict[str, Loader]:
+    """A candidate's trace directory: one ``<name>.npy`` per tensor (``Qcur-0.npy``)."""
+    loaders: dict[str, Loader] = {}
+    for path in sorted(directory.glob("*.npy")):
+
+        def load(path: Path = path) -> F32Array:
+            try:
+                return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+            except (OSError, ValueError) as exc:
+                raise BadInput(
+                    f"the candidate's trace file {path.name} is not a readable .npy file ({exc})",
+                    next_step="write each intermediate with numpy.save",
+                ) from exc
+
+        loaders[path.stem] = load
+    return loaders
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
