@@ -128,9 +128,14 @@ class CrossvalResult:
             return "make the candidate's tokenizer agree (BOS, special tokens, normalisation), or pass --tokens-file"
         if self.trace is None:
             return "rerun with --trace to see the first layer and op where the candidate departs"
+        if not self.trace.candidate_traced:
+            return (
+                "let the candidate write its intermediates: a {trace} placeholder in its cmd: line, or a trace= "
+                "argument of its py: function (docs/howto/candidates.md)"
+            )
         departure = self.trace.first_departure
         if departure is None:
-            return "widen --trace-layers / --trace-names, or give the candidate a {trace} / trace= output"
+            return "widen --trace-layers / --trace-names: everything traced agrees"
         return f"look at how the candidate computes {departure.name} ({departure.op}): the tensors before it agree"
 
     def failure_sentence(self) -> str:
