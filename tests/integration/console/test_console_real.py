@@ -81,14 +81,14 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> BuiltWheel:
 
 def source_packages(source: Path) -> dict[str, Path]:
     """The Python packages the wheel must hold, as paths inside it, each with its directory in
-    the tree: every directory with an ``__init__.py`` under ``bitnet_crossval/`` and under
-    ``tasks/`` (shipped as ``bitnet_crossval/tasks``)."""
+    the tree: every directory holding a module under ``bitnet_crossval/`` and under ``tasks/``
+    (shipped as ``bitnet_crossval/tasks``), with or without an ``__init__.py``."""
     roots = {"bitnet_crossval": source / "bitnet_crossval", "bitnet_crossval/tasks": source / "tasks"}
     found: dict[str, Path] = {}
     for name, root in roots.items():
-        for init in root.rglob("__init__.py"):
-            if "__pycache__" not in init.parts:
-                found["/".join([name, *init.parent.relative_to(root).parts])] = init.parent
+        for module in root.rglob("*.py"):
+            if "__pycache__" not in module.parts:
+                found["/".join([name, *module.parent.relative_to(root).parts])] = module.parent
     return found
 
 
@@ -99,7 +99,7 @@ def test_wheel_ships_every_package_under_bitnet_crossval_and_no_top_level_tasks(
     assert top_level == {"bitnet_crossval", dist_info}, sorted(top_level)
     assert not any(name.startswith(("tasks/", "cpp/")) or name == "tasks.py" for name in names)
 
-    shipped = {name.rsplit("/", 1)[0] for name in names if name.endswith("/__init__.py")}
+    shipped = {name.rsplit("/", 1)[0] for name in names if name.endswith(".py") and not name.startswith(dist_info)}
     expected = source_packages(wheel.source)
     assert "bitnet_crossval/tasks" in shipped
     # A sub-package forgotten in pyproject's explicit `packages` list is missing here.
