@@ -72,6 +72,14 @@ def check_cache_root(root: Path) -> None:
             f"{CACHE_ENV}={text} is a file, not a directory",
             next_step=f"point {CACHE_ENV} at a directory (it is created when missing)",
         )
+    # A root that does not exist yet is created later; a file on its way there makes every
+    # write fail with "Not a directory", so the nearest existing ancestor is checked now.
+    existing = next((parent for parent in root.parents if parent.exists()), None)
+    if not root.exists() and existing is not None and not existing.is_dir():
+        raise BadInput(
+            f"{CACHE_ENV}={text} lies under {existing}, which is a file, not a directory",
+            next_step=f"point {CACHE_ENV} at a directory (it is created when missing)",
+        )
 
 
 @dataclass(frozen=True)
