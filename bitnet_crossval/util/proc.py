@@ -178,14 +178,29 @@ def _open_log(log_path: Path | None) -> TextIO | None:
         raise os_error(exc, log_path) from exc
 
 
-def _kill(child: subprocess.Popen[str], *, group: bool) -> None:
-    try:
-        if group:
-            os.killpg(child.pid, signal.SIGKILL)
-        else:
+def _kill(child: subprocess.Popen[str], *, group: bool, grace: float = 5.0) -> None:
+    """Stop ``child``, and with ``group`` its whole process group.
+
+    The group gets SIGTERM first: ninja runs each command in a process group of its own, which
+    a signal to this group never reaches, and stops them itself when it is terminated (a SIGKILL
+    would leave them running, and nothing would stop them later). What is left after ``grace``
+    seconds is killed.
+    """
+    if not group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             child.kill()
-    except (ProcessLookupError, PermissionError):
-        pass
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (child.poll() is None or _group_alive(child.pid)):
+            time.sleep(0.02)
+    finally:
+        # Once the leader is reaped, its id is ours only while members of its group remain.
+        if child.returncode is None or _group_alive(child.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
 
 
 def _write_group_file(path: Path, pgid: int) -> None:
