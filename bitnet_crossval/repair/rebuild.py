@@ -14,7 +14,7 @@ from pathlib import Path
 from bitnet_crossval.backends.detect import Detection
 from bitnet_crossval.backends.specs import BackendSpec
 from bitnet_crossval.context import SuiteContext
-from bitnet_crossval.errors import SuiteError
+from bitnet_crossval.errors import PermissionDenied, SuiteError
 from bitnet_crossval.reference.sources import shim_source_digest
 from bitnet_crossval.store import lock
 from bitnet_crossval.store.constants import BackendRecord, is_current, shim_problem, write_constants
@@ -59,6 +59,10 @@ def rebuild(ctx: SuiteContext) -> RebuildResult:
             if detection.available:
                 try:
                     record = _with_shim(ctx, spec, detection, record)
+                except PermissionDenied:
+                    # Not a shim that failed to build: the cache cannot be written (exit 4), and
+                    # the constants file is left as it was rather than rewritten without the shim.
+                    raise
                 except SuiteError as exc:
                     failures[spec.name] = exc
                     ui.say(f"the shim for {spec.display} did not build: {exc.message}", "error")
