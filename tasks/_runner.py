@@ -48,6 +48,9 @@ def suite_task(body: F) -> F:
             return body(*args, **kwargs)
         except SuiteError as exc:
             _traceback_if(verbose)
+            detail = getattr(exc, "detail", "")
+            if detail:  # what the failing program itself said, e.g. a candidate's last lines
+                ui.say(detail.rstrip(), "info")
             ui.say(exc.render(), "error")
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:

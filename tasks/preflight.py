@@ -27,8 +27,8 @@ def preflight(c: Any, backend: str = "llama", repair: str = "", verbose: bool = 
     from bitnet_crossval.backends.specs import spec_for
     from bitnet_crossval.repair.preflight import repair_mode_from, run_preflight
 
-    ctx = suite_context()
     try:
+        ctx = suite_context()
         spec = spec_for(backend)
         mode = repair_mode_from(repair or None, ctx.env)
         report = run_preflight(ctx, spec, mode=mode)

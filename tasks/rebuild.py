@@ -36,6 +36,8 @@ def rebuild(c: Any, verbose: bool = False, check: bool = False) -> None:
     result = run_rebuild(ctx)
     if result.shim_failures:
         name, error = next(iter(result.shim_failures.items()))
+        if not isinstance(error, BuildFailed):
+            raise error  # bad input (a backend path CMake cannot take) keeps its own code
         raise BuildFailed(
             f"the shim for {name} did not build: {error.message}", log_path=error.log_path, next_step=error.next_step
         )

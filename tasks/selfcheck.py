@@ -12,13 +12,15 @@ from ._runner import print_json, suite_context, suite_task
 
 
 @task(
+    # Many options share a first letter; invoke's automatic short flags would hand -h to --threads.
+    auto_shortflags=False,
     help={
         "backend": "the reference: llama or bitnet (default llama)",
         "repair": "auto, never or always, as for preflight; default: never when a CI variable is set, else auto",
         "arch": "check only this synthetic architecture: llama, bitnet or gemma3 (default all three)",
         "format": "text (default) or json (one JSON document on stdout)",
         "verbose": "show every command and a traceback on errors",
-    }
+    },
 )
 @suite_task
 def crossval_selfcheck(

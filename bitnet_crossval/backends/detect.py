@@ -188,22 +188,23 @@ def find_include_dirs(root: Path) -> tuple[Path, ...]:
     return tuple(dirs)
 
 
-# Run with `python -I -S`: no site, no user paths, so the probe starts in milliseconds.
+# Run with `python -I -S`: no site, no user paths, so the probe starts in milliseconds. It
+# imports nothing but ctypes (json alone would double its cost): the arguments are JSON lists of
+# strings made by check_loadable, which are also Python literals, and the verdict is written by hand.
 _PROBE = r"""
-import ctypes, json, sys
-libs, groups = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+import ctypes, sys
+libs, groups = (eval(a, {"__builtins__": {}}) for a in sys.argv[1:3])
+def text(s):
+    return '"' + "".join(c if c not in '"\\' and " " <= c <= "~" else "\\u%04x" % ord(c) for c in s) + '"'
 loaded = []
 try:
     for path in libs:
         loaded.append(ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL))
 except OSError as exc:
-    print(json.dumps({"error": str(exc)}))
+    print('{"error": ' + text(str(exc)) + '}')
     sys.exit(0)
-missing = []
-for group in groups:
-    if not any(hasattr(lib, sym) for sym in group for lib in loaded):
-        missing.append(" or ".join(group))
-print(json.dumps({"missing": missing}))
+missing = [" or ".join(g) for g in groups if not any(hasattr(lib, sym) for sym in g for lib in loaded)]
+print('{"missing": [' + ", ".join(text(m) for m in missing) + ']}')
 """
 
 

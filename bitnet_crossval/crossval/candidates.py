@@ -209,7 +209,9 @@ class NumpyCandidate:
         from bitnet_crossval.crossval.engine import TraceRecorder
 
         layers = range(request.layers[0], request.layers[1] + 1) if request.layers is not None else None
-        recorder = TraceRecorder(layers=layers, name_regex=request.names, positions=request.positions)
+        recorder = TraceRecorder(
+            layers=layers, name_regex=request.names, positions=request.positions, include_global=layers is None
+        )
         self.engine.forward(tokens, trace=recorder)
         return {key: _constant(value) for key, value in recorder.entries.items()}
 
@@ -266,8 +268,6 @@ class CommandCandidate:
 
     def argv_for(self, *, model: Path, tokens: Path, out: Path, trace: Path | None) -> list[str]:
         values = {"{model}": str(model), "{tokens}": str(tokens), "{out}": str(out)}
-        if not any(p in arg for arg in self._argv for p in PLACEHOLDERS):
-            return [*self._argv, str(model), str(tokens), str(out)]
         values[TRACE_PLACEHOLDER] = str(trace) if trace is not None else ""
         argv = []
         for template in self._argv:
@@ -275,6 +275,8 @@ class CommandCandidate:
             for placeholder, value in values.items():
                 filled = filled.replace(placeholder, value)
             argv.append(filled)
+        if not any(p in arg for arg in self._argv for p in PLACEHOLDERS):
+            argv += [str(model), str(tokens), str(out)]  # none of the three named: they go last, in order
         return argv
 
     def run(
@@ -317,8 +319,9 @@ class CommandCandidate:
                 next_step="write a float32 .npy of shape [n_tokens, n_vocab] to the {out} path",
             ) from None
         except (OSError, ValueError) as exc:
+            reason = "it is not in NumPy's .npy format" if "pickled" in str(exc) or "magic" in str(exc) else str(exc)
             raise CandidateFailed(
-                f"the candidate {self.label} wrote {out.name}, which is not a readable .npy file ({exc})",
+                f"the candidate {self.label} wrote {out.name}, which is not a readable .npy file ({reason})",
                 next_step="write it with numpy.save (float32, shape [n_tokens, n_vocab])",
             ) from exc
         logits = check_logits(array, label=self.label, n_tokens=len(tokens), n_vocab=self._n_vocab)

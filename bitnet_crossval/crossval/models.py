@@ -90,7 +90,7 @@ def check_gguf_file(path: Path) -> None:
     """A readable regular file that starts with the GGUF magic, or bad input saying which not."""
     next_step = "pass --model a GGUF file (or gemma3-270m, or synthetic:llama)"
     try:
-        head = read_regular_file(path)
+        head = read_regular_file(path, limit=len(GGUF_MAGIC))
     except FileNotFoundError:
         raise BadInput(f"the model {path} does not exist", next_step=next_step) from None
     except IsADirectoryError:

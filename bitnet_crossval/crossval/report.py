@@ -13,9 +13,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bitnet_crossval.errors import BadInput
+from bitnet_crossval.errors import BadInput, PermissionDenied
 from bitnet_crossval.util import ui
-from bitnet_crossval.util.files import dump_json, refuse_non_regular, write_atomic
+from bitnet_crossval.util.files import dump_json, ensure_writable, refuse_non_regular, write_atomic
 
 if TYPE_CHECKING:
     from bitnet_crossval.crossval.metrics import PositionMetrics
@@ -31,6 +31,12 @@ def check_output_path(path: Path, *, what: str) -> None:
     if not path.parent.is_dir():
         raise BadInput(f"the directory of {what} {path} does not exist", next_step="create it, or name another file")
     refuse_non_regular(path, what=what)
+    try:
+        ensure_writable(path.parent)
+    except PermissionDenied as exc:
+        raise PermissionDenied(
+            f"{what} {path} cannot be written: {exc.message}", next_step="name a file in a writable directory"
+        ) from None
 
 
 def check_plot_available() -> None:
@@ -47,11 +53,8 @@ def rows_to_show(rows: list[PositionMetrics]) -> list[PositionMetrics | None]:
     """The rows of the table; None marks a gap of rows left out."""
     if len(rows) <= FULL_TABLE_ROWS:
         return list(rows)
-    keep = set(range(HEAD_ROWS)) | {len(rows) - 1}
-    keep |= {row.position for row in rows if not row.passed}
     failed = [row.position for row in rows if not row.passed]
-    if len(failed) > MAX_FAILED_ROWS:
-        keep -= set(failed[MAX_FAILED_ROWS:])
+    keep = set(range(HEAD_ROWS)) | {len(rows) - 1} | set(failed[:MAX_FAILED_ROWS])
     shown: list[PositionMetrics | None] = []
     previous = -1
     for position in sorted(keep):

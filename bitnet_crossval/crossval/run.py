@@ -14,6 +14,8 @@ position. Scripts call :func:`run_crossval` directly::
 
 from __future__ import annotations
 
+import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -63,6 +65,7 @@ from bitnet_crossval.crossval.trace import (
 )
 from bitnet_crossval.errors import BackendUnavailable, BadInput
 from bitnet_crossval.util import ui
+from bitnet_crossval.util.timefmt import file_stamp
 
 if TYPE_CHECKING:
     from bitnet_crossval.backends.specs import BackendName
@@ -136,6 +139,11 @@ class CrossvalResult:
         departure = self.trace.first_departure
         if departure is None:
             return "widen --trace-layers / --trace-names: everything traced agrees"
+        if self.trace.last_agreement is None:
+            return (
+                f"look at how the candidate computes {departure.name} ({departure.op}), the first tensor traced; "
+                "widen --trace-layers / --trace-names to see whether an earlier one departs already"
+            )
         return f"look at how the candidate computes {departure.name} ({departure.op}): the tensors before it agree"
 
     def failure_sentence(self) -> str:
@@ -217,14 +225,14 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         with tempfile.TemporaryDirectory(prefix="bitnet-crossval-") as tmp:
             return run_crossval(request, ctx, work_dir=Path(tmp))
     timer = Timer()
-    shim = reference_shim(ctx, request.backend, log_dir=work_dir / "logs")
+    # llama.cpp's log of each shim call outlives the run (an error names it).
+    log_dir = ctx.cache.logs / f"crossval-{file_stamp()}-{os.getpid()}"
+    shim = reference_shim(ctx, request.backend, log_dir=log_dir)
     record = ctx.constants.record(request.backend)
     assert record is not None
     with ui.progress("cross-validation: preparing the model", total=5) as bar:
         with timer.phase("model"):
-            model = resolve_model(
-                request.model, cache=ctx.cache, env=ctx.env, source_dirs=_source_dirs(record.build_flags, record)
-            )
+            model = resolve_model(request.model, cache=ctx.cache, env=ctx.env, source_dirs=_source_dirs(record))
             info = shim.info(model)
         n_vocab = int(info["vocab_size"])
         add_bos = bool(info.get("add_bos")) if request.add_bos is None else request.add_bos
@@ -318,13 +326,16 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
     )
 
 
-def _source_dirs(_flags: list[str], record: Any) -> list[Path]:
-    """Source trees the backend was built from (where llama.cpp's vocabulary files are)."""
+def _source_dirs(record: Any) -> list[Path]:
+    """Source trees the backend was built from (where llama.cpp's vocabulary files are): the
+    directory LLAMA_CPP_DIR / BITNET_CPP_DIR names when it is a checkout, the tree a cache install
+    was configured from, a local source it was built from."""
     from bitnet_crossval.provision.cmake import read_cache
     from bitnet_crossval.store.marker import read_marker
 
     dirs: list[Path] = []
     if record.install_dir:
+        dirs.append(Path(record.install_dir))
         marker = read_marker(Path(record.install_dir))
         if marker is not None and marker.build_dir:
             home = read_cache(Path(marker.build_dir)).get("CMAKE_HOME_DIRECTORY")
@@ -481,16 +492,20 @@ def _locate(
         RefTensor(name=t.name, layer=t.layer, op=t.op, shape=t.shape, load=t.load) for t in reference.tensors
     ]
     traced = candidate.trace(model, np.asarray(tokens, dtype=np.int32), request=trace_request, work_dir=work_dir)
-    if traced is not None and request.trace_layers is not None:
-        # Outside a layer filter the reference writes only the ends it needs; do not call the
-        # candidate's extra unlayered tensors differences.
-        traced = {
-            name: load
-            for name, load in traced.items()
-            if name in {t.name for t in ref_tensors} or _layer_of(name) is not None
-        }
+    if traced is not None:
+        # cmd: and py: candidates are not told the filters: what they wrote outside them is not
+        # a difference, so it is dropped here as the reference's trace dropped it.
+        known = {t.name for t in ref_tensors}
+        traced = {name: load for name, load in traced.items() if name in known or _wanted(name, trace_request)}
     rel_tol = DEFAULT_REL_TOL_FLOAT if precision == "float" else DEFAULT_REL_TOL_QUANTIZED
     return compare_traces(ref_tensors, traced, architecture=architecture, positions=positions, rel_tol=rel_tol)
+
+
+def _wanted(name: str, request: TraceRequest) -> bool:
+    layer = _layer_of(name)
+    if request.layers is not None and (layer is None or not request.layers[0] <= layer <= request.layers[1]):
+        return False
+    return request.names is None or re.fullmatch(request.names, name) is not None
 
 
 def _layer_of(name: str) -> int | None:

@@ -113,6 +113,9 @@ def run_preflight(
     found = ctx.detector.detect(spec)
     if found.available and mode != "always":
         record = ctx.constants.record(spec.name)
+        if record is not None and record.lib_dir != str(found.lib_dir):
+            # The record describes another install (a copied cache, a changed LLAMA_CPP_DIR).
+            record = None
         if record is None or not record.available:
             # Usable, but the constants this process started with do not record it (and so no
             # shim is recorded either): the repair is only the rebuild and the re-exec.

@@ -120,7 +120,7 @@ def write_atomic(path: Path, data: bytes, *, what: str = "the file") -> None:
     _fsync_dir(path.parent)
 
 
-def read_regular_file(path: Path) -> bytes | None:
+def read_regular_file(path: Path, *, limit: int | None = None) -> bytes | None:
     """The file's bytes, or None when ``path`` is not a regular file. Opening a FIFO would block
     until a writer comes, and a device is never one of the suite's files; raises OSError (such
     as FileNotFoundError) when it cannot be opened."""
@@ -129,8 +129,13 @@ def read_regular_file(path: Path) -> bytes | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         chunks = []
-        while chunk := os.read(fd, 1 << 16):
+        left = limit
+        while left is None or left > 0:
+            chunk = os.read(fd, 1 << 16 if left is None else min(left, 1 << 16))
+            if not chunk:
+                break
             chunks.append(chunk)
+            left = None if left is None else left - len(chunk)
         return b"".join(chunks)
     finally:
         os.close(fd)

@@ -182,11 +182,6 @@ def test_bad_models_are_exit_6(
     json_error(result, 6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run.py:217-220 (run_crossval): the shim's logs go to run_crossval's TemporaryDirectory, which is "
-    "deleted before the error naming the log is shown, so `log:` points at a file that no longer exists",
-)
 def test_the_log_an_error_names_exists(crossval_cache: CrossvalCache, bad_models: dict[str, Path]) -> None:
     result = crossval_cache.run("--model", str(bad_models["truncated"]), "--max-tokens", "2")
     assert_one_error(result, 6)
@@ -310,12 +305,6 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="candidates.py:305-310 (CommandFailed -> CandidateFailed): the candidate's output tail goes into "
-    "CandidateFailed.detail, which nothing prints, and the log is in a deleted temporary directory; yet the "
-    "next step says `read the candidate's output above`",
-)
 def test_a_crashing_candidate_shows_its_own_output(crossval_cache: CrossvalCache) -> None:
     result = crossval_cache.run("--max-tokens", "1", "--candidate", broken("crash"))
     assert_one_error(result, 1, "exited with code 3")

@@ -93,11 +93,6 @@ def test_a_fifo_as_constants_file_never_hangs(args: list[str], finished: Finishe
     assert install_snapshot(finished.install) == install
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks/preflight.py:30 loads the context (which refuses the constants file) before the try "
-    "that prints the --json error document, so stdout is empty",
-)
 def test_json_mode_prints_one_document_when_the_constants_file_is_refused(
     finished: FinishedCache, tmp_path: Path
 ) -> None:

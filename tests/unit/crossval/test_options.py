@@ -206,11 +206,6 @@ def test_a_gguf_path_and_the_named_models(tmp_path: Path) -> None:
     assert request(model="synthetic:bitnet:tq2_0").model.text == "synthetic:bitnet:TQ2_0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models.py:93 check_gguf_file reads the whole model (read_regular_file) to look at its first 4 "
-    "bytes: option parsing of a 14 GB model would hold it twice in memory (Gemma 3 270M: +483 MB RSS, 1.1 s)",
-)
 def test_checking_a_model_path_reads_only_its_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "big.gguf"
     with path.open("wb") as f:

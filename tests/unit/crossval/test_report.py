@@ -107,12 +107,6 @@ def test_many_failures_are_cut_at_the_limit() -> None:
     assert shown[-1] == 49
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report.py:53-54 rows_to_show removes every failure past the first 20 from the kept rows, the head "
-    "and the last row included, and adds no gap marker: a long run that fails everywhere shows rows 0-19 and "
-    "nothing says more rows exist (the docstring promises the last row)",
-)
 def test_the_last_row_is_shown_even_when_it_fails_beyond_the_limit() -> None:
     shown = positions(rows_to_show(result(50, failing=tuple(range(50))).rows))
     assert shown[-1] == 49 and shown[-2] is None

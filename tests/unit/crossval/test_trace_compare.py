@@ -220,12 +220,6 @@ def test_no_candidate_trace_is_said_so() -> None:
     assert result.to_json()["candidate_traced"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trace.py:163-193 + 112-116: an empty candidate trace (a {trace} directory left empty, which "
-    "candidates.py:383-386 turns into {} rather than None) counts as traced; nothing is compared, and the "
-    "sentence says every traced tensor agrees",
-)
 def test_an_empty_candidate_trace_is_not_called_agreement() -> None:
     result = compare(Trace(), {})
     assert result.compared == []
@@ -369,12 +363,6 @@ def test_a_shape_that_maps_onto_nothing_departs_with_a_clear_layout(name: str, s
     assert "does not map onto" in whole.first_departure.layout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trace.py:265-267: any array with the reference's number of values per position is reshaped "
-    "and labelled 'heads merged' - here a 3-D [n, head_dim, n_head] Q, a layout no mapping knows, is "
-    "compared as scrambled values under the label 'as is, heads merged' instead of 'does not map onto'",
-)
 def test_an_unknown_3d_layout_is_not_called_heads_merged() -> None:
     trace = Trace()
     q = trace.full["Qcur-0"][KEPT]
@@ -383,12 +371,6 @@ def test_an_unknown_3d_layout_is_not_called_heads_merged() -> None:
     assert "heads merged" not in result.layout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trace.py:200-208: when no view agrees, compare_tensor reports the FIRST view ('as is'), not "
-    "the closest: a llama Q in Hugging Face order with a real 5% error departs as 'as is' with a "
-    "relative error of about 1.4 (the permutation's), hiding both the mapping and the real error",
-)
 def test_a_departure_is_reported_in_the_closest_layout() -> None:
     trace = Trace()
     q = perturbed(trace.full["Qcur-0"][KEPT], 0.05)

@@ -116,7 +116,13 @@ def _listed(tmp_path: Path, *, shim_sha256: str | None = None) -> dict[str, Back
     if not shim.exists():
         shim.write_text("#!/bin/sh\n")
         shim.chmod(0o755)
-    record = BackendRecord(available=True, shim=str(shim), shim_sha256=shim_sha256, shim_source=shim_source_digest())
+    record = BackendRecord(
+        available=True,
+        lib_dir=str(tmp_path / "inst" / "lib"),
+        shim=str(shim),
+        shim_sha256=shim_sha256,
+        shim_source=shim_source_digest(),
+    )
     return {"llama": record}
 
 
