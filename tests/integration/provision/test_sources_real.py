@@ -579,11 +579,17 @@ def test_real_pypi_sdist_gives_vendored_llama_cpp(pypi_cache: Path, base_env: di
 
 
 def test_default_chain_falls_back_to_real_pypi(
-    pypi_cache: Path, base_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    pypi_cache: Path, base_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # A cache with the downloaded sdist (if an earlier test fetched it) but no extracted tree:
+    # a tree already in the cache would be used without trying git at all.
+    cache_dir = tmp_path / "fallback-cache"
+    cache_dir.mkdir()
+    if (pypi_cache / "downloads").is_dir():
+        shutil.copytree(pypi_cache / "downloads", cache_dir / "downloads")
     unreachable = dataclasses.replace(LLAMA, git_url="https://127.0.0.1:9/llama.cpp")
-    env = {**base_env, "BITNET_CACHE_DIR": str(pypi_cache)}
-    fetched = fetch_default_or(None, spec=unreachable, ref=None, cache=CacheLayout(pypi_cache), env=env, policy=FAST)
+    env = {**base_env, "BITNET_CACHE_DIR": str(cache_dir)}
+    fetched = fetch_default_or(None, spec=unreachable, ref=None, cache=CacheLayout(cache_dir), env=env, policy=FAST)
     assert fetched.identity == sources.pypi_identity()
     assert (fetched.path / "include" / "llama.h").is_file()
     err = capsys.readouterr().err
