@@ -1,1 +1,3 @@
-"""TODO"""
+"""The C++ shim: where its sources are (``sources``), building it against a backend (``build``), and
+talking to it (``client``).
+"""

@@ -211,7 +211,7 @@ def reexec_current_command(
 
     Ends in one of three ways: exec succeeds (this process becomes the new command), the
     fallback child finishes (``SystemExit`` with its code), or no way to run the command is
-    left (:class:`~tasks.errors.ReexecTargetMissing`, exit 2). Every value read from ``sys``
+    left (:class:`~bitnet_crossval.errors.ReexecTargetMissing`, exit 2). Every value read from ``sys``
     and ``os`` can be passed in, for tests. Release locks and finish output before calling:
     on the fast path no ``finally`` block or ``atexit`` handler runs.
     """

@@ -2,7 +2,7 @@
 
 Every child goes through :func:`run`: the program is resolved against the *child's* PATH
 (cibuildwheel ``util/cmd.py``) and a missing program is a named error; the command is
-logged shlex-quoted with ``--verbose``; a failure raises :class:`~tasks.errors.CommandFailed`
+logged shlex-quoted with ``--verbose``; a failure raises :class:`~bitnet_crossval.errors.CommandFailed`
 carrying the command, the exit code and the tail of its output. No shell is ever involved.
 """
 

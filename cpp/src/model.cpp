@@ -136,8 +136,8 @@ ContextPtr try_new_context(llama_model * model, const ContextSettings & settings
     params.n_threads = settings.threads;
     params.n_threads_batch = settings.threads;
     params.embeddings = false;
-    // Causal attention stated, not inherited: the Rust original ran the reference
-    // bidirectionally (llama_set_causal_attn(ctx, false)) and compared the wrong numbers.
+    // Causal attention stated, not inherited: a reference run bidirectionally
+    // (llama_set_causal_attn(ctx, false)) computes numbers no causal engine should match.
     params.attention_type = LLAMA_ATTENTION_TYPE_CAUSAL;
     // CPU flash attention accumulates V in fp16 and flipped a top-1 token in a test;
     // the non-flash path is the one a float reference can match.

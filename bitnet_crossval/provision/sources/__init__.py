@@ -3,16 +3,16 @@
 A source is a local directory (built in place), a git URL with an optional ``@REF``, an
 archive (a path or a URL), or ``pypi``: the llama.cpp tree vendored in the pinned
 llama-cpp-python sdist, which is the same commit as the default git source. Anything that
-crosses the network is retried for transient failures (:mod:`tasks.retry`) and every
+crosses the network is retried for transient failures (:mod:`bitnet_crossval.util.retry`) and every
 failure becomes one of the contract's errors (:func:`classify_failure`).
 
 Fetched trees land in ``<cache>/sources/<name>``, complete or not at all
-(:mod:`tasks.sources.staging`). Call the fetch functions while holding the backend's lock.
+(:mod:`bitnet_crossval.provision.sources.staging`). Call the fetch functions while holding the backend's lock.
 
-One module per job: :mod:`~tasks.sources.spec` parses source strings,
-:mod:`~tasks.sources.fetch` fetches and identifies them, :mod:`~tasks.sources.git`,
-:mod:`~tasks.sources.download` and :mod:`~tasks.sources.archive` do the work for each kind,
-and :mod:`~tasks.sources.classify` maps failures to errors. This package re-exports the
+One module per job: :mod:`~bitnet_crossval.provision.sources.spec` parses source strings,
+:mod:`~bitnet_crossval.provision.sources.fetch` fetches and identifies them, :mod:`~bitnet_crossval.provision.sources.git`,
+:mod:`~bitnet_crossval.provision.sources.download` and :mod:`~bitnet_crossval.provision.sources.archive` do the work for each kind,
+and :mod:`~bitnet_crossval.provision.sources.classify` maps failures to errors. This package re-exports the
 public names; import them from here.
 """
 

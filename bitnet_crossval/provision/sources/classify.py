@@ -2,7 +2,7 @@
 
 git reports failures only as text, so its output is matched against the phrases git, curl,
 OpenSSH and the common hosts print; urllib and the file system raise typed exceptions. Only a
-:class:`~tasks.errors.NetworkError` is transient: a missing repository, a refused login or an
+:class:`~bitnet_crossval.errors.NetworkError` is transient: a missing repository, a refused login or an
 untrusted certificate will not change by trying again.
 """
 

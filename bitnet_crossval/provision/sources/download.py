@@ -1,7 +1,7 @@
 """HTTP downloads with progress and a recorded sha256, and finding the pinned llama.cpp sdist
 on a PEP 503 / PEP 691 simple index (PyPI, or the one ``BITNET_PYPI_INDEX_URL`` /
 ``PIP_INDEX_URL`` names). Every network call is retried for transient failures and every
-failure is classified (:mod:`tasks.sources.classify`)."""
+failure is classified (:mod:`bitnet_crossval.provision.sources.classify`)."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def test_fish_sources_the_lines(
 ) -> None:
     fish = shutil.which("fish")
     if fish is None:
-        pytest.skip("fish is not installed (the fish lines are still checked by tests/unit/test_emit.py)")
+        pytest.skip("fish is not installed (the fish lines are still checked by tests/unit/provision/test_emit.py)")
     lines = emit_lines("fish", set_vars=VALUES, prepend_paths={"LD_LIBRARY_PATH": LIB_DIR})
     script = tmp_path / "emitted.fish"
     script.write_text("\n".join(lines) + "\n", encoding="utf-8")

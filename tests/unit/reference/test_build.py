@@ -29,7 +29,7 @@ def backend_prefix(tmp_path: Path) -> Path:
 
 
 class FakeCmake:
-    """Stands in for cmake behind tasks.proc.run; everything else runs for real."""
+    """Stands in for cmake behind bitnet_crossval.util.proc.run; everything else runs for real."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, shim_script: Path, *, cache_api: str = "current") -> None:
         self.calls: list[list[str]] = []
