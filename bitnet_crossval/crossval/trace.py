@@ -290,11 +290,12 @@ def _metrics(
     positions: list[int],
     rel_tol: float,
 ) -> TensorComparison:
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # inf/NaN are judged below, not warned
-        return _metrics_of(ref, expected, actual, layout=layout, positions=positions, rel_tol=rel_tol)
+    # An inf or NaN of the candidate is judged below (it departs), not warned about on stderr.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return _tensor_metrics(ref, expected, actual, layout=layout, positions=positions, rel_tol=rel_tol)
 
 
-def _metrics_of(
+def _tensor_metrics(
     ref: RefTensor,
     expected: npt.NDArray[np.float64],
     actual: npt.NDArray[np.float64],

@@ -60,19 +60,24 @@ def refuse_non_regular(path: Path, *, what: str) -> None:
     file when run as root), and opening a FIFO blocks until a reader comes: neither is ever
     what a user meant by naming an output file.
     """
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise os_error(exc, path) from exc
-    if stat.S_ISREG(mode):
+    mode = _mode_of(path)
+    if mode is None or stat.S_ISREG(mode):
         return
     kind = describe_file_type(mode)
     raise BadInput(
         f"{what} {path} is {kind}, not a regular file, so the suite will not write to it",
         next_step="name a regular file (or a path that does not exist yet)",
     )
+
+
+def _mode_of(path: Path) -> int | None:
+    """``path``'s own mode (a symlink is not followed), None when nothing is there."""
+    try:
+        return path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise os_error(exc, path) from exc
 
 
 def describe_file_type(mode: int) -> str:
@@ -185,12 +190,9 @@ def _fsync_dir(directory: Path) -> None:
 
 def remove_tree(path: Path) -> None:
     """Remove a file or directory tree if it exists (a missing one is fine)."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
+    mode = _mode_of(path)
+    if mode is None:
         return
-    except OSError as exc:
-        raise os_error(exc, path) from exc
     try:
         if stat.S_ISDIR(mode):
             shutil.rmtree(path)
