@@ -254,6 +254,12 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
             "build_flags": list(record.build_flags),
             "shim": str(shim.executable),
             "api": info.get("api"),
+            "tokenization": {
+                "tokens_from": "tokens-file" if request.tokens_file is not None else "reference tokenizer",
+                "add_bos": add_bos,
+                "parse_special": request.parse_special,
+                "tokenizer_json": str(request.tokenizer) if request.tokenizer is not None else None,
+            },
         }
         if mismatch is not None:
             return CrossvalResult(
