@@ -9,11 +9,9 @@ failure becomes one of the contract's errors (:func:`classify_failure`).
 Fetched trees land in ``<cache>/sources/<name>``, complete or not at all
 (:mod:`bitnet_crossval.provision.sources.staging`). Call the fetch functions while holding the backend's lock.
 
-One module per job: :mod:`~bitnet_crossval.provision.sources.spec` parses source strings,
-:mod:`~bitnet_crossval.provision.sources.fetch` fetches and identifies them, :mod:`~bitnet_crossval.provision.sources.git`,
-:mod:`~bitnet_crossval.provision.sources.download` and :mod:`~bitnet_crossval.provision.sources.archive` do the work for each kind,
-and :mod:`~bitnet_crossval.provision.sources.classify` maps failures to errors. This package re-exports the
-public names; import them from here.
+One module per job: ``spec`` parses source strings, ``fetch`` fetches and identifies them,
+``git``, ``download`` and ``archive`` do the work for each kind, and ``classify`` maps failures
+to errors. This package re-exports the public names; import them from here.
 """
 
 from __future__ import annotations
