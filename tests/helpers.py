@@ -91,7 +91,11 @@ FAKE_BITNET = DATA / "fake_bitnet"
 def make_fake_bitnet(dest: Path) -> Path:
     """A microsoft/BitNet-shaped tree: the top level plus its llama.cpp fork as 3rdparty/llama.cpp."""
     shutil.copytree(FAKE_BITNET, dest)
-    copy_fake_llama(dest / "3rdparty" / "llama.cpp")
+    fork = copy_fake_llama(dest / "3rdparty" / "llama.cpp")
+    # bitnet.cpp's headers are copied from its fork's include/ (there is no install rule), so the
+    # fork's public llama.h must be the API the stub implements, as a real fork's is.
+    for header in (fork / "api" / "include").glob("*.h"):
+        shutil.copy2(header, fork / "include" / header.name)
     return dest
 
 
