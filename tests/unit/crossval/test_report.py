@@ -231,3 +231,22 @@ def test_check_output_path(tmp_path: Path) -> None:
         check_output_path(tmp_path / "missing" / "r.json", what="the report")
     with pytest.raises(BadInput, match="is a directory"):
         check_output_path(tmp_path, what="the report")
+
+
+def test_plot_without_matplotlib_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from bitnet_crossval.crossval.report import check_plot_available
+    from bitnet_crossval.errors import BadInput
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: object, **kwargs: object) -> object:
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(BadInput, match="--plot needs matplotlib") as caught:
+        check_plot_available()
+    assert caught.value.exit_code == 6 and "pip install" in caught.value.next_step
