@@ -71,7 +71,7 @@ def crossval_per_token(
     from bitnet_crossval.crossval import report as out
     from bitnet_crossval.crossval.options import build_request, parse_format, parse_output
     from bitnet_crossval.crossval.run import run_crossval
-    from bitnet_crossval.repair.preflight import repair_mode_from, run_preflight
+    from bitnet_crossval.repair.preflight import preflight_for
 
     output_format = parse_format(format)
     try:
@@ -100,9 +100,7 @@ def crossval_per_token(
         if plot_path is not None:
             out.check_plot_available()
         ctx = suite_context()
-        from bitnet_crossval.backends.specs import spec_for
-
-        run_preflight(ctx, spec_for(request.backend), mode=repair_mode_from(repair or None, ctx.env))
+        preflight_for(ctx, request.backend, repair)
         result = run_crossval(request, ctx)
     except SuiteError as exc:
         if output_format == "json":

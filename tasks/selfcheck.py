@@ -30,7 +30,7 @@ def crossval_selfcheck(
     from bitnet_crossval.backends.specs import spec_for
     from bitnet_crossval.crossval.options import parse_choice, parse_format
     from bitnet_crossval.crossval.selfcheck import ARCHITECTURES, print_selfcheck, run_selfcheck
-    from bitnet_crossval.repair.preflight import repair_mode_from, run_preflight
+    from bitnet_crossval.repair.preflight import preflight_for
 
     output_format = parse_format(format)
     try:
@@ -38,7 +38,7 @@ def crossval_selfcheck(
         chosen = parse_choice(arch, option="--arch", choices=("all", *ARCHITECTURES), default="all")
         architectures = ARCHITECTURES if chosen == "all" else (chosen,)
         ctx = suite_context()
-        run_preflight(ctx, spec, mode=repair_mode_from(repair or None, ctx.env))
+        preflight_for(ctx, spec.name, repair)
         cases = run_selfcheck(ctx, backend=spec.name, architectures=architectures)
     except SuiteError as exc:
         if output_format == "json":

@@ -508,15 +508,12 @@ def _locate(
 
 
 def _wanted(name: str, request: TraceRequest) -> bool:
-    layer = _layer_of(name)
-    if request.layers is not None and (layer is None or not request.layers[0] <= layer <= request.layers[1]):
-        return False
+    from bitnet_crossval.crossval.engine import split_key
+
+    _base, layer = split_key(name)
+    if request.layers is not None and not request.layers[0] <= layer <= request.layers[1]:
+        return False  # an unlayered name (layer -1) is outside any layer range
     return request.names is None or re.fullmatch(request.names, name) is not None
-
-
-def _layer_of(name: str) -> int | None:
-    head, _, tail = name.rpartition("-")
-    return int(tail) if head and tail.isdigit() else None
 
 
 def _pieces(shim: Shim, model: Path, tokens: list[int]) -> list[str]:

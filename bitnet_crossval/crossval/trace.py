@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_crossval.crossval.engine.trace import split_key
 from bitnet_crossval.errors import BadInput
 
 F32Array = npt.NDArray[np.float32]
@@ -40,7 +41,6 @@ DEFAULT_REL_TOL_FLOAT = 2e-2
 DEFAULT_REL_TOL_QUANTIZED = 0.25
 
 _ROTARY_NAMES = frozenset({"Qcur", "Kcur"})
-_LAYER_SUFFIX = re.compile(r"^(?P<base>.+?)-(?P<layer>\d+)$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,8 +230,7 @@ def candidate_views(
     ``positions``; those rows are selected first.
     """
     views: list[tuple[str, npt.NDArray[np.float64]]] = []
-    base = _LAYER_SUFFIX.match(name)
-    base_name = base.group("base") if base else name
+    base_name, _layer = split_key(name)
     for layout, shaped in _shapes(np.asarray(array, dtype=np.float64), expected, positions):
         views.append((layout, shaped))
         if architecture == "llama" and base_name in _ROTARY_NAMES and shaped.ndim == 3:
@@ -290,32 +289,21 @@ def _metrics(
     positions: list[int],
     rel_tol: float,
 ) -> TensorComparison:
-    # An inf or NaN of the candidate is judged below (it departs), not warned about on stderr.
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        return _tensor_metrics(ref, expected, actual, layout=layout, positions=positions, rel_tol=rel_tol)
-
-
-def _tensor_metrics(
-    ref: RefTensor,
-    expected: npt.NDArray[np.float64],
-    actual: npt.NDArray[np.float64],
-    *,
-    layout: str,
-    positions: list[int],
-    rel_tol: float,
-) -> TensorComparison:
     n = expected.shape[0]
     e = expected.reshape(n, -1)
     a = actual.reshape(n, -1)
-    diff = a - e
-    ref_norm = np.linalg.norm(e, axis=1)
-    diff_norm = np.linalg.norm(diff, axis=1)
-    scale = np.maximum(ref_norm, 1e-30)
-    rel = np.where(ref_norm > 0, diff_norm / scale, np.where(diff_norm > 0, np.inf, 0.0))
-    cand_norm = np.linalg.norm(a, axis=1)
-    denom = ref_norm * cand_norm
-    cosine = np.where(denom > 0, np.sum(e * a, axis=1) / np.maximum(denom, 1e-300), np.where(diff_norm > 0, 0.0, 1.0))
-    finite = np.isfinite(a).all()
+    # An inf or NaN of the candidate is judged below (it departs), not warned about on stderr.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        diff = a - e
+        ref_norm = np.linalg.norm(e, axis=1)
+        diff_norm = np.linalg.norm(diff, axis=1)
+        rel = np.where(ref_norm > 0, diff_norm / np.maximum(ref_norm, 1e-30), np.where(diff_norm > 0, np.inf, 0.0))
+        denom = ref_norm * np.linalg.norm(a, axis=1)
+        cosine = np.where(
+            denom > 0, np.sum(e * a, axis=1) / np.maximum(denom, 1e-300), np.where(diff_norm > 0, 0.0, 1.0)
+        )
+        max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
+    finite = bool(np.isfinite(a).all())
     worst = int(np.argmax(np.nan_to_num(rel, nan=np.inf))) if n else 0
     max_rel = float(np.max(rel)) if n else 0.0
     return TensorComparison(
@@ -326,9 +314,9 @@ def _tensor_metrics(
         layout=layout,
         max_rel_error=max_rel if finite else math.inf,
         min_cosine=float(np.min(cosine)) if n else 1.0,
-        max_abs_diff=float(np.max(np.abs(diff))) if diff.size else 0.0,
+        max_abs_diff=max_abs,
         worst_position=positions[worst] if worst < len(positions) else worst,
-        agrees=bool(finite and max_rel <= rel_tol),
+        agrees=finite and max_rel <= rel_tol,
     )
 
 

@@ -99,6 +99,14 @@ class PreflightReport:
 Reexec = Callable[..., NoReturn]
 
 
+def preflight_for(ctx: SuiteContext, backend: str, repair: str) -> PreflightReport:
+    """The preflight a command's ``--backend`` and ``--repair`` ask for (``crossval-per-token`` and
+    ``crossval-selfcheck`` run it before they compare anything)."""
+    from bitnet_crossval.backends.specs import spec_for
+
+    return run_preflight(ctx, spec_for(backend), mode=repair_mode_from(repair or None, ctx.env))
+
+
 def run_preflight(
     ctx: SuiteContext,
     spec: BackendSpec,
