@@ -152,10 +152,10 @@ def main() -> None:
 
     from bitnet_crossval.context import load_context
     from bitnet_crossval.crossval.models import GEMMA_FILE
-    from bitnet_crossval.crossval.run import reference_shim
+    from bitnet_crossval.reference.lookup import recorded_shim
 
     ctx = load_context()
-    shim = reference_shim(ctx, "llama")
+    shim = recorded_shim(ctx.constants, "llama", env=ctx.env)
     model = ctx.cache.model_file(GEMMA_FILE)
     if not model.is_file():
         raise SystemExit(f"{model} is missing: run `invoke crossval-per-token --model gemma3-270m` in this cache once")

@@ -130,10 +130,10 @@ def trace_sizes(model_name: str, tokens: list[int], positions: list[int] | None)
     """The shim's trace, full and ``--trace-layers 5-5``, at ``positions`` (None: every one)."""
     from bitnet_crossval.context import load_context
     from bitnet_crossval.crossval.models import parse_model, resolve_model
-    from bitnet_crossval.crossval.run import reference_shim
+    from bitnet_crossval.reference.lookup import recorded_shim
 
     ctx = load_context()
-    shim = reference_shim(ctx, "llama")
+    shim = recorded_shim(ctx.constants, "llama", env=ctx.env)
     model = resolve_model(parse_model(model_name), cache=ctx.cache, env=ctx.env, source_dirs=[])
     out: dict[str, Any] = {"positions": len(positions) if positions is not None else len(tokens)}
     with tempfile.TemporaryDirectory(prefix="measure-trace-") as tmp:

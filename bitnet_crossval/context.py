@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bitnet_crossval.backends.detect import Detector
-from bitnet_crossval.repair.guard import is_repair_child
 from bitnet_crossval.store.constants import Constants, read_constants
 from bitnet_crossval.store.layout import (
     CONSTANTS_ENV,
@@ -35,11 +34,6 @@ class SuiteContext:
     @property
     def constants_path(self) -> Path:
         return self.constants.path
-
-    @property
-    def is_repair_child(self) -> bool:
-        """Set on the re-executed child: it validates and never repairs (the recursion guard)."""
-        return is_repair_child(self.env)
 
 
 def load_context(environ: Mapping[str, str] | None = None) -> SuiteContext:

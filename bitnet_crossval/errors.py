@@ -31,8 +31,14 @@ class SuiteError(Exception):
         self.log_path = log_path
 
     def to_json(self) -> dict[str, object]:
-        """The error as ``--json``/``--format json`` documents carry it."""
-        return {"message": self.message, "next_step": self.next_step, "exit_code": self.exit_code}
+        """The error as every ``--format json`` document carries it."""
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "next_step": self.next_step,
+            "exit_code": self.exit_code,
+            "log": None if self.log_path is None else str(self.log_path),
+        }
 
     def render(self) -> str:
         """The lines a user sees: what went wrong, where the log is, what to do next."""
@@ -106,16 +112,25 @@ class Interrupted(SuiteError):
 
 
 class CandidateFailed(SuiteError):
-    """The candidate crashed, hung, or returned something that is not logits: no comparison
-    could be made (a candidate that runs but disagrees is a parity failure, exit 10)."""
+    """The candidate could not start, crashed, exited, timed out, or returned something that is
+    not logits: no comparison could be made (a candidate that runs but disagrees is a parity
+    failure, exit 10)."""
 
-    exit_code = 1
+    exit_code = 11
     default_next_step = "fix the candidate so it writes float32 logits of shape [n_tokens, n_vocab]"
 
     def __init__(self, message: str, *, next_step: str | None = None, detail: str = "") -> None:
         super().__init__(message, next_step=next_step)
         self.detail = detail
         """The tail of the candidate's own output, shown above the error line."""
+
+
+class SelfcheckFailed(SuiteError):
+    """A deliberate fault of the self-check was not caught, or not located at its site: the
+    checker, not a candidate, is wrong."""
+
+    exit_code = 12
+    default_next_step = "read the self-check table above: the cross-validation itself needs fixing"
 
 
 class CommandFailed(SuiteError):

@@ -7,9 +7,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util.options import Choice
 
 BackendName = Literal["llama", "bitnet"]
 BACKEND_NAMES: tuple[BackendName, ...] = ("llama", "bitnet")
+
+BACKEND: Choice[BackendName] = Choice(
+    name="backend", help="the C++ reference backend", choices=BACKEND_NAMES, default="llama"
+)
 
 LLAMA_CPP_COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
 LLAMA_CPP_GIT_URL = "https://github.com/ggml-org/llama.cpp"

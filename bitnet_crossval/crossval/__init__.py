@@ -10,7 +10,9 @@ from __future__ import annotations
 from bitnet_crossval.crossval.candidates import CandidateSpec, parse_candidate
 from bitnet_crossval.crossval.metrics import PositionMetrics, Summary, Thresholds
 from bitnet_crossval.crossval.models import ModelChoice, parse_model
-from bitnet_crossval.crossval.run import CrossvalRequest, CrossvalResult, run_crossval
+from bitnet_crossval.crossval.request import CrossvalRequest
+from bitnet_crossval.crossval.result import CrossvalResult
+from bitnet_crossval.crossval.run import run_crossval
 
 __all__ = [
     "CandidateSpec",

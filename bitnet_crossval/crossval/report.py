@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bitnet_crossval.errors import BadInput, PermissionDenied
 from bitnet_crossval.util import ui
@@ -19,7 +20,7 @@ from bitnet_crossval.util.files import dump_json, ensure_writable, refuse_non_re
 
 if TYPE_CHECKING:
     from bitnet_crossval.crossval.metrics import PositionMetrics
-    from bitnet_crossval.crossval.run import CrossvalResult
+    from bitnet_crossval.crossval.result import CrossvalResult
 
 FULL_TABLE_ROWS = 24
 HEAD_ROWS = 4
@@ -184,16 +185,15 @@ def _print_token_mismatch(result: CrossvalResult) -> None:
     )
 
 
+def write_outputs(result: CrossvalResult, paths: Mapping[str, Path]) -> None:
+    """The files asked for, by option name: ``report`` (JSON), ``junit`` (XML), ``plot`` (PNG)."""
+    writers = {"report": write_report, "junit": write_junit, "plot": write_plot}
+    for name, path in paths.items():
+        writers[name](result, path)
+
+
 def write_report(result: CrossvalResult, path: Path) -> None:
     write_atomic(path, dump_json(result.to_json()), what="the report")
-
-
-def to_json_text(result: CrossvalResult) -> str:
-    return json.dumps(result.to_json(), indent=2, sort_keys=True, allow_nan=False, default=_finite)
-
-
-def _finite(value: Any) -> Any:  # pragma: no cover (json calls it only for unknown types)
-    return str(value)
 
 
 def write_junit(result: CrossvalResult, path: Path) -> None:

@@ -20,35 +20,29 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bitnet_crossval.crossval.candidates import (
-    DEFAULT_CANDIDATE_TIMEOUT,
     Candidate,
     CandidateOutput,
-    CandidateSpec,
-    CommandCandidate,
-    NumpyCandidate,
-    PythonCandidate,
-    ShimCandidate,
+    CandidateSetting,
+    ReferenceFacts,
     TraceRequest,
-    parse_candidate,
+    make_candidate,
 )
 from bitnet_crossval.crossval.metrics import (
     DEFAULT_KL_MAX_FLOAT,
     DEFAULT_KL_MAX_QUANTIZED,
-    DEFAULT_TIE_MARGIN,
-    PositionMetrics,
-    Summary,
     Thresholds,
     compare_logits,
     summarize,
 )
-from bitnet_crossval.crossval.models import ModelChoice, parse_model, resolve_model
+from bitnet_crossval.crossval.models import resolve_model
+from bitnet_crossval.crossval.request import CrossvalRequest
+from bitnet_crossval.crossval.result import CrossvalResult
 from bitnet_crossval.crossval.tokens import (
     TokenMismatch,
     check_token_ids,
@@ -63,122 +57,19 @@ from bitnet_crossval.crossval.trace import (
     TraceComparison,
     compare_traces,
 )
-from bitnet_crossval.errors import BackendUnavailable, BadInput
+from bitnet_crossval.errors import BadInput
+from bitnet_crossval.reference.lookup import recorded_shim
+from bitnet_crossval.store.sources import source_dirs
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.timefmt import file_stamp
 
 if TYPE_CHECKING:
-    from bitnet_crossval.backends.specs import BackendName
     from bitnet_crossval.context import SuiteContext
-    from bitnet_crossval.reference.client import KvType, Shim
+    from bitnet_crossval.reference.client import Shim
 
-Verdict = Literal["parity", "divergence", "token-mismatch"]
-
-DEFAULT_PROMPT = "The capital of France is Paris. The quick brown fox jumps over the lazy dog, and then"
-DEFAULT_MAX_TOKENS = 16
 # Weight types whose matrices llama.cpp multiplies without quantising the activations: a model
 # made only of these is held to the float threshold (docs/explanation/verdict.md).
 FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
-
-
-@dataclass(frozen=True, kw_only=True)
-class CrossvalRequest:
-    model: ModelChoice = field(default_factory=lambda: parse_model(None))
-    backend: BackendName = "llama"
-    prompt: str = DEFAULT_PROMPT
-    tokens_file: Path | None = None
-    tokenizer: Path | None = None
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    add_bos: bool | None = None
-    """None: as the model's metadata says (``tokenizer.ggml.add_bos_token``)."""
-    parse_special: bool = False
-    candidate: CandidateSpec = field(default_factory=lambda: parse_candidate("numpy"))
-    kl_max: float | None = None
-    """None: by the model's weight types (float or quantised)."""
-    tie_margin: float = DEFAULT_TIE_MARGIN
-    candidate_timeout: float = DEFAULT_CANDIDATE_TIMEOUT
-    threads: int = 1
-    kv_type: KvType = "auto"
-    bitnet_activation: Literal["silu", "relu2"] | None = None
-    trace: bool = False
-    """On a divergence, compare both sides' intermediates to find the first tensor that departs."""
-    trace_layers: tuple[int, int] | None = None
-    trace_names: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class CrossvalResult:
-    verdict: Verdict
-    model: dict[str, Any]
-    reference: dict[str, Any]
-    candidate: dict[str, Any]
-    tokens: list[int]
-    n_prompt: int
-    pieces: list[str]
-    thresholds: Thresholds
-    rows: list[PositionMetrics]
-    summary: Summary | None
-    token_mismatch: TokenMismatch | None
-    timings: dict[str, float]
-    trace: TraceComparison | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict == "parity"
-
-    def next_step(self) -> str:
-        if self.token_mismatch is not None:
-            return "make the candidate's tokenizer agree (BOS, special tokens, normalisation), or pass --tokens-file"
-        if self.trace is None:
-            return "rerun with --trace to see the first layer and op where the candidate departs"
-        if not self.trace.candidate_traced:
-            return (
-                "let the candidate write its intermediates: a {trace} placeholder in its cmd: line, or a trace= "
-                "argument of its py: function (docs/howto/candidates.md)"
-            )
-        departure = self.trace.first_departure
-        if departure is None:
-            return "widen --trace-layers / --trace-names: everything traced agrees"
-        if self.trace.last_agreement is None:
-            return (
-                f"look at how the candidate computes {departure.name} ({departure.op}), the first tensor traced; "
-                "widen --trace-layers / --trace-names to see whether an earlier one departs already"
-            )
-        return f"look at how the candidate computes {departure.name} ({departure.op}): the tensors before it agree"
-
-    def failure_sentence(self) -> str:
-        if self.token_mismatch is not None:
-            return (
-                f"the tokenizer disagrees with the reference's at token index {self.token_mismatch.first_index}, "
-                "so no logits were compared"
-            )
-        assert self.summary is not None and self.summary.first_failure is not None
-        first = self.rows[self.summary.first_failure]
-        where = f"; {self.trace.sentence()}" if self.trace is not None else ""
-        return (
-            f"parity failed: {self.summary.n_failed} of {self.summary.n_positions} positions diverge, first at "
-            f"position {first.position} ({'; '.join(first.reasons)}){where}"
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": "bitnet-crossval/report",
-            "version": 1,
-            "verdict": self.verdict,
-            "passed": self.passed,
-            "model": self.model,
-            "reference": self.reference,
-            "candidate": self.candidate,
-            "tokens": self.tokens,
-            "n_prompt": self.n_prompt,
-            "pieces": self.pieces,
-            "thresholds": self.thresholds.to_json(),
-            "rows": [row.to_json() for row in self.rows],
-            "summary": self.summary.to_json() if self.summary else None,
-            "token_mismatch": self.token_mismatch.to_json() if self.token_mismatch else None,
-            "timings": self.timings,
-            "trace": self.trace.to_json() if self.trace else None,
-        }
 
 
 class Timer:
@@ -198,26 +89,6 @@ class Timer:
         return round(time.monotonic() - self._started, 4)
 
 
-def reference_shim(ctx: SuiteContext, backend: BackendName, *, log_dir: Path | None = None) -> Shim:
-    """The shim built against ``backend``, as the constants file records it."""
-    from bitnet_crossval.reference.client import Shim
-    from bitnet_crossval.reference.sources import shim_source_digest
-    from bitnet_crossval.store.constants import shim_problem
-
-    record = ctx.constants.record(backend)
-    problem = (
-        "the constants file does not list it"
-        if record is None or not record.available
-        else shim_problem(record, source_digest=shim_source_digest())
-    )
-    if problem is not None or record is None or record.shim is None:
-        raise BackendUnavailable(
-            f"there is no usable shim for the {backend} backend: {problem}",
-            next_step=f"run `invoke preflight --backend {backend} --repair auto` (or `invoke rebuild`)",
-        )
-    return Shim(Path(record.shim), env=ctx.env, log_dir=log_dir)
-
-
 def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path | None = None) -> CrossvalResult:
     """Run the whole comparison and return its result; a :class:`~bitnet_crossval.errors.SuiteError`
     when it cannot be made (bad input, a candidate that fails)."""
@@ -227,12 +98,12 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
     timer = Timer()
     # llama.cpp's log of each shim call outlives the run (an error names it).
     log_dir = ctx.cache.logs / f"crossval-{file_stamp()}-{os.getpid()}"
-    shim = reference_shim(ctx, request.backend, log_dir=log_dir)
+    shim = recorded_shim(ctx.constants, request.backend, env=ctx.env, log_dir=log_dir)
     record = ctx.constants.record(request.backend)
     assert record is not None
     with ui.progress("cross-validation: preparing the model", total=5) as bar:
         with timer.phase("model"):
-            model = resolve_model(request.model, cache=ctx.cache, env=ctx.env, source_dirs=_source_dirs(record))
+            model = resolve_model(request.model, cache=ctx.cache, env=ctx.env, source_dirs=source_dirs(record))
             info = shim.info(model)
         n_vocab = int(info["vocab_size"])
         add_bos = bool(info.get("add_bos")) if request.add_bos is None else request.add_bos
@@ -279,16 +150,25 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         bar.advance_to(2)
         bar.describe("cross-validation: loading the candidate")
         with timer.phase("candidate_load"):
-            candidate = _make_candidate(
-                request, ctx, model=model, n_vocab=n_vocab, architecture=str(info.get("architecture"))
+            candidate = make_candidate(
+                request.candidate,
+                CandidateSetting(
+                    model=model,
+                    n_vocab=n_vocab,
+                    architecture=str(info.get("architecture")),
+                    env=ctx.env,
+                    timeout=request.candidate_timeout,
+                    threads=request.threads,
+                    kv_type=request.kv_type,
+                    bitnet_activation=request.bitnet_activation,
+                    shim_for=lambda backend: recorded_shim(ctx.constants, backend, env=ctx.env),
+                ),
             )
         bar.describe(f"cross-validation: the reference generates {request.max_tokens} tokens")
         with timer.phase("reference"):
             tokens, ref_logits, ref_doc = _reference_run(request, shim, model, prompt_tokens, work_dir)
         check_token_ids(tokens, n_vocab=n_vocab, where="the reference's continuation")
-        if isinstance(candidate, NumpyCandidate) and ref_doc["settings"]["kv_type_v"] == "f16":
-            # The backend refused an F32 V cache (the 2024 bitnet.cpp fork): round as it does.
-            candidate = NumpyCandidate(model, replace(candidate.engine.options, kv_cache="f16"))
+        candidate = candidate.follow(ReferenceFacts(kv_type_v=str(ref_doc["settings"]["kv_type_v"])))
         bar.advance_to(3)
         bar.describe(f"cross-validation: the candidate ({candidate.label}) evaluates {len(tokens)} positions")
         with timer.phase("candidate"):
@@ -319,7 +199,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         verdict="parity" if summary.passed else "divergence",
         model=model_facts,
         reference=reference,
-        candidate={"label": candidate.label, "kind": request.candidate.kind, "details": _jsonable(output.details)},
+        candidate={"label": candidate.label, "kind": request.candidate.kind, "details": dict(output.details)},
         tokens=list(tokens),
         n_prompt=len(prompt_tokens),
         pieces=_pieces(shim, model, tokens),
@@ -329,27 +209,8 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         token_mismatch=None,
         timings={**timer.seconds, "candidate_compute": round(output.seconds, 4), "total": timer.total()},
         trace=comparison,
+        trace_filtered=request.trace_layers is not None or request.trace_names is not None,
     )
-
-
-def _source_dirs(record: Any) -> list[Path]:
-    """Source trees the backend was built from (where llama.cpp's vocabulary files are): the
-    directory LLAMA_CPP_DIR / BITNET_CPP_DIR names when it is a checkout, the tree a cache install
-    was configured from, a local source it was built from."""
-    from bitnet_crossval.provision.cmake import read_cache
-    from bitnet_crossval.store.marker import read_marker
-
-    dirs: list[Path] = []
-    if record.install_dir:
-        dirs.append(Path(record.install_dir))
-        marker = read_marker(Path(record.install_dir))
-        if marker is not None and marker.build_dir:
-            home = read_cache(Path(marker.build_dir)).get("CMAKE_HOME_DIRECTORY")
-            if home:
-                dirs.append(Path(home))
-        if marker is not None and marker.source.get("kind") == "local":
-            dirs.append(Path(marker.source.get("location", "")))
-    return dirs
 
 
 def _prompt_tokens(request: CrossvalRequest, shim: Shim, model: Path, *, add_bos: bool, n_vocab: int) -> list[int]:
@@ -417,24 +278,6 @@ def _model_facts(model: Path, info: dict[str, Any]) -> tuple[dict[str, Any], lis
 
 def _default_kl_max(weight_types: list[str]) -> float:
     return DEFAULT_KL_MAX_FLOAT if weight_types and set(weight_types) <= FLOAT_TYPES else DEFAULT_KL_MAX_QUANTIZED
-
-
-def _make_candidate(
-    request: CrossvalRequest, ctx: SuiteContext, *, model: Path, n_vocab: int, architecture: str
-) -> Candidate:
-    spec = request.candidate
-    if spec.kind == "numpy":
-        from bitnet_crossval.crossval.engine import EngineOptions, Fault
-
-        fault = Fault(name=spec.function) if spec.function else None  # type: ignore[arg-type]
-        options = EngineOptions(bitnet_activation=request.bitnet_activation, fault=fault)
-        return NumpyCandidate(model, options)
-    if spec.kind in ("llama", "bitnet"):
-        other = reference_shim(ctx, spec.kind)
-        return ShimCandidate(spec.kind, other, threads=request.threads, kv_type=request.kv_type)
-    if spec.kind == "cmd":
-        return CommandCandidate(spec, env=ctx.env, n_vocab=n_vocab, timeout=request.candidate_timeout)
-    return PythonCandidate(spec, n_vocab=n_vocab)
 
 
 def _reference_run(
@@ -519,13 +362,3 @@ def _wanted(name: str, request: TraceRequest) -> bool:
 def _pieces(shim: Shim, model: Path, tokens: list[int]) -> list[str]:
     detok = shim.detokenize(model, tokens)
     return [piece.decode("utf-8", errors="replace") for piece in detok.pieces]
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

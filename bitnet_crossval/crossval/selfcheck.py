@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from bitnet_crossval.crossval.candidates import parse_candidate
 from bitnet_crossval.crossval.models import parse_model, resolve_model
-from bitnet_crossval.crossval.run import CrossvalRequest, run_crossval
+from bitnet_crossval.crossval.request import CrossvalRequest
+from bitnet_crossval.crossval.run import run_crossval
 
 if TYPE_CHECKING:
     from bitnet_crossval.backends.specs import BackendName
@@ -65,6 +66,15 @@ class SelfcheckCase:
             "ok": self.ok,
             "seconds": self.seconds,
         }
+
+
+def parse_architectures(text: str | None) -> tuple[str, ...]:
+    """``--arch``: one of :data:`ARCHITECTURES`, or all of them when not given."""
+    from bitnet_crossval.util.options import parse_choice
+
+    if not text or not text.strip():
+        return ARCHITECTURES
+    return (parse_choice(text.strip(), option="--arch", choices=ARCHITECTURES),)
 
 
 def cases_for(architecture: str) -> list[str | None]:

@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from bitnet_crossval.crossval.engine.trace import split_key
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util.jsonsafe import finite_or_none
 
 F32Array = npt.NDArray[np.float32]
 Loader = Callable[[], F32Array]
@@ -73,9 +74,9 @@ class TensorComparison:
             "op": self.op,
             "shape": self.shape,
             "layout": self.layout,
-            "max_rel_error": _finite(self.max_rel_error),
-            "min_cosine": _finite(self.min_cosine),
-            "max_abs_diff": _finite(self.max_abs_diff),
+            "max_rel_error": finite_or_none(self.max_rel_error),
+            "min_cosine": finite_or_none(self.min_cosine),
+            "max_abs_diff": finite_or_none(self.max_abs_diff),
             "worst_position": self.worst_position,
             "agrees": self.agrees,
         }
@@ -336,7 +337,3 @@ def read_trace_dir(directory: Path) -> dict[str, Loader]:
 
         loaders[path.stem] = load
     return loaders
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -9,9 +9,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitnet_crossval.errors import BadInput, BuildFailed, CommandFailed, ProgramNotFound
+from bitnet_crossval.errors import BuildFailed, CommandFailed, ProgramNotFound
+from bitnet_crossval.store.sources import read_cmake_cache
 from bitnet_crossval.util import proc, ui
 from bitnet_crossval.util.files import ensure_writable, make_dir, remove_tree, write_text
+from bitnet_crossval.util.options import Integer
 
 # Ninja prints "[12/345] Building ...", Make prints "[ 42%] Building ...".
 _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]", re.MULTILINE)
@@ -35,7 +37,7 @@ class CMakeProject:
     def generator(self) -> str | None:
         """The generator of an existing build tree (CMake refuses to switch one in place), else
         the preferred one; see :func:`prepare_build_dir` for when a tree is started over."""
-        return read_cache(self.build_dir).get("CMAKE_GENERATOR") or preferred_generator(self.env)
+        return read_cmake_cache(self.build_dir).get("CMAKE_GENERATOR") or preferred_generator(self.env)
 
 
 # The program each generator runs; a tree whose generator's program is gone must start over.
@@ -43,38 +45,19 @@ _GENERATOR_PROGRAMS = {"Ninja": "ninja", "Ninja Multi-Config": "ninja", "Unix Ma
 
 
 MAX_JOBS = 1024
-
-
-def parse_jobs(value: str) -> int | None:
-    """``--jobs``: a whole number of parallel compile jobs (None: one per CPU)."""
-    text = value.strip()
-    # ASCII digits only ("²" is a digit to str.isdigit), and few of them before int() sees them.
-    if not re.fullmatch(r"[0-9]{1,6}", text or "0") or int(text or "0") > MAX_JOBS:
-        raise BadInput(
-            f"--jobs {value!r} is not a number of parallel jobs between 1 and {MAX_JOBS}",
-            next_step="pass a whole number such as --jobs 2, or leave it out to use every CPU",
-        )
-    return int(text or "0") or None
+JOBS = Integer(
+    name="jobs",
+    help="parallel compile jobs",
+    default=0,
+    maximum=MAX_JOBS,
+    example=2,
+    default_text="0, one per CPU",
+)
 
 
 def preferred_generator(env: Mapping[str, str]) -> str | None:
     """Ninja when the child's PATH has it; otherwise CMake's default (None)."""
     return "Ninja" if shutil.which("ninja", path=env.get("PATH", os.defpath)) else None
-
-
-def read_cache(build_dir: Path) -> dict[str, str]:
-    """The entries of ``build_dir``'s CMakeCache.txt by name (types dropped); empty if none."""
-    entries: dict[str, str] = {}
-    try:
-        text = (build_dir / "CMakeCache.txt").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return entries
-    for line in text.splitlines():
-        if not line or line.startswith(("#", "//")) or "=" not in line:
-            continue
-        key_and_type, value = line.split("=", 1)
-        entries[key_and_type.split(":", 1)[0]] = value
-    return entries
 
 
 def prepare_build_dir(project: CMakeProject) -> None:
@@ -86,7 +69,7 @@ def prepare_build_dir(project: CMakeProject) -> None:
     """
     # A build whose parent was killed may still be compiling here; it must stop before we start.
     proc.stop_group_in(project.build_dir / BUILD_GROUP_FILE)
-    cached = read_cache(project.build_dir)
+    cached = read_cmake_cache(project.build_dir)
     if not cached:
         make_dir(project.build_dir)
         ensure_writable(project.build_dir)

@@ -14,9 +14,16 @@ from collections.abc import Callable, Mapping
 from typing import Literal
 
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util.options import OptionalChoice
 
 Shell = Literal["sh", "fish", "pwsh", "cmd"]
 SHELLS: tuple[Shell, ...] = ("sh", "fish", "pwsh", "cmd")
+EMIT: OptionalChoice[Shell] = OptionalChoice(
+    name="emit",
+    help="print only the shell lines that point a shell at the install, for this shell",
+    choices=SHELLS,
+    default_text="none: build and install only",
+)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # PowerShell closes a single-quoted string on any of these, not only on ASCII ' (about_Quoting_Rules).
@@ -98,14 +105,6 @@ _RENDERERS: dict[Shell, Callable[[Mapping[str, str], Mapping[str, str]], list[st
     "pwsh": _pwsh_lines,
     "cmd": _cmd_lines,
 }
-
-
-def parse_shell(value: str) -> Shell:
-    """``--emit``'s value as a shell this module writes for; anything else is bad input."""
-    for shell in SHELLS:
-        if shell == value:
-            return shell
-    raise BadInput(f"--emit {value!r} is not a shell I can write for", next_step=f"use one of: {', '.join(SHELLS)}")
 
 
 def emit_lines(shell: Shell, *, set_vars: Mapping[str, str], prepend_paths: Mapping[str, str]) -> list[str]:

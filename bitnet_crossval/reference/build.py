@@ -17,6 +17,7 @@ from bitnet_crossval.errors import BadInput, BuildFailed, SuiteError
 from bitnet_crossval.provision import cmake
 from bitnet_crossval.reference.client import Shim
 from bitnet_crossval.reference.sources import shim_source_digest, shim_source_dir
+from bitnet_crossval.store.sources import read_cmake_cache
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import file_sha256, make_dir, read_json_file, remove_tree, write_json_atomic
 
@@ -165,7 +166,7 @@ def _check_backend_layout(include_dirs: Sequence[Path], lib_dir: Path) -> None:
 
 
 def _api_from_cache(cache_path: Path, log_path: Path) -> ApiGeneration:
-    api = cmake.read_cache(cache_path.parent).get("BITNET_SHIM_API")
+    api = read_cmake_cache(cache_path.parent).get("BITNET_SHIM_API")
     if api == "current":
         return "current"
     if api == "legacy":

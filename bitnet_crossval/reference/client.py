@@ -203,18 +203,9 @@ class Shim:
         return self._run(args)
 
     def tokenize(self, model: Path, text: str, *, add_bos: bool, parse_special: bool) -> Tokenization:
-        with tempfile.TemporaryDirectory(prefix="bitnet-shim-") as tmp:
-            text_file = Path(tmp) / "text.txt"
-            text_file.write_bytes(text.encode("utf-8"))
-            doc = self._run(
-                [
-                    "tokenize",
-                    "--model", str(model),
-                    "--text-file", str(text_file),
-                    "--add-bos", _flag(add_bos),
-                    "--parse-special", _flag(parse_special),
-                ]
-            )  # fmt: skip
+        doc, _ = self._call(
+            "tokenize", model, text=text, options=["--add-bos", _flag(add_bos), "--parse-special", _flag(parse_special)]
+        )
         return Tokenization(tokens=_ints(doc, "tokens"), pieces=_hex_pieces(doc), metadata=doc)
 
     def detokenize(
@@ -227,17 +218,8 @@ class Shim:
     ) -> Detokenization:
         """Token ids back to text with ``llama_detokenize`` (defaults as llama.cpp's
         ``common_detokenize``: keep special tokens, do not render them)."""
-        with tempfile.TemporaryDirectory(prefix="bitnet-shim-") as tmp:
-            tokens_file = _write_tokens(Path(tmp), tokens)
-            doc = self._run(
-                [
-                    "detokenize",
-                    "--model", str(model),
-                    "--tokens-file", str(tokens_file),
-                    "--remove-special", _flag(remove_special),
-                    "--unparse-special", _flag(unparse_special),
-                ]
-            )  # fmt: skip
+        options = ["--remove-special", _flag(remove_special), "--unparse-special", _flag(unparse_special)]
+        doc, _ = self._call("detokenize", model, tokens=tokens, options=options)
         text_bytes = bytes.fromhex(str(doc.get("text_hex", "")))
         return Detokenization(
             text=text_bytes.decode("utf-8", errors="replace"),
@@ -260,20 +242,14 @@ class Shim:
         With ``out_dir`` the array is a read-only memory map of a file left there; without it
         the array is read into memory and no file is kept.
         """
-        with tempfile.TemporaryDirectory(prefix="bitnet-shim-") as tmp:
-            tokens_file = _write_tokens(Path(tmp), tokens)
-            out = _output_path(out_dir, Path(tmp), "logits")
-            doc = self._run(
-                [
-                    "logits",
-                    "--model", str(model),
-                    "--tokens-file", str(tokens_file),
-                    "--out", str(out),
-                    "--threads", str(threads),
-                    "--kv-type", kv_type,
-                ]
-            )  # fmt: skip
-            array = _load_npy(out, rows=len(tokens), doc=doc, keep=out_dir is not None)
+        doc, array = self._call(
+            "logits",
+            model,
+            tokens=tokens,
+            options=_run_options(threads, kv_type),
+            out=_NpyOut(flag="--out", rows=len(tokens), directory=out_dir),
+        )
+        assert array is not None
         return array, doc
 
     def generate(
@@ -287,21 +263,14 @@ class Shim:
         out_dir: Path | None = None,
     ) -> Generation:
         """Greedy continuation of ``tokens`` by ``n`` tokens, with the logits each was chosen from."""
-        with tempfile.TemporaryDirectory(prefix="bitnet-shim-") as tmp:
-            tokens_file = _write_tokens(Path(tmp), tokens)
-            out = _output_path(out_dir, Path(tmp), "generate")
-            doc = self._run(
-                [
-                    "generate",
-                    "--model", str(model),
-                    "--tokens-file", str(tokens_file),
-                    "--n", str(n),
-                    "--out-logits", str(out),
-                    "--threads", str(threads),
-                    "--kv-type", kv_type,
-                ]
-            )  # fmt: skip
-            array = _load_npy(out, rows=n, doc=doc, keep=out_dir is not None)
+        doc, array = self._call(
+            "generate",
+            model,
+            tokens=tokens,
+            options=["--n", str(n), *_run_options(threads, kv_type)],
+            out=_NpyOut(flag="--out-logits", rows=n, directory=out_dir),
+        )
+        assert array is not None
         return Generation(tokens=_ints(doc, "tokens"), logits=array, metadata=doc)
 
     def trace(
@@ -322,24 +291,15 @@ class Shim:
         ``layers`` (one layer or an inclusive range), ``names`` (a regular expression over the
         whole name) and ``positions`` bound what is copied and written.
         """
-        with tempfile.TemporaryDirectory(prefix="bitnet-shim-") as tmp:
-            tokens_file = _write_tokens(Path(tmp), tokens)
-            args = [
-                "trace",
-                "--model", str(model),
-                "--tokens-file", str(tokens_file),
-                "--out-dir", str(out_dir),
-                "--threads", str(threads),
-                "--kv-type", kv_type,
-            ]  # fmt: skip
-            if layers is not None:
-                first, last = (layers, layers) if isinstance(layers, int) else layers
-                args += ["--layers", f"{first}-{last}"]
-            if names is not None:
-                args += ["--names", names]
-            if positions is not None:
-                args += ["--positions", ",".join(str(int(p)) for p in positions)]
-            doc = self._run(args)
+        options = ["--out-dir", str(out_dir), *_run_options(threads, kv_type)]
+        if layers is not None:
+            first, last = (layers, layers) if isinstance(layers, int) else layers
+            options += ["--layers", f"{first}-{last}"]
+        if names is not None:
+            options += ["--names", names]
+        if positions is not None:
+            options += ["--positions", ",".join(str(int(p)) for p in positions)]
+        doc, _ = self._call("trace", model, tokens=tokens, options=options)
         return _trace_result(Path(out_dir), doc)
 
     def quantize(self, model: Path, out: Path, type: str, *, threads: int = DEFAULT_THREADS) -> Quantization:
@@ -359,6 +319,32 @@ class Shim:
         return Quantization(out=Path(out), type=type, size_bytes=int(doc.get("size_bytes_out", -1)), metadata=doc)
 
     # --- running ---
+
+    def _call(
+        self,
+        command: str,
+        model: Path,
+        *,
+        tokens: Sequence[int] | None = None,
+        text: str | None = None,
+        options: Sequence[str] = (),
+        out: _NpyOut | None = None,
+    ) -> tuple[dict[str, Any], npt.NDArray[np.float32] | None]:
+        """Run ``command`` on ``model`` with its inputs in files of a private temporary directory
+        (token ids as JSON, text as UTF-8 bytes), and read the array it writes when ``out`` asks."""
+        with tempfile.TemporaryDirectory(prefix="bitnet-shim-") as tmp:
+            args = [command, "--model", str(model)]
+            if tokens is not None:
+                args += ["--tokens-file", str(_write_tokens(Path(tmp), tokens))]
+            if text is not None:
+                text_file = Path(tmp) / "text.txt"
+                text_file.write_bytes(text.encode("utf-8"))
+                args += ["--text-file", str(text_file)]
+            if out is None:
+                return self._run([*args, *options]), None
+            out_path = _output_path(out.directory, Path(tmp), command)
+            doc = self._run([*args, out.flag, str(out_path), *options])
+            return doc, _load_npy(out_path, rows=out.rows, doc=doc, keep=out.directory is not None)
 
     def _run(self, args: list[str]) -> dict[str, Any]:
         if not self.executable.is_file():
@@ -388,8 +374,22 @@ class Shim:
         return _json_document(args[0], result.output, log_path)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _NpyOut:
+    """Where a command writes its float32 array: the flag naming the file, the rows expected, and
+    the directory to keep it in (None: read it and let it go with the temporary directory)."""
+
+    flag: str
+    rows: int
+    directory: Path | None
+
+
 def _flag(value: bool) -> str:
     return "1" if value else "0"
+
+
+def _run_options(threads: int, kv_type: KvType) -> list[str]:
+    return ["--threads", str(threads), "--kv-type", kv_type]
 
 
 def _write_tokens(directory: Path, tokens: Sequence[int]) -> Path:

@@ -14,16 +14,14 @@ from bitnet_crossval.errors import BuildFailed
 
 
 def shim_source_dir() -> Path:
-    """The shim's CMake project: ``bitnet_crossval/cpp`` in an installed wheel, the repository's
-    ``cpp/`` in a checkout (the wheel ships that directory under the library's name)."""
-    package = Path(bitnet_crossval.__file__).resolve().parent
-    for candidate in (package / "cpp", package.parent / "cpp"):
-        if (candidate / "CMakeLists.txt").is_file():
-            return candidate
-    raise BuildFailed(
-        f"the shim's sources are missing: neither {package / 'cpp'} nor {package.parent / 'cpp'} holds CMakeLists.txt",
-        next_step="reinstall the suite (pip install --force-reinstall bitnet-crossval-suite)",
-    )
+    """The shim's CMake project, ``bitnet_crossval/cpp`` (package data of the library)."""
+    source = Path(bitnet_crossval.__file__).resolve().parent / "cpp"
+    if not (source / "CMakeLists.txt").is_file():
+        raise BuildFailed(
+            f"the shim's sources are missing: {source} holds no CMakeLists.txt",
+            next_step="reinstall the suite (pip install --force-reinstall bitnet-crossval-suite)",
+        )
+    return source
 
 
 @functools.cache

@@ -26,8 +26,10 @@ from bitnet_crossval.backends.specs import BackendSpec
 from bitnet_crossval.context import SuiteContext
 from bitnet_crossval.errors import BackendUnavailable, BadInput, BuildFailed, RevalidationFailed
 from bitnet_crossval.reference.sources import shim_source_digest
+from bitnet_crossval.repair.guard import is_repair_child
 from bitnet_crossval.store.constants import shim_problem
 from bitnet_crossval.util import ui
+from bitnet_crossval.util.options import OptionalChoice
 
 RepairMode = Literal["auto", "never", "always"]
 REPAIR_MODES: tuple[RepairMode, ...] = get_args(RepairMode)
@@ -54,14 +56,19 @@ def running_in_ci(env: Mapping[str, str]) -> bool:
     return any(env.get(name, "").strip().lower() not in {"", "0", "false", "no"} for name in CI_VARIABLES)
 
 
-def repair_mode_from(value: str | None, env: Mapping[str, str]) -> RepairMode:
+REPAIR: OptionalChoice[RepairMode] = OptionalChoice(
+    name="repair",
+    help="when the backend is missing: auto installs it, never stops, always reinstalls it anyway",
+    choices=REPAIR_MODES,
+    default_text="never when a CI variable (CI, GITHUB_ACTIONS, ...) is set, else auto",
+)
+
+
+def repair_mode_from(value: RepairMode | None, env: Mapping[str, str]) -> RepairMode:
     """``--repair``'s value; unset means ``never`` when a CI variable is set, else ``auto``."""
-    if value is None or value == "":
+    if value is None:
         return "never" if running_in_ci(env) else "auto"
-    for mode in REPAIR_MODES:
-        if mode == value:
-            return mode
-    raise BadInput(f"--repair {value!r} is not a repair mode", next_step=f"use one of: {', '.join(REPAIR_MODES)}")
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,12 +106,12 @@ class PreflightReport:
 Reexec = Callable[..., NoReturn]
 
 
-def preflight_for(ctx: SuiteContext, backend: str, repair: str) -> PreflightReport:
+def preflight_for(ctx: SuiteContext, backend: str, repair: RepairMode | None) -> PreflightReport:
     """The preflight a command's ``--backend`` and ``--repair`` ask for (``crossval-per-token`` and
     ``crossval-selfcheck`` run it before they compare anything)."""
     from bitnet_crossval.backends.specs import spec_for
 
-    return run_preflight(ctx, spec_for(backend), mode=repair_mode_from(repair or None, ctx.env))
+    return run_preflight(ctx, spec_for(backend), mode=repair_mode_from(repair, ctx.env))
 
 
 def run_preflight(
@@ -115,7 +122,7 @@ def run_preflight(
     reexec: Reexec | None = None,
 ) -> PreflightReport:
     """Return a report for an available backend, raise a SuiteError, or re-exec (no return)."""
-    if ctx.is_repair_child:
+    if is_repair_child(ctx.env):
         return _validate_after_repair(ctx, spec)
 
     found = ctx.detector.detect(spec)

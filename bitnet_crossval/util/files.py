@@ -168,7 +168,10 @@ def file_sha256(path: Path) -> str:
 
 
 def dump_json(document: Any) -> bytes:
-    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    """``document`` as strict JSON (no NaN or infinity: see :mod:`.jsonsafe`), then a newline."""
+    from bitnet_crossval.util.jsonsafe import jsonable
+
+    return (json.dumps(jsonable(document), indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
 
 
 def write_json_atomic(path: Path, document: Any, *, what: str = "the file") -> None:

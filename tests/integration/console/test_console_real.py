@@ -81,14 +81,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> BuiltWheel:
 
 def source_packages(source: Path) -> dict[str, Path]:
     """The Python packages the wheel must hold, as paths inside it, each with its directory in
-    the tree: every directory holding a module under ``bitnet_crossval/`` and under ``tasks/``
-    (shipped as ``bitnet_crossval/tasks``), with or without an ``__init__.py``."""
-    roots = {"bitnet_crossval": source / "bitnet_crossval", "bitnet_crossval/tasks": source / "tasks"}
+    the tree: every directory holding a module under ``bitnet_crossval/``."""
+    root = source / "bitnet_crossval"
     found: dict[str, Path] = {}
-    for name, root in roots.items():
-        for module in root.rglob("*.py"):
-            if "__pycache__" not in module.parts:
-                found["/".join([name, *module.parent.relative_to(root).parts])] = module.parent
+    for module in root.rglob("*.py"):
+        if "__pycache__" not in module.parts:
+            found["/".join(["bitnet_crossval", *module.parent.relative_to(root).parts])] = module.parent
     return found
 
 
@@ -102,7 +100,7 @@ def test_wheel_ships_every_package_under_bitnet_crossval_and_no_top_level_tasks(
     shipped = {name.rsplit("/", 1)[0] for name in names if name.endswith(".py") and not name.startswith(dist_info)}
     expected = source_packages(wheel.source)
     assert "bitnet_crossval/tasks" in shipped
-    # A sub-package forgotten in pyproject's explicit `packages` list is missing here.
+    # A directory without __init__.py is no package to setuptools' discovery: it would be missing here.
     assert sorted(expected.keys() - shipped) == [], "packages missing from the wheel"
     assert sorted(shipped - expected.keys()) == [], "the wheel ships packages the tree does not have"
     modules = {
@@ -112,8 +110,8 @@ def test_wheel_ships_every_package_under_bitnet_crossval_and_no_top_level_tasks(
     # The shim's sources, which `rebuild` compiles wherever the suite is installed.
     assert "bitnet_crossval/cpp/CMakeLists.txt" in names
     cpp_files = {
-        "bitnet_crossval/cpp/" + path.relative_to(wheel.source / "cpp").as_posix()
-        for path in (wheel.source / "cpp").rglob("*")
+        "bitnet_crossval/cpp/" + path.relative_to(wheel.source / "bitnet_crossval" / "cpp").as_posix()
+        for path in (wheel.source / "bitnet_crossval" / "cpp").rglob("*")
         if path.is_file()
     }
     assert sorted(cpp_files - names) == [], "shim sources missing from the wheel"
@@ -234,7 +232,7 @@ def warm(console_env: dict[str, str], work: Path, tmp_path_factory: pytest.TempP
 
 
 def test_warm_preflight_exits_0(venv: Venv, console_env: dict[str, str], work: Path, warm: str) -> None:
-    # The shim was compiled from the sources the wheel installed, not from the checkout's cpp/.
+    # The shim was compiled from the sources the wheel installed, not from the checkout's..
     assert f"-S {venv.site / 'bitnet_crossval' / 'cpp'} " in warm, warm
 
     result = run([PROGRAM, "preflight", "--backend", "llama"], env=console_env, cwd=work)

@@ -36,7 +36,7 @@ from invoke.exceptions import Exit
 from bitnet_crossval.backends.specs import BITNET, LLAMA
 from bitnet_crossval.context import SuiteContext, load_context
 from bitnet_crossval.crossval import CrossvalRequest, CrossvalResult, parse_candidate, parse_model, run_crossval
-from bitnet_crossval.crossval.candidates import NumpyCandidate
+from bitnet_crossval.crossval.candidates.numpy_engine import NumpyCandidate
 from bitnet_crossval.crossval.engine import FAULTS, EngineOptions, Fault, TraceSite, load_engine
 from bitnet_crossval.crossval.engine.engine import Engine
 from bitnet_crossval.crossval.engine.graph import Run
@@ -516,15 +516,15 @@ def in_process(cache: TraceCache, monkeypatch: pytest.MonkeyPatch) -> Callable[.
     """``run(**task_args)``: `invoke crossval-selfcheck --arch llama --format json` in this process
     (so it can be patched), on this module's cache, with only the clean run and norm_eps."""
     import bitnet_crossval.crossval.selfcheck as selfcheck_module
-    import tasks._runner
-    from tasks.selfcheck import crossval_selfcheck
+    from bitnet_crossval.tasks import _runner
+    from bitnet_crossval.tasks.selfcheck import crossval_selfcheck
 
     for name in list(os.environ):
         if name.startswith(("BITNET_", "LLAMA_CPP_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("BITNET_CACHE_DIR", str(cache.root))
     monkeypatch.setenv("LLAMA_CPP_DIR", cache.env["LLAMA_CPP_DIR"])
-    monkeypatch.setattr(tasks._runner, "_context", None)
+    monkeypatch.setattr(_runner, "_context", None)
     monkeypatch.setattr(selfcheck_module, "cases_for", lambda arch: [None, "norm_eps"])
 
     def run(capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]:
@@ -555,7 +555,7 @@ def test_a_mislocated_fault_fails_the_selfcheck(
 ) -> None:
     monkeypatch.setattr(Engine, "fault_site", lambda self: TraceSite("ffn_out", 0))
     code, document, err = in_process(capsys)
-    assert code == 1
+    assert code == 12
     assert document["ok"] is False
     case = document["cases"][1]
     assert case["fault"] == "norm_eps" and case["caught"] and not case["located"] and not case["ok"]
@@ -564,7 +564,7 @@ def test_a_mislocated_fault_fails_the_selfcheck(
     assert errors == ["error: the self-check failed: 1 of 2 cases were not caught or not located (llama/norm_eps)"], (
         err[-3000:]
     )
-    assert "next: read the table above" in err
+    assert "next: read the self-check table above" in err
     assert "Traceback" not in err
 
 
@@ -575,7 +575,7 @@ def test_a_fault_that_changes_nothing_fails_the_selfcheck(
 ) -> None:
     monkeypatch.setattr(Run, "faulty", lambda self, name: False)  # every fault a no-op
     code, document, err = in_process(capsys)
-    assert code == 1
+    assert code == 12
     case = document["cases"][1]
     assert case["fault"] == "norm_eps" and case["verdict"] == "parity"
     assert not case["caught"] and not case["ok"] and case["found_site"] is None

@@ -11,19 +11,26 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bitnet_crossval.crossval.candidates import (
-    CandidateSpec,
-    CommandCandidate,
-    PythonCandidate,
-    check_logits,
-    load_function,
-    parse_candidate,
-    placeholders_used,
-)
+from bitnet_crossval.crossval.candidates import check_logits, parse_candidate
+from bitnet_crossval.crossval.candidates.command import CommandCandidate, CommandSpec
+from bitnet_crossval.crossval.candidates.numpy_engine import NumpySpec
+from bitnet_crossval.crossval.candidates.python import PythonCandidate, PythonSpec, load_function
 from bitnet_crossval.errors import BadInput, CandidateFailed
 
 N_VOCAB = 11
 TOKENS = np.array([1, 5, 7], dtype=np.int32)
+
+
+def cmd_spec(text: str) -> CommandSpec:
+    spec = parse_candidate(text)
+    assert isinstance(spec, CommandSpec)
+    return spec
+
+
+def py_spec(text: str) -> PythonSpec:
+    spec = parse_candidate(text)
+    assert isinstance(spec, PythonSpec)
+    return spec
 
 
 # --- parse_candidate ------------------------------------------------------------------------------
@@ -32,12 +39,14 @@ TOKENS = np.array([1, 5, 7], dtype=np.int32)
 @pytest.mark.parametrize("text", ["", "numpy", "  numpy  "])
 def test_numpy_is_the_default(text: str) -> None:
     spec = parse_candidate(text)
-    assert (spec.kind, spec.label, spec.function) == ("numpy", "numpy", "")
+    assert isinstance(spec, NumpySpec)
+    assert (spec.kind, spec.label, spec.fault) == ("numpy", "numpy", None)
 
 
 def test_numpy_with_a_fault() -> None:
     spec = parse_candidate("numpy:rope_type")
-    assert (spec.kind, spec.function, spec.label) == ("numpy", "rope_type", "numpy:rope_type")
+    assert isinstance(spec, NumpySpec)
+    assert (spec.kind, spec.fault, spec.label) == ("numpy", "rope_type", "numpy:rope_type")
 
 
 @pytest.mark.parametrize("backend", ["llama", "bitnet"])
@@ -47,6 +56,7 @@ def test_a_backend_as_candidate(backend: str) -> None:
 
 def test_cmd_is_split_like_a_shell_without_one() -> None:
     spec = parse_candidate("cmd:my-engine --model '{model}' \"two words\" {tokens} {out}")
+    assert isinstance(spec, CommandSpec)
     assert spec.kind == "cmd"
     assert spec.argv == ("my-engine", "--model", "{model}", "two words", "{tokens}", "{out}")
     assert spec.label == "cmd:my-engine --model '{model}' \"two words\" {tokens} {out}"
@@ -56,6 +66,7 @@ def test_cmd_is_split_like_a_shell_without_one() -> None:
 
 def test_py_names_a_module_and_a_function() -> None:
     spec = parse_candidate("py:pkg.sub.module:logits")
+    assert isinstance(spec, PythonSpec)
     assert (spec.kind, spec.module, spec.function) == ("py", "pkg.sub.module", "logits")
 
 
@@ -117,7 +128,7 @@ def test_anything_else_is_a_candidate_failure_naming_what_was_expected(value: An
     message = info.value.message
     assert fragment in message and "the candidate cmd:x" in message
     assert f"[n_tokens, n_vocab] = [3, {N_VOCAB}]" in message
-    assert info.value.exit_code == 1
+    assert info.value.exit_code == 11
 
 
 def test_non_finite_values_are_located() -> None:
@@ -170,12 +181,12 @@ def program(tmp_path: Path) -> Path:
 
 def command(program: Path, mode: str, *, timeout: float = 60, placeholders: bool = True) -> CommandCandidate:
     extra = f"{{model}} {{tokens}} {{out}} {N_VOCAB}" if placeholders else ""
-    spec = parse_candidate(f"cmd:{sys.executable} {program} {mode} {extra}")
+    spec = cmd_spec(f"cmd:{sys.executable} {program} {mode} {extra}")
     return CommandCandidate(spec, env={"PATH": str(Path(sys.executable).parent)}, n_vocab=N_VOCAB, timeout=timeout)
 
 
 def test_argv_placeholders_are_filled_anywhere_in_an_argument(tmp_path: Path) -> None:
-    spec = parse_candidate("cmd:engine --model={model} --ids {tokens} -o {out} --trace={trace}")
+    spec = cmd_spec("cmd:engine --model={model} --ids {tokens} -o {out} --trace={trace}")
     candidate = CommandCandidate(spec, env={}, n_vocab=N_VOCAB, timeout=1)
     m, t, o = tmp_path / "m.gguf", tmp_path / "t.npy", tmp_path / "o.npy"
     assert candidate.argv_for(model=m, tokens=t, out=o, trace=None) == [
@@ -185,14 +196,9 @@ def test_argv_placeholders_are_filled_anywhere_in_an_argument(tmp_path: Path) ->
 
 
 def test_without_placeholders_the_three_paths_are_appended(tmp_path: Path) -> None:
-    candidate = CommandCandidate(parse_candidate("cmd:engine --fast"), env={}, n_vocab=N_VOCAB, timeout=1)
+    candidate = CommandCandidate(cmd_spec("cmd:engine --fast"), env={}, n_vocab=N_VOCAB, timeout=1)
     argv = candidate.argv_for(model=tmp_path / "m", tokens=tmp_path / "t", out=tmp_path / "o", trace=None)
     assert argv == ["engine", "--fast", str(tmp_path / "m"), str(tmp_path / "t"), str(tmp_path / "o")]
-
-
-def test_placeholders_used() -> None:
-    assert placeholders_used(["a", "{out}", "x{model}y"]) == ["{model}", "{out}"]
-    assert placeholders_used(["--trace", "{trace}"]) == ["{trace}"]
 
 
 def test_a_command_candidate_that_works(program: Path, tmp_path: Path) -> None:
@@ -224,7 +230,7 @@ def test_a_command_that_writes_garbage_or_nothing(program: Path, tmp_path: Path)
 
 
 def test_a_missing_program_is_bad_input(tmp_path: Path) -> None:
-    spec = parse_candidate(f"cmd:{tmp_path / 'nope'}")
+    spec = cmd_spec(f"cmd:{tmp_path / 'nope'}")
     with pytest.raises(BadInput, match="was not found"):
         CommandCandidate(spec, env={}, n_vocab=N_VOCAB, timeout=5).run(
             tmp_path / "m.gguf", TOKENS, work_dir=tmp_path, trace_dir=None
@@ -273,7 +279,7 @@ def module_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def py(module: str, function: str) -> PythonCandidate:
-    return PythonCandidate(parse_candidate(f"py:{module}:{function}"), n_vocab=N_VOCAB)
+    return PythonCandidate(py_spec(f"py:{module}:{function}"), n_vocab=N_VOCAB)
 
 
 def test_a_python_candidate_that_works(module_name: str, tmp_path: Path) -> None:
@@ -318,7 +324,7 @@ def test_a_suite_error_of_the_candidate_passes_through(module_name: str, tmp_pat
     ],
 )
 def test_functions_that_cannot_be_loaded_are_bad_input(module_name: str, target: str, fragment: str) -> None:
-    spec = parse_candidate("py:" + target.format(module=module_name))
+    spec = py_spec("py:" + target.format(module=module_name))
     with pytest.raises(BadInput) as info:
         load_function(spec)
     assert fragment in info.value.message
@@ -328,5 +334,5 @@ def test_the_current_directory_is_importable(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "cwd_candidate_mod.py").write_text("def f(m, t):\n    return None\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
-    assert callable(load_function(CandidateSpec(kind="py", text="py:cwd_candidate_mod:f", module="cwd_candidate_mod",
-                                                function="f")))  # fmt: skip
+    spec = PythonSpec(kind="py", text="py:cwd_candidate_mod:f", module="cwd_candidate_mod", function="f")
+    assert callable(load_function(spec))

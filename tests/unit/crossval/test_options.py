@@ -3,114 +3,57 @@ one BadInput sentence (exit 6)."""
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bitnet_crossval.crossval.candidates import DEFAULT_CANDIDATE_TIMEOUT
+from bitnet_crossval.crossval.candidates.numpy_engine import NumpySpec
 from bitnet_crossval.crossval.metrics import DEFAULT_TIE_MARGIN
 from bitnet_crossval.crossval.options import (
     MAX_GENERATED,
+    OUTPUT_OPTIONS,
+    REQUEST_OPTIONS,
     build_request,
-    parse_choice,
-    parse_float,
-    parse_format,
-    parse_int,
-    parse_optional_float,
-    parse_output,
+    output_paths,
 )
-from bitnet_crossval.crossval.run import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, CrossvalRequest
+from bitnet_crossval.crossval.request import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, CrossvalRequest
 from bitnet_crossval.errors import BadInput
-
-DEFAULTS: dict[str, Any] = {
-    "model": "",
-    "tokenizer": "",
-    "prompt": None,
-    "tokens_file": "",
-    "max_tokens": "",
-    "backend": "llama",
-    "candidate": "numpy",
-    "add_bos": "auto",
-    "parse_special": False,
-    "kl_max": "",
-    "tie_margin": "",
-    "candidate_timeout": "",
-    "threads": "",
-    "bitnet_activation": "auto",
-}
+from bitnet_crossval.util.options import OptionValues, RawValue
 
 
-def request(**changes: Any) -> CrossvalRequest:
-    return build_request(**{**DEFAULTS, **changes})
+def request(**raw: RawValue) -> CrossvalRequest:
+    return build_request(OptionValues(REQUEST_OPTIONS, raw))
 
 
-# --- numbers and choices ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("text", "value"), [("", 16), ("  ", 16), ("0", 0), (" 7 ", 7), ("08", 8), ("4096", 4096)])
-def test_parse_int_accepts_ascii_whole_numbers_in_range(text: str, value: int) -> None:
-    assert parse_int(text, option="--max-tokens", default=16, minimum=0, maximum=4096) == value
-
-
-@pytest.mark.parametrize("text", ["x", "-1", "+3", "1.5", "1e3", "4097", "12345678", "²", "٣", "0x10", "1_000"])
-def test_parse_int_refuses_anything_else(text: str) -> None:
-    with pytest.raises(BadInput) as info:
-        parse_int(text, option="--max-tokens", default=16, minimum=0, maximum=4096)
-    assert info.value.message == f"--max-tokens {text!r} is not a whole number from 0 to 4096"
-    assert "--max-tokens" in info.value.next_step
-
-
-@pytest.mark.parametrize(("text", "value"), [("", None), ("0", 0.0), (" 0.5 ", 0.5), ("1e-3", 0.001), ("2", 2.0)])
-def test_parse_optional_float(text: str, value: float | None) -> None:
-    assert parse_optional_float(text, option="--kl-max", example=0.05) == value
-
-
-@pytest.mark.parametrize("text", ["-1", "-0.001", "nan", "NaN", "inf", "-inf", "abc", "1,5", "0.1.2"])
-def test_parse_optional_float_refuses_negative_and_non_finite(text: str) -> None:
-    with pytest.raises(BadInput, match=r"is not a number of at least 0"):
-        parse_optional_float(text, option="--kl-max", example=0.05)
-
-
-def test_parse_float_falls_back_to_its_default() -> None:
-    assert parse_float("", option="--tie-margin", default=0.5, example=0.5) == 0.5
-    assert parse_float("0.25", option="--tie-margin", default=0.5, example=0.5) == 0.25
-
-
-def test_parse_choice_and_format() -> None:
-    assert parse_choice("", option="--add-bos", choices=("auto", "yes", "no"), default="auto") == "auto"
-    assert parse_choice(" yes ", option="--add-bos", choices=("auto", "yes", "no"), default="auto") == "yes"
-    assert (parse_format(""), parse_format("text"), parse_format("json")) == ("text", "text", "json")
-    for bad in ("yaml", "JSON", "jsonl"):
-        with pytest.raises(BadInput, match=f"--format '{bad}' is not one of text, json"):
-            parse_format(bad)
+def outputs(**raw: RawValue) -> dict[str, Path]:
+    return {option.name: path for option, path in output_paths(OptionValues(OUTPUT_OPTIONS, raw)).items()}
 
 
 # --- output files -------------------------------------------------------------------------------------
 
 
-def test_parse_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert parse_output("", what="the report") is None
-    assert parse_output("  ", what="the report") is None
+def test_output_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert outputs() == {}
+    assert outputs(report="  ") == {}
     monkeypatch.chdir(tmp_path)
-    assert parse_output("r.json", what="the report") == tmp_path / "r.json"
+    assert outputs(report="r.json") == {"report": tmp_path / "r.json"}
     (tmp_path / "exists.json").write_text("old")
-    assert parse_output(str(tmp_path / "exists.json"), what="the report") == tmp_path / "exists.json"
+    assert outputs(junit=str(tmp_path / "exists.json")) == {"junit": tmp_path / "exists.json"}
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert parse_output("~/r.json", what="the report") == tmp_path / "r.json"
+    assert outputs(plot="~/r.png") == {"plot": tmp_path / "r.png"}
 
 
-def test_parse_output_refuses_a_missing_directory_a_directory_and_a_fifo(tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match=r"the directory of the plot .* does not exist"):
-        parse_output(str(tmp_path / "no" / "plot.png"), what="the plot")
+def test_output_paths_refuse_a_missing_directory_a_directory_and_a_fifo(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match=r"the directory of the --plot file .* does not exist"):
+        outputs(plot=str(tmp_path / "no" / "plot.png"))
     with pytest.raises(BadInput, match="is a directory, not a regular file"):
-        parse_output(str(tmp_path), what="the JUnit file")
+        outputs(junit=str(tmp_path))
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    with pytest.raises(BadInput, match=r"the report .* not a regular file"):
-        parse_output(str(fifo), what="the report")
+    with pytest.raises(BadInput, match=r"the --report file .* not a regular file"):
+        outputs(report=str(fifo))
 
 
 # --- the whole request ----------------------------------------------------------------------------------
@@ -137,7 +80,7 @@ def test_values_are_carried_over(tmp_path: Path) -> None:
     assert (r.model.arch, r.model.tensor_type) == ("gemma3", "Q8_0")
     assert (r.prompt, r.max_tokens, r.backend, r.add_bos, r.parse_special) == ("Hi", 3, "bitnet", False, True)
     assert (r.kl_max, r.tie_margin, r.candidate_timeout, r.threads) == (0.0, 1.5, 2.0, 4)
-    assert r.candidate.function == "norm_eps" and r.bitnet_activation == "relu2"
+    assert isinstance(r.candidate, NumpySpec) and r.candidate.fault == "norm_eps" and r.bitnet_activation == "relu2"
     assert r.tokenizer == tmp_path / "tokenizer.json"
     assert request(add_bos="yes").add_bos is True
 
@@ -168,6 +111,8 @@ def test_an_explicit_empty_prompt_is_kept_for_the_run_to_report() -> None:
         ({"tie_margin": "inf"}, "--tie-margin 'inf'"),
         ({"candidate_timeout": "-5"}, "--candidate-timeout '-5'"),
         ({"add_bos": "true"}, "--add-bos 'true' is not one of auto, yes, no"),
+        ({"candidate_timeout": "0"}, "--candidate-timeout '0' is not a number of seconds, more than 0"),
+        ({"candidate_timeout": "1e12"}, "--candidate-timeout '1e12'"),
         ({"bitnet_activation": "gelu"}, "--bitnet-activation 'gelu'"),
         ({"backend": "gpt"}, "gpt"),
         ({"candidate": "torch"}, "--candidate 'torch' is not a candidate"),
@@ -224,14 +169,14 @@ def test_checking_a_model_path_reads_only_its_header(tmp_path: Path, monkeypatch
     assert read[0] <= 1 << 20
 
 
-def test_the_task_passes_every_option_and_documents_it() -> None:
-    """Every keyword of build_request is a parameter of the invoke task, with help text."""
-    from tasks.crossval import crossval_per_token
+def test_the_task_declares_exactly_the_table() -> None:
+    """The task's flags and their help come from the option tables, nothing else."""
+    from bitnet_crossval.tasks.crossval import crossval_per_token
 
-    body = crossval_per_token.body
-    parameters = set(inspect.signature(body).parameters) - {"c"}
-    assert set(DEFAULTS) <= parameters
-    assert set(crossval_per_token.help) == {name.replace("_", "-") for name in parameters}
-    for name, value in DEFAULTS.items():
-        default = inspect.signature(body).parameters[name].default
-        assert default == value or (default == "" and value == ""), name
+    arguments = {argument.name: argument for argument in crossval_per_token.get_arguments()}
+    assert set(REQUEST_OPTIONS) | set(OUTPUT_OPTIONS) <= set(crossval_per_token.options)
+    assert set(arguments) == {option.name for option in crossval_per_token.options}
+    for option in crossval_per_token.options:
+        assert arguments[option.name].help == option.help_text()
+    assert arguments["max_tokens"].kind is int and arguments["kl_max"].kind is str
+    assert arguments["trace"].kind is bool

@@ -21,14 +21,14 @@ from bitnet_crossval.crossval.report import (
     check_output_path,
     print_table,
     rows_to_show,
-    to_json_text,
     write_junit,
     write_plot,
     write_report,
 )
-from bitnet_crossval.crossval.run import CrossvalResult
+from bitnet_crossval.crossval.result import CrossvalResult
 from bitnet_crossval.crossval.tokens import TokenMismatch
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util.files import dump_json
 
 N_VOCAB = 64
 
@@ -147,7 +147,7 @@ def test_the_json_report(tmp_path: Path) -> None:
     path = tmp_path / "report.json"
     write_report(r, path)
     doc = json.loads(path.read_text())
-    assert doc == json.loads(to_json_text(r)) == json.loads(json.dumps(r.to_json(), allow_nan=False))
+    assert doc == json.loads(dump_json(r.to_json())) == json.loads(json.dumps(r.to_json(), allow_nan=False))
     assert doc["schema"] == "bitnet-crossval/report" and doc["version"] == 1
     assert doc["verdict"] == "divergence" and doc["passed"] is False
     assert doc["summary"]["first_failure"] == 5 and len(doc["rows"]) == 7
@@ -158,14 +158,14 @@ def test_the_json_report(tmp_path: Path) -> None:
 def test_json_never_holds_nan_or_infinity() -> None:
     r = result(3)
     r.rows[0] = replace(r.rows[0], nmse=math.inf, cosine=math.nan)
-    text = to_json_text(r)
+    text = dump_json(r.to_json()).decode()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)["rows"][0]["nmse"] is None
 
 
 def test_the_json_of_a_token_mismatch() -> None:
     r = mismatch_result()
-    doc = json.loads(to_json_text(r))
+    doc = json.loads(dump_json(r.to_json()))
     assert doc["verdict"] == "token-mismatch" and doc["rows"] == [] and doc["summary"] is None
     assert doc["token_mismatch"]["first_index"] == 2
     assert "at token index 2" in r.failure_sentence()

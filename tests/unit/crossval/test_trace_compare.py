@@ -475,14 +475,14 @@ def test_parse_names_refuses_a_bad_expression_as_bad_input(text: str) -> None:
 def test_the_task_exits_6_on_a_bad_trace_option_before_anything_runs(
     option: str, value: str, fragment: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks._runner
-    from tasks.crossval import crossval_per_token
+    from bitnet_crossval.tasks import _runner
+    from bitnet_crossval.tasks.crossval import crossval_per_token
 
     def no_context() -> None:
         raise AssertionError("the options are checked before the context is read")
 
-    monkeypatch.setattr(tasks._runner, "_context", None)
-    monkeypatch.setattr("tasks.crossval.suite_context", no_context)
+    monkeypatch.setattr(_runner, "_context", None)
+    monkeypatch.setattr("bitnet_crossval.tasks.crossval.suite_context", no_context)
     with pytest.raises(Exit) as info:
         crossval_per_token(Context(), **{option: value})
     assert info.value.code == 6

@@ -13,6 +13,7 @@ import pytest
 from bitnet_crossval.errors import BadInput, BuildFailed
 from bitnet_crossval.provision import cmake
 from bitnet_crossval.provision.cmake import (
+    JOBS,
     CMakeProject,
     build_args,
     configure,
@@ -20,42 +21,36 @@ from bitnet_crossval.provision.cmake import (
     configure_args,
     flags_summary,
     install,
-    parse_jobs,
     preferred_generator,
     prepare_build_dir,
-    read_cache,
 )
+from bitnet_crossval.store.sources import read_cmake_cache
 from bitnet_crossval.util import proc
 
-# --- parse_jobs ------------------------------------------------------------------------------
+# --- --jobs ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("text", "jobs"), [("1", 1), ("8", 8), (" 16 ", 16), ("1024", 1024), ("007", 7)])
-def test_parse_jobs_reads_a_whole_number(text: str, jobs: int) -> None:
-    assert parse_jobs(text) == jobs
+def test_jobs_reads_a_whole_number(text: str, jobs: int) -> None:
+    assert JOBS.parse(text) == jobs
 
 
-@pytest.mark.parametrize("text", ["", "  ", "0", " 0 "])
-def test_parse_jobs_zero_or_nothing_means_one_per_cpu(text: str) -> None:
-    assert parse_jobs(text) is None
+@pytest.mark.parametrize("text", [None, "", "  ", "0", " 0 "])
+def test_jobs_zero_or_nothing_means_one_per_cpu(text: str | None) -> None:
+    assert JOBS.parse(text) == 0
 
 
 @pytest.mark.parametrize(
     "text",
-    ["-1", "+2", "1.5", "2.0", "1e3", "two", "2 jobs", "0x10", "1025", "99999999999999999999", "nan", "inf"],
-)
-def test_parse_jobs_refuses_anything_else_as_bad_input(text: str) -> None:
+    ["-1", "+2", "1.5", "2.0", "1e3", "two", "2 jobs", "0x10", "1025", "99999999999999999999", "nan", "inf", "²",
+     "1" * 5000],
+)  # fmt: skip
+def test_jobs_refuses_anything_else_as_bad_input(text: str) -> None:
     with pytest.raises(BadInput) as caught:
-        parse_jobs(text)
+        JOBS.parse(text)
     assert caught.value.exit_code == 6
     assert "--jobs" in caught.value.message and repr(text) in caught.value.message
     assert "--jobs 2" in caught.value.next_step
-
-
-@pytest.mark.parametrize("text", ["²", "1" * 5000], ids=["superscript-two", "5000-digits"])
-def test_parse_jobs_refuses_digits_int_cannot_read(text: str) -> None:
-    with pytest.raises(BadInput):
-        parse_jobs(text)
 
 
 # --- fakes -----------------------------------------------------------------------------------
@@ -127,7 +122,7 @@ def test_read_cache_reads_entries_without_types(tmp_path: Path) -> None:
         "no equals sign here\n"
         "NOTYPE=plain\n"
     )
-    assert read_cache(tmp_path) == {
+    assert read_cmake_cache(tmp_path) == {
         "CMAKE_GENERATOR": "Ninja",
         "CMAKE_BUILD_TYPE": "Release",
         "WITH_EQUALS": "a=b=c",
@@ -137,15 +132,15 @@ def test_read_cache_reads_entries_without_types(tmp_path: Path) -> None:
 
 
 def test_read_cache_without_a_cache_is_empty(tmp_path: Path) -> None:
-    assert read_cache(tmp_path) == {}
-    assert read_cache(tmp_path / "missing") == {}
+    assert read_cmake_cache(tmp_path) == {}
+    assert read_cmake_cache(tmp_path / "missing") == {}
     (tmp_path / "d" / "CMakeCache.txt").mkdir(parents=True)
-    assert read_cache(tmp_path / "d") == {}
+    assert read_cmake_cache(tmp_path / "d") == {}
 
 
 def test_read_cache_survives_bytes_that_are_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "CMakeCache.txt").write_bytes(b"PATHY:PATH=/opt/\xff\xfe\nCMAKE_GENERATOR:INTERNAL=Ninja\n")
-    assert read_cache(tmp_path)["CMAKE_GENERATOR"] == "Ninja"
+    assert read_cmake_cache(tmp_path)["CMAKE_GENERATOR"] == "Ninja"
 
 
 # --- generator, configure_args, build_args ----------------------------------------------------
@@ -243,7 +238,7 @@ def test_a_reusable_tree_is_kept(tmp_path: Path, generator: str, tools: dict[str
     (project.build_dir / "kept.o").write_text("x")
     prepare_build_dir(project)
     assert (project.build_dir / "kept.o").read_text() == "x"
-    assert read_cache(project.build_dir)["CMAKE_GENERATOR"] == generator
+    assert read_cmake_cache(project.build_dir)["CMAKE_GENERATOR"] == generator
 
 
 def test_a_tree_reached_through_a_symlink_is_the_same_tree(tmp_path: Path) -> None:

@@ -41,8 +41,9 @@ def test_explicit_mode_wins_over_ci() -> None:
 
 def test_bad_mode_is_bad_input() -> None:
     with pytest.raises(BadInput) as info:
-        pf.repair_mode_from("sometimes", {})
+        pf.REPAIR.parse("sometimes")
     assert info.value.exit_code == 6
+    assert info.value.message == "--repair 'sometimes' is not one of auto, never, always"
 
 
 def _ctx(tmp_path: Path, *, env: dict[str, str] | None = None, constants: Constants | None = None) -> SuiteContext:

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from invoke.tasks import task
-
-from bitnet_crossval.errors import BuildFailed, UnclassifiedError
-from bitnet_crossval.util import ui
+from bitnet_crossval.repair.rebuild import CHECK
+from bitnet_crossval.util.options import VERBOSE, OptionValues
 
 from ._runner import suite_context, suite_task
 
 
-@task(
-    help={
-        "verbose": "show every command and a traceback on errors",
-        "check": "build and write nothing; exit 1 when the constants file is out of date",
-    }
-)
-@suite_task
-def rebuild(c: Any, verbose: bool = False, check: bool = False) -> None:
-    """Re-detect every backend, build the cpp/ shim against each one found, write the constants file."""
+@suite_task(options=(CHECK, VERBOSE))
+def rebuild(values: OptionValues) -> None:
+    """Re-detect every backend, build the shim against each one found, write the constants file."""
+    from bitnet_crossval.errors import BuildFailed, UnclassifiedError
     from bitnet_crossval.repair.rebuild import constants_are_current
     from bitnet_crossval.repair.rebuild import rebuild as run_rebuild
+    from bitnet_crossval.util import ui
 
     ctx = suite_context()
-    if check:
+    if values[CHECK]:
         if not constants_are_current(ctx):
             raise UnclassifiedError(
                 f"the constants file {ctx.constants_path} is out of date",

@@ -1,0 +1,100 @@
+"""``numpy`` and ``numpy:FAULT``: the built-in engine, and the same with one deliberate bug (what
+the self-check runs)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from bitnet_crossval.crossval.candidates.base import (
+    Candidate,
+    CandidateOutput,
+    CandidateSetting,
+    CandidateSpec,
+    ReferenceFacts,
+    Traced,
+    TraceRequest,
+    constant,
+)
+from bitnet_crossval.errors import BadInput
+
+if TYPE_CHECKING:
+    from bitnet_crossval.crossval.engine import EngineOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class NumpySpec(CandidateSpec):
+    fault: str | None = None
+
+
+class NumpyKind:
+    heads: tuple[str, ...] = ("numpy",)
+    syntax: str = "numpy[:FAULT]"
+
+    def parse(self, text: str) -> CandidateSpec:
+        if text == "numpy":
+            return NumpySpec(kind="numpy", text="numpy")
+        from bitnet_crossval.crossval.engine import FAULT_NAMES
+
+        fault = text[len("numpy:") :]
+        if fault not in FAULT_NAMES:
+            raise BadInput(
+                f"--candidate {text!r}: {fault!r} is not a fault the numpy engine can make",
+                next_step=f"use numpy:FAULT with FAULT one of {', '.join(FAULT_NAMES)}",
+            )
+        return NumpySpec(kind="numpy", text=text, fault=fault)
+
+    def build(self, spec: CandidateSpec, setting: CandidateSetting) -> Candidate:
+        from bitnet_crossval.crossval.engine import EngineOptions, Fault
+
+        assert isinstance(spec, NumpySpec)
+        fault = Fault(name=spec.fault) if spec.fault else None  # type: ignore[arg-type]
+        return NumpyCandidate(setting.model, EngineOptions(bitnet_activation=setting.bitnet_activation, fault=fault))
+
+
+class NumpyCandidate:
+    """The built-in engine. It loads (and validates) the model when it is made, so an
+    unsupported architecture or tensor type is reported before the reference runs."""
+
+    def __init__(self, model: Path, options: EngineOptions) -> None:
+        from bitnet_crossval.crossval.engine import load_engine
+
+        self.label = "numpy"
+        self.engine = load_engine(model, options)
+
+    def follow(self, reference: ReferenceFacts) -> Candidate:
+        if reference.kv_type_v == "f16" and self.engine.options.kv_cache != "f16":
+            # The backend refused an F32 V cache (the 2024 bitnet.cpp fork): round as it does.
+            return NumpyCandidate(self.engine.model.path, replace(self.engine.options, kv_cache="f16"))
+        return self
+
+    def run(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
+    ) -> CandidateOutput:
+        started = time.monotonic()
+        logits = self.engine.forward(tokens)
+        return CandidateOutput(
+            logits=np.asarray(logits, dtype=np.float32),
+            seconds=time.monotonic() - started,
+            details=self.engine.describe(),
+        )
+
+    def trace(
+        self, model: Path, tokens: npt.NDArray[np.int32], *, request: TraceRequest, work_dir: Path
+    ) -> Traced | None:
+        from bitnet_crossval.crossval.engine import TraceRecorder
+
+        layers = range(request.layers[0], request.layers[1] + 1) if request.layers is not None else None
+        recorder = TraceRecorder(
+            layers=layers, name_regex=request.names, positions=request.positions, include_global=layers is None
+        )
+        self.engine.forward(tokens, trace=recorder)
+        return {key: constant(value) for key, value in recorder.entries.items()}
+
+
+KIND = NumpyKind()

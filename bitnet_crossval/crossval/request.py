@@ -1,0 +1,43 @@
+"""What one cross-validation is asked to do (the parsed command line, or a script's request)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from bitnet_crossval.crossval.candidates import DEFAULT_CANDIDATE_TIMEOUT, CandidateSpec, parse_candidate
+from bitnet_crossval.crossval.metrics import DEFAULT_TIE_MARGIN
+from bitnet_crossval.crossval.models import ModelChoice, parse_model
+
+if TYPE_CHECKING:
+    from bitnet_crossval.backends.specs import BackendName
+    from bitnet_crossval.reference.client import KvType
+
+DEFAULT_PROMPT = "The capital of France is Paris. The quick brown fox jumps over the lazy dog, and then"
+DEFAULT_MAX_TOKENS = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossvalRequest:
+    model: ModelChoice = field(default_factory=lambda: parse_model(None))
+    backend: BackendName = "llama"
+    prompt: str = DEFAULT_PROMPT
+    tokens_file: Path | None = None
+    tokenizer: Path | None = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    add_bos: bool | None = None
+    """None: as the model's metadata says (``tokenizer.ggml.add_bos_token``)."""
+    parse_special: bool = False
+    candidate: CandidateSpec = field(default_factory=lambda: parse_candidate("numpy"))
+    kl_max: float | None = None
+    """None: by the model's weight types (float or quantised)."""
+    tie_margin: float = DEFAULT_TIE_MARGIN
+    candidate_timeout: float = DEFAULT_CANDIDATE_TIMEOUT
+    threads: int = 1
+    kv_type: KvType = "auto"
+    bitnet_activation: Literal["silu", "relu2"] | None = None
+    trace: bool = False
+    """On a divergence, compare both sides' intermediates to find the first tensor that departs."""
+    trace_layers: tuple[int, int] | None = None
+    trace_names: str | None = None

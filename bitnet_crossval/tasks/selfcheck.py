@@ -1,0 +1,32 @@
+"""invoke crossval-selfcheck: prove the cross-validation catches and locates deliberate bugs."""
+
+from __future__ import annotations
+
+from bitnet_crossval.backends.specs import BACKEND
+from bitnet_crossval.crossval.options import ARCH
+from bitnet_crossval.errors import SelfcheckFailed
+from bitnet_crossval.repair.preflight import REPAIR
+from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
+
+from ._runner import print_json, suite_context, suite_task
+
+
+@suite_task(options=(BACKEND, REPAIR, ARCH, FORMAT, VERBOSE))
+def crossval_selfcheck(values: OptionValues) -> None:
+    """Run the crossval against deliberately broken candidates; each must be caught and located."""
+    from bitnet_crossval.crossval.selfcheck import parse_architectures, print_selfcheck, run_selfcheck
+    from bitnet_crossval.repair.preflight import preflight_for
+
+    architectures = parse_architectures(values[ARCH])
+    ctx = suite_context()
+    preflight_for(ctx, values[BACKEND], values[REPAIR])
+    cases = run_selfcheck(ctx, backend=values[BACKEND], architectures=architectures)
+    print_selfcheck(cases)
+    failed = [case for case in cases if not case.ok]
+    if values[FORMAT] == "json":
+        print_json({"command": "crossval-selfcheck", "ok": not failed, "cases": [case.to_json() for case in cases]})
+    if failed:
+        names = ", ".join(f"{case.architecture}/{case.fault or 'clean'}" for case in failed)
+        raise SelfcheckFailed(
+            f"the self-check failed: {len(failed)} of {len(cases)} cases were not caught or not located ({names})"
+        )
