@@ -1,7 +1,7 @@
 # /// script
 # requires-python = ">=3.10"
 # ///
-"""Measure what issue 2 asks for, side by side in one run, and print the figures.
+"""Measure the start-up cost of the tasks, side by side in one run, and print the figures.
 
 1. `invoke preflight --backend llama` with the backend present, as a ratio to a bare
    `python -c "import invoke"` (runs interleaved, medians compared). In the same loop, each also

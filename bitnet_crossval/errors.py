@@ -13,7 +13,7 @@ from typing import ClassVar
 
 
 class SuiteError(Exception):
-    """A failure that ends a command with the contract's exit code."""
+    """A failure that ends a command with its documented exit code (docs/reference/cli.md)."""
 
     exit_code: ClassVar[int] = 1
     default_next_step: ClassVar[str] = "rerun with --verbose to see the details"

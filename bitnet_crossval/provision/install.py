@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from bitnet_crossval.backends.detect import Detection, Detector, probe
 from bitnet_crossval.backends.specs import BACKEND_NAMES, BackendSpec
@@ -66,6 +66,17 @@ class SetupResult:
     log_path: Path | None = None
     detection: Detection | None = None
     """The detection of the finished install, when this run proved it usable."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "action": self.action,
+            "install_dir": str(self.install_dir),
+            "lib_dir": str(self.lib_dir),
+            "source": dict(self.source),
+            "seconds": round(self.seconds, 3),
+            "log": None if self.log_path is None else str(self.log_path),
+        }
 
 
 def setup_backend(

@@ -1,5 +1,5 @@
-"""invoke rebuild: re-detect every backend, build the cpp/ shim against each one found, and
-write the constants file.
+"""invoke rebuild: re-detect every backend, build the shim against each one found, and write
+the constants file.
 
 Concurrent rebuilds on one cache take turns on the ``rebuild`` lock: two CMake runs in one
 shim build tree, or two renames over one shim executable, corrupt each other.
@@ -8,8 +8,9 @@ shim build tree, or two renames over one shim executable, corrupt each other.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from bitnet_crossval.backends.detect import Detection
 from bitnet_crossval.backends.specs import BackendSpec
@@ -32,6 +33,14 @@ class RebuildResult:
     records: Mapping[str, BackendRecord]
     written: bool
     shim_failures: Mapping[str, SuiteError]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "constants": str(self.path),
+            "written": self.written,
+            "backends": {name: asdict(record) for name, record in self.records.items()},
+            "shim_failures": {name: error.to_json() for name, error in self.shim_failures.items()},
+        }
 
 
 def record_for(detection: Detection) -> BackendRecord:

@@ -56,7 +56,7 @@ def exclusive_lock(lock_path: Path, *, purpose: str, timeout: float) -> Iterator
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
-            ui.say(f"waiting for the lock {lock_path}: held by {describe_owner(lock_path)}; I want to {purpose}")
+            ui.say(f"waiting for the lock {lock_path}: held by {describe_owner(lock_path)}, to {purpose}")
             started = time.monotonic()
             try:
                 lock.acquire(timeout=timeout)

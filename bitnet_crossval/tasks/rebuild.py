@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from bitnet_crossval.repair.rebuild import CHECK
-from bitnet_crossval.util.options import VERBOSE, OptionValues
+from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
 
-from ._runner import suite_context, suite_task
+from ._runner import print_json, suite_context, suite_task
 
 
-@suite_task(options=(CHECK, VERBOSE))
+@suite_task(options=(CHECK, FORMAT, VERBOSE))
 def rebuild(values: OptionValues) -> None:
     """Re-detect every backend, build the shim against each one found, write the constants file."""
     from bitnet_crossval.errors import BuildFailed, UnclassifiedError
@@ -24,8 +24,12 @@ def rebuild(values: OptionValues) -> None:
                 next_step="run `invoke rebuild`",
             )
         ui.say(f"the constants file {ctx.constants_path} is current", "ok")
+        if values[FORMAT] == "json":
+            print_json({"command": "rebuild", "ok": True, "constants": str(ctx.constants_path), "current": True})
         return
     result = run_rebuild(ctx)
+    if values[FORMAT] == "json":
+        print_json({"command": "rebuild", "ok": not result.shim_failures, **result.to_json()})
     if result.shim_failures:
         name, error = next(iter(result.shim_failures.items()))
         if not isinstance(error, BuildFailed):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from bitnet_crossval.provision.cmake import JOBS
 from bitnet_crossval.provision.emit import EMIT
 from bitnet_crossval.provision.install import FORCE, REF, SETUP_BACKEND, SOURCE
-from bitnet_crossval.util.options import VERBOSE, OptionValues
+from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
 
-from ._runner import suite_context, suite_task
+from ._runner import print_json, suite_context, suite_task
 
 
-@suite_task(options=(SETUP_BACKEND, SOURCE, REF, FORCE, EMIT, JOBS, VERBOSE))
+@suite_task(options=(SETUP_BACKEND, SOURCE, REF, FORCE, EMIT, JOBS, FORMAT, VERBOSE))
 def setup_cpp_auto(values: OptionValues) -> None:
     """Get a backend's source, build it with CMake and install it into the cache."""
     import os
@@ -28,6 +28,10 @@ def setup_cpp_auto(values: OptionValues) -> None:
     if source and len(specs) > 1:
         raise BadInput(
             "--source names one backend's source", next_step="use --backend llama or --backend bitnet with --source"
+        )
+    if values[EMIT] is not None and values[FORMAT] == "json":
+        raise BadInput(
+            "--emit and --format json both want stdout", next_step="pass one of them: --emit for a shell to eval"
         )
     ctx = suite_context()
     results = [
@@ -49,3 +53,5 @@ def setup_cpp_auto(values: OptionValues) -> None:
         lib_dirs = os.pathsep.join(str(result.lib_dir) for result in results)
         lines = emit_lines(shell, set_vars=set_vars, prepend_paths={library_path_variable(): lib_dirs})
         sys.stdout.write("\n".join(lines) + "\n")
+    if values[FORMAT] == "json":
+        print_json({"command": "setup-cpp-auto", "ok": True, "installs": [result.to_json() for result in results]})

@@ -4,7 +4,7 @@ A source is a local directory (built in place), a git URL with an optional ``@RE
 archive (a path or a URL), or ``pypi``: the llama.cpp tree vendored in the pinned
 llama-cpp-python sdist, which is the same commit as the default git source. Anything that
 crosses the network is retried for transient failures (:mod:`bitnet_crossval.util.retry`) and every
-failure becomes one of the contract's errors (:func:`classify_failure`).
+failure becomes one of the suite's errors (:func:`classify_failure`).
 
 Fetched trees land in ``<cache>/sources/<name>``, complete or not at all
 (:mod:`bitnet_crossval.provision.sources.staging`). Call the fetch functions while holding the backend's lock.

@@ -1,4 +1,4 @@
-"""Turning a failed fetch into the contract's error, and which of those are worth retrying.
+"""Turning a failed fetch into one of the suite's errors, and which of those are worth retrying.
 
 git reports failures only as text, so its output is matched against the phrases git, curl,
 OpenSSH and the common hosts print; urllib and the file system raise typed exceptions. Only a
@@ -130,7 +130,7 @@ def classify_failure(
     spec: BackendSpec | None = None,
     next_step: str | None = None,
 ) -> SuiteError:
-    """Turn a failed git command, urllib call or file operation into the contract's error:
+    """Turn a failed git command, urllib call or file operation into one of the suite's errors:
     NetworkError (3, the only transient one), PermissionDenied (4), BadInput (6) or
     UnclassifiedError (1). ``next_step`` replaces the network hint (e.g. for the index)."""
     where = redact_url(url) if url else "the source"

@@ -87,7 +87,8 @@ def assert_one_error(result: subprocess.CompletedProcess[str], code: int, *fragm
 def json_error(result: subprocess.CompletedProcess[str], code: int) -> dict[str, Any]:
     """A failed --format json run: one JSON document on stdout saying error, with the exit code."""
     document = strict_json(result.stdout)
-    assert document["verdict"] == "error", document
+    assert document["verdict"] == "error" and document["ok"] is False, document
+    assert document["command"] == "crossval-per-token", document
     assert document["error"]["exit_code"] == code == result.returncode, document
     assert document["error"]["message"] and document["error"]["next_step"]
     return document  # type: ignore[no-any-return]

@@ -36,8 +36,8 @@ OPTION_CASES = [
     # Each parser's every rule is in tests/unit/crossval/test_options.py; here, one of each kind
     # through the command, as a user meets them.
     (["--max-tokens", "x"], "--max-tokens 'x' is not a whole number from 0 to 4096"),
-    (["--kl-max", "-1"], "--kl-max '-1' is not a number of at least 0"),
-    (["--kl-max", "nan"], "--kl-max 'nan' is not a number of at least 0"),
+    (["--kl-max", "-1"], "--kl-max '-1' is not a number of nats, at least 0"),
+    (["--kl-max", "nan"], "--kl-max 'nan' is not a number of nats, at least 0"),
     (["--tie-margin", "-0.5"], "--tie-margin '-0.5'"),
     (["--threads", "0"], "--threads '0'"),
     (["--backend", "gpt"], "gpt"),
@@ -50,8 +50,8 @@ OPTION_CASES = [
     (["--candidate", "torch"], "--candidate 'torch' is not a candidate"),
     (["--candidate", "cmd:'unclosed"], "cannot be split"),
     (["--candidate", "py:just_a_module"], "is not py:module:function"),
-    (["--plot", "{tmp}/no/such/dir/plot.png"], "the directory of the plot"),
-    (["--junit", "{tmp}"], "the JUnit file"),
+    (["--plot", "{tmp}/no/such/dir/plot.png"], "the directory of the --plot file"),
+    (["--junit", "{tmp}"], "the --junit file"),
 ]
 
 
@@ -248,21 +248,21 @@ CANDIDATE_CASES = [
     pytest.param("cmd:/no/such/program {model} {tokens} {out}", 6, "`/no/such/program` was not found",
                  id="cmd-no-file"),
     pytest.param("cmd:no-such-program-on-path", 6, "`no-such-program-on-path` was not found", id="cmd-not-on-path"),
-    # candidates that run and fail: exit 1
-    pytest.param(broken("crash"), 1, "exited with code 3", id="cmd-crash"),
-    pytest.param(broken("silent"), 1, "finished but wrote no candidate-logits.npy", id="cmd-writes-nothing"),
-    pytest.param(broken("garbage"), 1, "which is not a readable .npy file", id="cmd-not-npy"),
-    pytest.param(broken("wrong_shape"), 1, "returned shape [6, 7], expected", id="cmd-wrong-shape"),
-    pytest.param(broken("wrong_dtype"), 1, "returned dtype int32, expected", id="cmd-wrong-dtype"),
-    pytest.param(broken("nan_at_2"), 1, "returned non-finite values (NaN or infinity) at position 2 and 1 more",
+    # candidates that run and fail: exit 11
+    pytest.param(broken("crash"), 11, "exited with code 3", id="cmd-crash"),
+    pytest.param(broken("silent"), 11, "finished but wrote no candidate-logits.npy", id="cmd-writes-nothing"),
+    pytest.param(broken("garbage"), 11, "which is not a readable .npy file", id="cmd-not-npy"),
+    pytest.param(broken("wrong_shape"), 11, "returned shape [6, 7], expected", id="cmd-wrong-shape"),
+    pytest.param(broken("wrong_dtype"), 11, "returned dtype int32, expected", id="cmd-wrong-dtype"),
+    pytest.param(broken("nan_at_2"), 11, "returned non-finite values (NaN or infinity) at position 2 and 1 more",
                  id="cmd-nan"),
-    pytest.param(f"{PY}:raises", 1, "raised RuntimeError: the candidate's own bug second line", id="py-raises"),
-    pytest.param(f"{PY}:returns_list", 1, "returned list, expected", id="py-not-an-array"),
-    pytest.param(f"{PY}:wrong_shape", 1, "returned shape [6, 7], expected", id="py-wrong-shape"),
-    pytest.param(f"{PY}:transposed", 1, "returned shape [32000, 6], expected a float array of shape "
+    pytest.param(f"{PY}:raises", 11, "raised RuntimeError: the candidate's own bug second line", id="py-raises"),
+    pytest.param(f"{PY}:returns_list", 11, "returned list, expected", id="py-not-an-array"),
+    pytest.param(f"{PY}:wrong_shape", 11, "returned shape [6, 7], expected", id="py-wrong-shape"),
+    pytest.param(f"{PY}:transposed", 11, "returned shape [32000, 6], expected a float array of shape "
                  "[n_tokens, n_vocab] = [6, 32000]", id="py-transposed"),
-    pytest.param(f"{PY}:nan_at_2", 1, "non-finite values", id="py-nan"),
-    pytest.param(f"{PY}:wrong_dtype", 1, "returned dtype int32", id="py-wrong-dtype"),
+    pytest.param(f"{PY}:nan_at_2", 11, "non-finite values", id="py-nan"),
+    pytest.param(f"{PY}:wrong_dtype", 11, "returned dtype int32", id="py-wrong-dtype"),
 ]  # fmt: skip
 
 
@@ -285,9 +285,9 @@ def test_a_hanging_candidate_is_stopped_after_its_timeout(crossval_cache: Crossv
         "--max-tokens", "1", "--candidate", broken("hang"), "--candidate-timeout", "2", "--format", "json", env=env
     )
     elapsed = time.monotonic() - started
-    assert_one_error(result, 1, "did not finish within 2s and was stopped")
+    assert_one_error(result, 11, "did not finish within 2s and was stopped")
     assert "--candidate-timeout" in result.stderr  # the next step says what to raise
-    json_error(result, 1)
+    json_error(result, 11)
     assert elapsed < 60
     pid = int(pid_file.read_text())
     deadline = time.monotonic() + 10
@@ -307,13 +307,13 @@ def _alive(pid: int) -> bool:
 
 def test_a_crashing_candidate_shows_its_own_output(crossval_cache: CrossvalCache) -> None:
     result = crossval_cache.run("--max-tokens", "1", "--candidate", broken("crash"))
-    assert_one_error(result, 1, "exited with code 3")
+    assert_one_error(result, 11, "exited with code 3")
     assert "CANDIDATE-SAYS: about to fail on purpose" in result.stderr
 
 
 def test_verbose_shows_the_traceback_of_a_py_candidate(crossval_cache: CrossvalCache) -> None:
     result = crossval_cache.run("--max-tokens", "1", "--candidate", f"{PY}:raises", "--verbose")
-    assert result.returncode == 1
+    assert result.returncode == 11
     assert "Traceback" in result.stderr and "the candidate's own bug" in result.stderr
 
 

@@ -136,8 +136,8 @@ def test_repair_always_reexecs_and_the_childs_divergence_is_the_only_json(fake_f
 def test_repair_always_reexecs_and_the_childs_error_is_the_only_json(fake_flow: FakeFlow) -> None:
     result = fake_flow.run("--repair", "always", "--candidate", f"{PY}:wrong_shape", "--format", "json")
     assert "[reexec] Attempting exec()..." in result.stderr
-    assert_one_error(result, 1, "returned shape [22, 7]")
-    json_error(result, 1)
+    assert_one_error(result, 11, "returned shape [22, 7]")
+    json_error(result, 11)
 
 
 def test_token_ids_beyond_the_fakes_vocabulary_are_bad_input(fake_flow: FakeFlow, tmp_path: Path) -> None:

@@ -200,7 +200,7 @@ def test_a_held_lock_times_out_naming_the_holder(lock_path: Path, capsys: pytest
     assert len(waiting) == 1
     assert str(lock_path) in waiting[0]
     assert "build bitnet.cpp for a test" in waiting[0]
-    assert "I want to install bitnet.cpp" in waiting[0]
+    assert ", to install bitnet.cpp" in waiting[0]
 
 
 def test_a_timed_out_waiter_leaves_the_holders_note_alone(lock_path: Path) -> None:

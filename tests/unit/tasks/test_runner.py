@@ -1,4 +1,4 @@
-"""How a task fails: one sentence, the next step, the contract's exit code, no traceback; with
+"""How a task fails: one sentence, the next step, the documented exit code, no traceback; with
 --format json, one document of the same shape for every task."""
 
 from __future__ import annotations
