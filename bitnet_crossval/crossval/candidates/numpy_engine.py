@@ -50,10 +50,10 @@ class NumpyKind:
         return NumpySpec(kind="numpy", text=text, fault=fault)
 
     def build(self, spec: CandidateSpec, setting: CandidateSetting) -> Candidate:
-        from bitnet_crossval.crossval.engine import EngineOptions, Fault
+        from bitnet_crossval.crossval.engine import EngineOptions, Fault, FaultName
 
         assert isinstance(spec, NumpySpec)
-        fault = Fault(name=spec.fault) if spec.fault else None  # type: ignore[arg-type]
+        fault = Fault(name=FaultName(spec.fault)) if spec.fault else None
         return NumpyCandidate(setting.model, EngineOptions(bitnet_activation=setting.bitnet_activation, fault=fault))
 
 

@@ -2,8 +2,10 @@
 
 One :class:`Run` is one evaluation of one token sequence. Its helpers follow the helpers of
 src/llama-graph.cpp (``build_norm``, ``build_qkv``, ``build_ffn``, ``build_attn``) closely
-enough that the names they report are the names llama.cpp gives the same values, and the
-deliberate faults of :mod:`.options` are applied here, in one place each.
+enough that the names they report are the names llama.cpp gives the same values.
+
+The deliberate faults any graph can suffer are declared here, next to the one place each is
+applied; an architecture lists the ones that apply to it (see :mod:`.faults`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,86 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_crossval.crossval.engine import ops
+from bitnet_crossval.crossval.engine.faults import Fault, FaultName, FaultSpec
 from bitnet_crossval.crossval.engine.hparams import HParams
-from bitnet_crossval.crossval.engine.options import EngineOptions, Fault, fault_window
+from bitnet_crossval.crossval.engine.options import EngineOptions
 from bitnet_crossval.crossval.engine.trace import TraceRecorder
+from bitnet_crossval.errors import BadInput
 
 if TYPE_CHECKING:
     from bitnet_crossval.crossval.engine.engine import Engine
 
 F32Array = npt.NDArray[np.float32]
+
+
+# --- the faults any graph can suffer ---
+
+
+def _needs_grouped_heads(hp: HParams) -> None:
+    heads = np.arange(hp.n_head)
+    if np.array_equal(heads // hp.n_group, heads % hp.n_head_kv):
+        raise BadInput(
+            f"the fault 'gqa_mapping' changes nothing on a model with {hp.n_head} heads and "
+            f"{hp.n_head_kv} K/V heads (both mappings agree)",
+            next_step="use a model with grouped-query attention and more than one K/V head",
+        )
+
+
+def _needs_sliding_layers(hp: HParams) -> None:
+    if hp.n_swa <= 0:
+        families = ", ".join(sorted(SLIDING_WINDOW_FAULT.families))
+        raise BadInput(
+            f"the fault 'sliding_window' needs a model with sliding-window layers; {hp.architecture} here has none",
+            next_step=f"use a model with attention.sliding_window set ({families})",
+        )
+
+
+ROPE_TYPE_FAULT = FaultSpec(
+    name=FaultName("rope_type"),
+    description="RoPE of the wrong variant: NEOX (halves) where the model needs NORM (pairs), and back",
+)
+ROPE_BASE_FAULT = FaultSpec(
+    name=FaultName("rope_base"),
+    description="RoPE base multiplied by a factor (every layer, sliding-window layers included)",
+    default_value=2.0,
+    value_meaning="factor applied to the rope base",
+)
+NORM_EPS_FAULT = FaultSpec(
+    name=FaultName("norm_eps"),
+    description="every RMSNorm uses a wrong epsilon",
+    default_value=1e-2,
+    value_meaning="the epsilon used instead of the model's",
+)
+SWAPPED_GATE_UP_FAULT = FaultSpec(
+    name=FaultName("swapped_gate_up"),
+    description="the FFN gate and up projections are swapped",
+)
+GQA_MAPPING_FAULT = FaultSpec(
+    name=FaultName("gqa_mapping"),
+    description="query head h reads K/V head h % n_head_kv instead of h // (n_head / n_head_kv)",
+    check=_needs_grouped_heads,
+)
+MASK_AHEAD_FAULT = FaultSpec(
+    name=FaultName("mask_ahead"),
+    description="causal mask off by one: each position also attends to the next one",
+)
+MASK_NO_SELF_FAULT = FaultSpec(
+    name=FaultName("mask_no_self"),
+    description="causal mask off by one: a position does not attend to itself "
+    "(position 0 then sees nothing and gets a zero attention output)",
+)
+SLIDING_WINDOW_FAULT = FaultSpec(
+    name=FaultName("sliding_window"),
+    description="sliding-window layers use a wrong window",
+    value_meaning="the window used instead of the model's (default: twice the model's)",
+    check=_needs_sliding_layers,
+)
+
+
+def fault_window(fault: Fault, hp: HParams) -> int:
+    """The window the ``sliding_window`` fault uses."""
+    value = fault.magnitude
+    return int(value) if value is not None else 2 * hp.n_swa
 
 
 @dataclass(frozen=True)
@@ -45,7 +119,7 @@ class Run:
         self.positions = np.arange(self.n_tokens, dtype=np.int64)
         self.trace = trace
         eps = self.hp.rms_eps
-        if self.faulty("norm_eps"):
+        if self.faulty(NORM_EPS_FAULT.name):
             assert self.fault is not None and self.fault.magnitude is not None
             eps = self.fault.magnitude
         self.eps = eps
@@ -177,7 +251,7 @@ class Run:
         """ggml_rope_ext with the layer's base and scale (mode from the architecture)."""
         hp = self.hp
         base, freq_scale = hp.layer_rope(il)
-        if self.faulty("rope_base"):
+        if self.faulty(ROPE_BASE_FAULT.name):
             assert self.fault is not None and self.fault.magnitude is not None
             base *= self.fault.magnitude
         key = (base, freq_scale)
@@ -194,7 +268,7 @@ class Run:
             if freq_factors is None:
                 self._rope_cache[key] = tables
         rope_type = hp.rope_type
-        if self.faulty("rope_type"):
+        if self.faulty(ROPE_TYPE_FAULT.name):
             rope_type = "neox" if rope_type == "norm" else "norm"
         return ops.apply_rope(x, tables[0], tables[1], rope_type=rope_type, n_dims=hp.n_rot)
 
@@ -203,18 +277,20 @@ class Run:
         hp = self.hp
         window = 0
         if hp.is_swa(il):
-            window = fault_window(self.fault, hp) if self.faulty("sliding_window") and self.fault else hp.n_swa
+            window = hp.n_swa
+            if self.fault is not None and self.faulty(SLIDING_WINDOW_FAULT.name):
+                window = fault_window(self.fault, hp)
         allowed = self._mask_cache.get(window)
         if allowed is None:
             allowed = ops.causal_mask(
                 self.n_tokens,
                 window=window,
-                ahead=1 if self.faulty("mask_ahead") else 0,
-                include_self=not self.faulty("mask_no_self"),
+                ahead=1 if self.faulty(MASK_AHEAD_FAULT.name) else 0,
+                include_self=not self.faulty(MASK_NO_SELF_FAULT.name),
             )
             self._mask_cache[window] = allowed
         heads = np.arange(hp.n_head, dtype=np.int64)
-        kv_head = heads % hp.n_head_kv if self.faulty("gqa_mapping") else heads // hp.n_group
+        kv_head = heads % hp.n_head_kv if self.faulty(GQA_MAPPING_FAULT.name) else heads // hp.n_group
         return ops.attention(
             qkv.q,
             qkv.k,
@@ -246,7 +322,7 @@ class Run:
         """
         prefix = f"blk.{il}."
         gate_base, up_base = prefix + "ffn_gate", prefix + "ffn_up"
-        if self.faulty("swapped_gate_up"):
+        if self.faulty(SWAPPED_GATE_UP_FAULT.name):
             gate_base, up_base = up_base, gate_base
 
         gate = self.matmul(x, gate_base + ".weight")

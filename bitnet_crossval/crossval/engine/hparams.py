@@ -1,16 +1,18 @@
 """Hyperparameters of a model, read from GGUF metadata the way llama.cpp reads them.
 
-Defaults and derived values follow ``llama_model::load_hparams`` and the per-architecture
-``load_arch_hparams`` of the pinned llama.cpp (src/llama-model.cpp, src/models/*.cpp): rope
-base 10000, rope scaling "linear" with factor 1, head count of K/V defaulting to the head
-count, head size ``n_embd / n_head`` unless ``attention.key_length`` says otherwise, gemma3's
-sliding-window pattern 6 and SWA rope base 10000.
+Defaults and derived values follow ``llama_model::load_hparams`` of the pinned llama.cpp
+(src/llama-model.cpp): rope base 10000, rope scaling "linear" with factor 1, head count of K/V
+defaulting to the head count, head size ``n_embd / n_head`` unless ``attention.key_length``
+says otherwise. :class:`HParams` holds what every graph may use, as llama.cpp's
+``llama_hparams`` does; an architecture's own keys (its ``load_arch_hparams``) are read by its
+module under :mod:`.archs`, which fills the fields that concern it (sliding window, attention
+scale, final softcap, ...) with the helpers below.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,24 +20,13 @@ from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
 from bitnet_crossval.crossval.engine.ops import RopeType
 from bitnet_crossval.errors import BadInput
 
-Family = Literal["llama", "gemma3", "bitnet"]
-
-# general.architecture -> the forward pass that runs it.
-ARCHITECTURES: dict[str, Family] = {
-    "llama": "llama",
-    "gemma3": "gemma3",
-    "bitnet": "bitnet",
-    "bitnet-b1.58": "bitnet",  # microsoft/BitNet's own GGUFs
-    "bitnet-25": "bitnet",  # microsoft/BitNet's alias for the same graph
-}
-
-# llama_model_rope_type() in src/llama-model.cpp.
-ROPE_TYPES: dict[Family, RopeType] = {"llama": "norm", "gemma3": "neox", "bitnet": "neox"}
+if TYPE_CHECKING:
+    from bitnet_crossval.crossval.engine.archs.base import Architecture
 
 
 @dataclass(frozen=True, kw_only=True)
 class HParams:
-    family: Family
+    family: str  # the registered architecture that runs the model (archs.ALL_ARCHITECTURES)
     architecture: str  # as written in the file
     n_vocab: int
     n_embd: int
@@ -51,13 +42,13 @@ class HParams:
     rope_base: float
     rope_freq_scale: float
     rope_attn_factor: float
-    # gemma3
+    # Set by the architectures that use them (neutral otherwise), as in llama_hparams.
     n_swa: int  # 0: no sliding window
     swa_layers: tuple[bool, ...]
     rope_base_swa: float
     rope_freq_scale_swa: float
     final_logit_softcap: float  # 0: none
-    attention_scale: float  # gemma3 scales Q by this; llama/bitnet pass it as kq_scale
+    attention_scale: float  # 1/sqrt(head_dim) unless the architecture says otherwise
 
     @property
     def n_group(self) -> int:
@@ -67,27 +58,20 @@ class HParams:
         return self.n_swa > 0 and self.swa_layers[layer]
 
     def layer_rope(self, layer: int) -> tuple[float, float]:
-        """(base, freq_scale) of a layer: SWA layers of gemma3 have their own."""
+        """(base, freq_scale) of a layer: sliding-window layers may have their own."""
         if self.is_swa(layer):
             return self.rope_base_swa, self.rope_freq_scale_swa
         return self.rope_base, self.rope_freq_scale
 
 
-def family_of(architecture: str) -> Family:
-    try:
-        return ARCHITECTURES[architecture]
-    except KeyError:
-        supported = ", ".join(sorted(ARCHITECTURES))
-        raise BadInput(
-            f"the model's architecture {architecture or '(none)'!r} is not supported by the NumPy reference "
-            f"engine (supported: {supported})",
-            next_step="use a model of a supported architecture, or an external candidate (--candidate)",
-        ) from None
+def read_hparams(model: GGUFModelFile, architecture: Architecture | None = None) -> HParams:
+    """The model's hyperparameters; ``architecture`` defaults to the registered one that runs it."""
+    if architecture is None:
+        # The architecture modules build on this one, so the registry is imported when needed.
+        from bitnet_crossval.crossval.engine.archs import architecture_of
 
-
-def read_hparams(model: GGUFModelFile) -> HParams:
+        architecture = architecture_of(model.architecture)
     arch = model.architecture
-    family = family_of(arch)
 
     def key(name: str) -> str:
         return f"{arch}.{name}"
@@ -112,11 +96,6 @@ def read_hparams(model: GGUFModelFile) -> HParams:
     head_dim = model.get_int(key("attention.key_length"), default=n_embd // n_head)
     head_dim_v = model.get_int(key("attention.value_length"), default=n_embd // n_head)
     n_rot = model.get_int(key("rope.dimension_count"), default=head_dim)
-    if family == "llama" and n_rot != head_dim:
-        raise BadInput(
-            f"the llama model {model.path} rotates {n_rot} dimensions per head, llama.cpp requires {head_dim}",
-            next_step="check that the file is a complete model (re-convert it)",
-        )
     if n_rot > head_dim or n_rot % 2 != 0:
         raise BadInput(
             f"the model {model.path} declares rope.dimension_count {n_rot} for heads of {head_dim}",
@@ -125,7 +104,7 @@ def read_hparams(model: GGUFModelFile) -> HParams:
     if head_dim != head_dim_v:
         raise BadInput(
             f"the model {model.path} has K heads of {head_dim} and V heads of {head_dim_v}; "
-            f"the {family} graph needs them equal",
+            f"the {architecture.NAME} graph needs them equal",
             next_step="check that the file is a complete model (re-convert it)",
         )
 
@@ -143,9 +122,6 @@ def read_hparams(model: GGUFModelFile) -> HParams:
     rope_freq_scale = 1.0 if factor == 0.0 else 1.0 / factor
     rope_attn_factor = model.get_float(key("rope.scaling.attn_factor"), default=1.0)
 
-    gemma = _gemma3_hparams(model, arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, head_dim=head_dim)
-    n_swa, swa_layers, rope_base_swa, final_logit_softcap, attention_scale = gemma
-
     n_vocab = model.info("token_embd.weight").ne[1] if len(model.info("token_embd.weight").ne) == 2 else 0
     if n_vocab <= 0 or model.info("token_embd.weight").ne[0] != n_embd:
         raise BadInput(
@@ -154,8 +130,8 @@ def read_hparams(model: GGUFModelFile) -> HParams:
             next_step="check that the file is a complete model (re-convert it)",
         )
 
-    return HParams(
-        family=family,
+    shared = HParams(
+        family=architecture.NAME,
         architecture=arch,
         n_vocab=n_vocab,
         n_embd=n_embd,
@@ -167,38 +143,35 @@ def read_hparams(model: GGUFModelFile) -> HParams:
         n_ff=n_ff,
         n_rot=n_rot,
         rms_eps=rms_eps,
-        rope_type=ROPE_TYPES[family],
+        rope_type=architecture.ROPE_TYPE,
         rope_base=rope_base,
         rope_freq_scale=rope_freq_scale,
         rope_attn_factor=rope_attn_factor,
-        n_swa=n_swa,
-        swa_layers=swa_layers,
-        rope_base_swa=rope_base_swa,
+        n_swa=0,
+        swa_layers=tuple(False for _ in range(n_layer)),
+        rope_base_swa=10000.0,
         rope_freq_scale_swa=1.0,
-        final_logit_softcap=final_logit_softcap,
-        attention_scale=attention_scale,
+        final_logit_softcap=0.0,
+        attention_scale=f32_inv_sqrt(head_dim),
     )
+    return architecture.read_hparams(model, shared)
 
 
-def _gemma3_hparams(
-    model: GGUFModelFile, arch: str, *, n_layer: int, n_embd: int, n_head: int, head_dim: int
-) -> tuple[int, tuple[bool, ...], float, float, float]:
-    """(n_swa, swa layers, SWA rope base, final softcap, attention scale); neutral for other families."""
-    if family_of(arch) != "gemma3":
-        return 0, tuple(False for _ in range(n_layer)), 10000.0, 0.0, _f32_inv_sqrt(head_dim)
-    n_swa = model.get_int(f"{arch}.attention.sliding_window", default=0)
-    swa_layers = tuple(False for _ in range(n_layer))
-    rope_base_swa = 10000.0
-    if n_swa > 0:
-        swa_layers = _swa_pattern(model, f"{arch}.attention.sliding_window_pattern", n_layer)
-        rope_base_swa = model.get_float(f"{arch}.rope.freq_base_swa", default=10000.0)
-    final_logit_softcap = model.get_float(f"{arch}.final_logit_softcapping", default=0.0)
-    # Gemma 3 27B (62 layers) scales by n_embd/n_head (gemma_pytorch config.py), others by the head size.
-    attention_scale = _f32_inv_sqrt(n_embd // n_head if n_layer == 62 else head_dim)
-    return n_swa, swa_layers, rope_base_swa, final_logit_softcap, attention_scale
+# --- helpers for the architectures' own keys ---
 
 
-def _f32_inv_sqrt(n: int) -> float:
+def require_full_rotation(model: GGUFModelFile, hp: HParams) -> None:
+    """For graphs where llama.cpp asserts that RoPE rotates whole heads (n_rot == head size)."""
+    if hp.n_rot != hp.head_dim:
+        raise BadInput(
+            f"the {hp.family} model {model.path} rotates {hp.n_rot} dimensions per head, "
+            f"llama.cpp requires {hp.head_dim}",
+            next_step="check that the file is a complete model (re-convert it)",
+        )
+
+
+def f32_inv_sqrt(n: int) -> float:
+    """1/sqrt(n) computed in float32, as llama.cpp computes attention scales."""
     return float(np.float32(1.0) / np.sqrt(np.float32(n)))
 
 
@@ -221,8 +194,12 @@ def _uniform_int(model: GGUFModelFile, key: str, n_layer: int, *, default: int |
     return model.get_int(key)
 
 
-def _swa_pattern(model: GGUFModelFile, key: str, n_layer: int) -> tuple[bool, ...]:
-    """llama_model_base::load_swa_pattern with gemma3's default of 6 (dense_first false)."""
+def swa_pattern(model: GGUFModelFile, key: str, n_layer: int, *, default: int) -> tuple[bool, ...]:
+    """llama_model_base::load_swa_pattern (dense_first false): which layers use the sliding window.
+
+    ``key`` holds either one bool per layer or a period n (every n-th layer is global, the others
+    slide); ``default`` is the architecture's period when the key is absent.
+    """
     value = model.get(key)
     if isinstance(value, list):
         if len(value) < n_layer:
@@ -231,7 +208,7 @@ def _swa_pattern(model: GGUFModelFile, key: str, n_layer: int) -> tuple[bool, ..
                 next_step="check that the file is a complete model (re-convert it)",
             )
         return tuple(bool(v) for v in value[:n_layer])
-    n_pattern = 6 if value is None else model.get_int(key)
+    n_pattern = default if value is None else model.get_int(key)
     return tuple(n_pattern == 0 or (il % n_pattern) < (n_pattern - 1) for il in range(n_layer))
 
 

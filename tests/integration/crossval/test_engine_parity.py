@@ -131,7 +131,7 @@ def make_model(tmp_path_factory: pytest.TempPathFactory, vocab: Path, llama_shim
             if tensor_type == "Q4_K_M":
                 llama_shim.quantize(make(arch, "F32"), path, "Q4_K_M")
             else:
-                write_synthetic_model(path, arch=arch, tensor_type=tensor_type, vocab=vocab)  # type: ignore[arg-type]
+                write_synthetic_model(path, arch=arch, tensor_type=tensor_type, vocab=vocab)
             made[key] = path
         return made[key]
 

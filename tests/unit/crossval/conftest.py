@@ -55,11 +55,11 @@ def model_factory(tmp_path_factory: pytest.TempPathFactory, tiny_vocab: Path) ->
     def make(arch: str, tensor_type: str = "F32", seed: int = 0, **changes: Any) -> Path:
         key = f"{arch}-{tensor_type}-{seed}-" + "-".join(f"{k}={v}" for k, v in sorted(changes.items()))
         if key not in made:
-            spec = replace(default_spec(arch), **changes)  # type: ignore[arg-type]
+            spec = replace(default_spec(arch), **changes)
             path = directory / f"m{len(made)}.gguf"
             made[key] = write_synthetic_model(
                 path,
-                arch=arch,  # type: ignore[arg-type]
+                arch=arch,
                 tensor_type=tensor_type,
                 vocab=tiny_vocab,
                 seed=seed,

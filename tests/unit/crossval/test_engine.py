@@ -59,7 +59,7 @@ def test_i2s_model_has_the_same_weights_as_the_float_model(model_factory: Any) -
     f32 = load_engine(model_factory("bitnet", "F32"))
     i2s = load_engine(model_factory("bitnet", "I2_S"))
     assert i2s.hparams.architecture == "bitnet-b1.58"
-    assert i2s.bitnet_activation == "relu2"  # the fork's b1.58 graph
+    assert i2s.describe()["bitnet_activation"] == "relu2"  # the fork's b1.58 graph
     for name in ("blk.0.attn_q.weight", "blk.2.ffn_down.weight"):
         assert i2s.model.info(name).type_name == "I2_S"
         np.testing.assert_array_equal(i2s.weight(name), f32.weight(name))

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bitnet_crossval.crossval.engine import FAULTS, EngineOptions, Fault, TraceRecorder, load_engine
+from bitnet_crossval.crossval.engine import FAULTS, EngineOptions, Fault, FaultName, TraceRecorder, load_engine
 from bitnet_crossval.errors import BadInput
 
 TOKENS = [1, 300, 301, 279, 340, 310, 2, 355, 299, 360, 270, 333, 290, 301]  # longer than gemma3's window of 6
@@ -68,7 +68,7 @@ def test_a_fault_at_its_neutral_magnitude_changes_nothing(
 def test_sliding_window_fault_leaves_positions_inside_the_window_alone(model_factory: Any) -> None:
     path = model_factory("gemma3")
     clean = load_engine(path).forward(TOKENS)
-    faulty = load_engine(path, EngineOptions(fault=Fault(name="sliding_window"))).forward(TOKENS)
+    faulty = load_engine(path, EngineOptions(fault=Fault(name=FaultName("sliding_window")))).forward(TOKENS)
     np.testing.assert_allclose(faulty[:6], clean[:6], rtol=1e-6, atol=1e-6)
     assert rel(faulty[6:], clean[6:]) > 1e-2
 

@@ -22,9 +22,9 @@ def digest(path: Path) -> str:
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "bitnet"])
 def test_same_arguments_write_the_same_bytes(tmp_path: Path, tiny_vocab: Path, arch: str) -> None:
-    a = write_synthetic_model(tmp_path / "a.gguf", arch=arch, tensor_type="Q4_0", vocab=tiny_vocab, seed=5)  # type: ignore[arg-type]
-    b = write_synthetic_model(tmp_path / "b.gguf", arch=arch, tensor_type="Q4_0", vocab=tiny_vocab, seed=5)  # type: ignore[arg-type]
-    c = write_synthetic_model(tmp_path / "c.gguf", arch=arch, tensor_type="Q4_0", vocab=tiny_vocab, seed=6)  # type: ignore[arg-type]
+    a = write_synthetic_model(tmp_path / "a.gguf", arch=arch, tensor_type="Q4_0", vocab=tiny_vocab, seed=5)
+    b = write_synthetic_model(tmp_path / "b.gguf", arch=arch, tensor_type="Q4_0", vocab=tiny_vocab, seed=5)
+    c = write_synthetic_model(tmp_path / "c.gguf", arch=arch, tensor_type="Q4_0", vocab=tiny_vocab, seed=6)
     assert digest(a) == digest(b) != digest(c)
 
 
