@@ -37,7 +37,9 @@ a command name or ``*``; several pairs separated by commas) with MODE one of
 - ``signal9``, ``signal11``, ...: killed by that signal, having printed nothing;
 - ``no-json``: the command's work done, then exit 0 with a line on stdout that is not JSON;
 - ``wrong-shape``: every logits array written one column wider than ``n_vocab`` says, and a
-  trace's tensors written flat with one element more per position than the manifest's shape.
+  trace's tensors written flat with one element more per position than the manifest's shape;
+- ``inf-logit``: ``logits`` writes +infinity for the largest logit of the last position (as an
+  output head that overflows would; ``n_nonfinite`` says so).
 
 ``FAKE_SHIM_KV=fork`` makes the backend refuse an F32 V cache as the 2024 bitnet.cpp fork does:
 ``--kv-type auto`` falls back to F32 K / F16 V and says why, ``--kv-type f32`` is exit 5.
@@ -608,11 +610,12 @@ def count_nonfinite(array: F32Array) -> int:
 class Call:
     """One command: its options, the environment's switches, the shared reference."""
 
-    def __init__(self, opts: Options, env: Mapping[str, str], reference: Reference, *, wrong_shape: bool) -> None:
+    def __init__(self, opts: Options, env: Mapping[str, str], reference: Reference, *, mode: str) -> None:
         self.opts = opts
         self.env = env
         self.reference = reference
-        self.wrong_shape = wrong_shape
+        self.wrong_shape = mode == "wrong-shape"
+        self.inf_logit = mode == "inf-logit"
 
 
 def run_info(call: Call) -> dict[str, Any]:
@@ -706,6 +709,9 @@ def run_logits(call: Call) -> dict[str, Any]:
     _, vocab = open_model(call.reference, path)
     check_token_ids(tokens, len(vocab.tokens))
     logits = call.reference.logits(path, config.engine_kv, tokens)
+    if call.inf_logit:
+        logits = logits.copy()
+        logits[-1, int(logits[-1].argmax())] = float("inf")
     write_npy(out, widen(logits, call.wrong_shape))
     return {
         "out": out,
@@ -1028,7 +1034,7 @@ def respond(argv: list[str], env: Mapping[str, str], reference: Reference) -> Re
             raise ShimError(code, env.get(MESSAGE_ENV) or FORCED_MESSAGES.get(code, "forced failure"))
         if mode.startswith("signal") and mode[6:].isdigit():
             return Reply(stdout="", stderr="", code=0, signal=int(mode[6:]))
-        doc = HANDLERS[command](Call(opts, env, reference, wrong_shape=mode == "wrong-shape"))
+        doc = HANDLERS[command](Call(opts, env, reference, mode=mode))
         if mode == "no-json":
             return Reply(stdout="fake bitnet-shim: done, and no document\n", stderr="", code=0, signal=0)
         stderr = "fake bitnet-shim: llama.cpp's log would be here\n" if opts.has("verbose") else ""

@@ -320,6 +320,19 @@ def test_a_failing_reference_is_one_classified_sentence(
     assert [line for line in exc.render().splitlines() if line.startswith("error:")] == [f"error: {exc.message}"]
 
 
+def test_a_reference_whose_logits_are_not_finite_judges_nothing(fake_cache: FakeCache, tmp_path: Path) -> None:
+    """An infinite logit where both sides' top-1 is makes the KL there NaN: that is no agreement."""
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1 300 301 302\n", encoding="utf-8")
+    ctx = fake_cache.context(FAKE_SHIM_MISBEHAVE="logits:inf-logit")
+
+    with pytest.raises(UnclassifiedError) as raised:
+        crossval(ctx, tokens_file=ids, max_tokens=0)
+
+    assert raised.value.message == "the reference's logits hold non-finite values (NaN or infinity) at position 3"
+    assert raised.value.next_step
+
+
 def test_a_context_the_backend_refuses_is_named_with_its_reason(fake_cache: FakeCache) -> None:
     with pytest.raises(UnclassifiedError) as raised:
         crossval(fake_cache.context(FAKE_SHIM_KV="fork"), kv_type="f32")
