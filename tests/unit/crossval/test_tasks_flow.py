@@ -148,9 +148,12 @@ def test_a_failure_is_its_exit_code_and_one_error_document(
     run = run_task(crossval_per_token, **flags)
 
     assert run.code == code
+    # the runner's one error shape, with the command's own field (the verdict)
+    assert set(run.document) == {"command", "ok", "verdict", "error"}
     assert run.document["command"] == "crossval-per-token" and run.document["ok"] is False
     assert run.document["verdict"] == "error"
     error = run.document["error"]
+    assert set(error) == {"type", "message", "next_step", "exit_code", "log"}
     assert (error["type"], error["exit_code"]) == (error_type, code)
     assert fragment in error["message"] and error["next_step"]
     assert run.error_lines == [f"error: {error['message']}"]
@@ -167,6 +170,7 @@ def test_the_selfcheck_is_exit_0_when_every_case_is_caught_and_located(
 
     assert run.code == 0 and run.error_lines == []
     assert run.preflights == [("llama", "never")]
+    assert set(run.document) == {"command", "ok", "cases"}
     assert run.document["command"] == "crossval-selfcheck" and run.document["ok"] is True
     cases = run.document["cases"]
     assert [(c["architecture"], c["fault"], c["ok"]) for c in cases] == [
