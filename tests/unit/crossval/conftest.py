@@ -15,6 +15,7 @@ import pytest
 
 from bitnet_crossval.crossval.synthetic import default_spec, write_synthetic_model
 from tests.gguf_models import BOS_ID, EOS_ID, UNK_ID, spm_vocabulary
+from tests.unit.crossval.blas_threads import one_blas_thread
 from tests.unit.crossval.fake_reference import (
     FakeCache,
     FakeShim,
@@ -93,3 +94,10 @@ def fake_cache(tmp_path_factory: pytest.TempPathFactory, fake_shim: FakeShim, ti
     """One cache for the session whose constants record the fake shim as the llama backend's (the
     synthetic models are written into it once and shared)."""
     return make_fake_cache(tmp_path_factory.mktemp("fake-cache") / "cache", fake_shim, tiny_vocab)
+
+
+@pytest.fixture
+def one_blas_thread_here() -> Iterator[None]:
+    """numpy's OpenBLAS on one thread during the test, like the fake reference (blas_threads.py)."""
+    with one_blas_thread():
+        yield

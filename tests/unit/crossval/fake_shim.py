@@ -850,11 +850,87 @@ class PendingDir:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
+class TraceFilters:
+    """``--layers``, ``--names`` and ``--positions``, applied as the real shim applies them."""
+
+    def __init__(self, opts: Options, n_tokens: int) -> None:
+        import re
+
+        self.layers: tuple[int, int] | None = None
+        if opts.has("layers"):
+            text = opts.required("layers")
+            self.layers = _parse_range(text)
+            if self.layers is None:
+                raise ShimError(EXIT_USAGE, f"--layers takes a layer range A-B (or one layer A), not '{text}'")
+        self.names = opts.values.get("names")
+        try:
+            self.pattern = re.compile(self.names) if self.names is not None else None
+        except re.error as exc:
+            raise ShimError(EXIT_USAGE, f"--names '{self.names}' is not a valid regular expression ({exc})") from None
+        self.positions = parse_positions(opts.required("positions"), n_tokens) if opts.has("positions") else None
+        self.rows = self.positions if self.positions is not None else list(range(n_tokens))
+
+    def check_layers(self, n_layer: int) -> None:
+        if self.layers is not None and self.layers[0] >= n_layer:
+            first, last = self.layers
+            raise ShimError(
+                EXIT_USAGE,
+                f"--layers {first}-{last} selects no layer of this model ({n_layer} layers, 0-{n_layer - 1})",
+            )
+
+    def kept(self, names: list[str], n_layer: int) -> list[str]:
+        """The names a trace writes, in execution order. Without a layer number a name is on the
+        input side until the first layered one, then on the output side."""
+        kept = []
+        seen_layered = False
+        for name in names:
+            layer = _layer_of(name)
+            seen_layered = seen_layered or layer >= 0
+            in_layers = self._in_layers(layer, output_side=seen_layered, n_layer=n_layer)
+            if in_layers and (self.pattern is None or self.pattern.fullmatch(name) is not None):
+                kept.append(name)
+        return kept
+
+    def _in_layers(self, layer: int, *, output_side: bool, n_layer: int) -> bool:
+        if self.layers is None:
+            return True
+        first, last = self.layers
+        if layer >= 0:
+            return first <= layer <= last
+        return last >= n_layer - 1 if output_side else first == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layers": list(self.layers) if self.layers else None, "names": self.names, "positions": self.positions}
+
+
+def write_tensor(
+    directory: str, name: str, array: F32Array, *, node: int, rows: list[int], wrong_shape: bool, used: set[str]
+) -> dict[str, Any]:
+    """One traced tensor's file (its ``rows`` on the token axis) and its manifest entry."""
+    layer = _layer_of(name)
+    ops = ops_of(name.rsplit("-", 1)[0] if layer >= 0 else name)
+    selected = array[rows]
+    file = sanitized_file(name, used)
+    return {
+        "name": name,
+        "layer": layer if layer >= 0 else None,
+        "op": ops[-1],
+        "n_nodes": len(ops),
+        "ops": list(ops),
+        "node": node,
+        "type": "f32",
+        "ne": [*reversed(array.shape[1:]), array.shape[0], *[1] * (4 - array.ndim)],
+        "token_dim": array.ndim - 1,
+        "shape": list(selected.shape),
+        "dtype": "float32",
+        "file": file,
+        # under wrong-shape the file disagrees with the shape the manifest gives
+        "bytes": write_npy(os.path.join(directory, file), widen(selected, wrong_shape), in_new_directory=True),
+        "positions": rows,
+    }
+
+
 def run_trace(call: Call) -> dict[str, Any]:
-    import re
-
-    import numpy as np
-
     opts = call.opts
     path = opts.required("model")
     out_dir = opts.required("out-dir")
@@ -862,84 +938,33 @@ def run_trace(call: Call) -> dict[str, Any]:
     config = RunConfig(opts, call.env, len(tokens), len(tokens))
     if not tokens:
         raise ShimError(EXIT_USAGE, "trace needs at least one token")
-    layers: tuple[int, int] | None = None
-    if opts.has("layers"):
-        layers = _parse_range(opts.required("layers"))
-        if layers is None:
-            raise ShimError(
-                EXIT_USAGE, f"--layers takes a layer range A-B (or one layer A), not '{opts.required('layers')}'"
-            )
-    names_pattern = opts.values.get("names")
-    names = None
-    if names_pattern is not None:
-        try:
-            names = re.compile(names_pattern)
-        except re.error as exc:
-            raise ShimError(
-                EXIT_USAGE, f"--names '{names_pattern}' is not a valid regular expression ({exc})"
-            ) from None
-    positions = parse_positions(opts.required("positions"), len(tokens)) if opts.has("positions") else None
+    filters = TraceFilters(opts, len(tokens))
     pending = PendingDir(out_dir)
     try:
         model, vocab = open_model(call.reference, path)
         facts = model_facts(model, vocab)
         n_layer = int(facts["n_layer"])
         check_token_ids(tokens, len(vocab.tokens))
-        if layers is not None and layers[0] >= n_layer:
-            raise ShimError(
-                EXIT_USAGE,
-                f"--layers {layers[0]}-{layers[1]} selects no layer of this model ({n_layer} layers, 0-{n_layer - 1})",
-            )
+        filters.check_layers(n_layer)
         traced = dict(call.reference.trace(path, config.engine_kv, tokens))
         logits = traced.pop("")
-        rows = positions if positions is not None else list(range(len(tokens)))
-        tensors: list[dict[str, Any]] = []
+        nodes = {name: node for node, name in enumerate(traced)}
         used = {"trace.json", "logits.npy"}
-        seen_layered = False
-        n_filtered = 0
-        for node, (name, array) in enumerate(traced.items()):
-            layer = _layer_of(name)
-            seen_layered = seen_layered or layer >= 0
-            if layers is not None:
-                if layer >= 0:
-                    wanted = layers[0] <= layer <= layers[1]
-                else:
-                    wanted = layers[1] >= n_layer - 1 if seen_layered else layers[0] == 0
-                if not wanted:
-                    n_filtered += 1
-                    continue
-            if names is not None and names.fullmatch(name) is None:
-                n_filtered += 1
-                continue
-            selected = array[rows]
-            file = sanitized_file(name, used)
-            ops = ops_of(name.rsplit("-", 1)[0] if layer >= 0 else name)
-            tensors.append(
-                {
-                    "index": len(tensors),
-                    "name": name,
-                    "layer": layer if layer >= 0 else None,
-                    "op": ops[-1],
-                    "n_nodes": len(ops),
-                    "ops": list(ops),
-                    "node": node,
-                    "type": "f32",
-                    "ne": [*reversed(array.shape[1:]), array.shape[0], *[1] * (4 - array.ndim)],
-                    "token_dim": array.ndim - 1,
-                    "shape": list(np.shape(selected)),
-                    "dtype": "float32",
-                    "file": file,
-                    # under wrong-shape the file disagrees with the shape the manifest gives
-                    "bytes": write_npy(
-                        os.path.join(pending.temp, file), widen(selected, call.wrong_shape), in_new_directory=True
-                    ),
-                    "positions": rows,
-                }
+        tensors = [
+            {"index": index}
+            | write_tensor(
+                pending.temp,
+                name,
+                traced[name],
+                node=nodes[name],
+                rows=filters.rows,
+                wrong_shape=call.wrong_shape,
+                used=used,
             )
-        written = write_npy(
-            os.path.join(pending.temp, "logits.npy"), widen(logits, call.wrong_shape), in_new_directory=True
-        )
-        filters = {"layers": list(layers) if layers else None, "names": names_pattern, "positions": positions}
+            for index, name in enumerate(filters.kept(list(traced), n_layer))
+        ]
+        logits_file = os.path.join(pending.temp, "logits.npy")
+        logits_bytes = write_npy(logits_file, widen(logits, call.wrong_shape), in_new_directory=True)
         manifest = {
             "format": TRACE_FORMAT,
             "version": TRACE_VERSION,
@@ -950,18 +975,18 @@ def run_trace(call: Call) -> dict[str, Any]:
             "n_vocab": len(vocab.tokens),
             "n_tokens": len(tokens),
             "tokens": tokens,
-            "positions": rows,
-            "filters": filters,
+            "positions": filters.rows,
+            "filters": filters.to_json(),
             "tensors": tensors,
             "n_graph_nodes": len(traced),
             "n_unnamed_nodes": 0,
-            "n_filtered_nodes": n_filtered,
+            "n_filtered_nodes": len(traced) - len(tensors),
             "skipped": {},
             "logits": {"file": "logits.npy", "shape": [len(tokens), len(vocab.tokens)]},
             **config.fields(),
         }
         text = json.dumps(manifest) + "\n"
-        with open(os.path.join(pending.temp, "trace.json"), "w", encoding="utf-8") as handle:
+        with open(os.path.join(pending.temp, "trace.json"), "x", encoding="utf-8") as handle:
             handle.write(text)
         pending.commit()
     except BaseException:
@@ -974,12 +999,12 @@ def run_trace(call: Call) -> dict[str, Any]:
         "logits": "logits.npy",
         "n_tokens": len(tokens),
         "n_vocab": len(vocab.tokens),
-        "positions": rows,
-        "filters": filters,
+        "positions": filters.rows,
+        "filters": filters.to_json(),
         "n_tensors": len(tensors),
         "n_graph_nodes": len(traced),
         "tensor_bytes": tensor_bytes,
-        "bytes_written": tensor_bytes + written + len(text),
+        "bytes_written": tensor_bytes + logits_bytes + len(text),
         "bytes_copied": sum(int(a.nbytes) for a in traced.values()),
         "n_nonfinite": count_nonfinite(logits),
         "n_decode_calls": 1,
@@ -1067,6 +1092,11 @@ import sys
 IMPLEMENTATION = {implementation!r}
 
 
+def fail(message):
+    os.write(2, ("bitnet-shim: error: " + message + "\\n").encode("utf-8", "replace"))
+    sys.exit(1)
+
+
 def forward(socket_path):
     import _socket
 
@@ -1085,13 +1115,14 @@ def forward(socket_path):
                 break
             chunks.append(chunk)
     except OSError as exc:
-        message = "the fake shim's server at %s did not answer (%s)" % (socket_path, exc)
-        os.write(2, ("bitnet-shim: error: " + message + "\\n").encode("utf-8", "replace"))
-        sys.exit(1)
+        fail("the fake shim's server at %s did not answer (%s)" % (socket_path, exc))
     finally:
         conn.close()
     head, _, body = b"".join(chunks).partition(b"\\n")
-    code, signal = (int(word) for word in head.split())
+    try:
+        code, signal = (int(word) for word in head.split())
+    except ValueError:
+        fail("the fake shim's server at %s answered %r, which is not a reply" % (socket_path, head[:80]))
     out, _, err = body.partition(b"\\0")
     os.write(1, out)
     os.write(2, err)

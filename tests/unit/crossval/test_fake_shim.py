@@ -26,6 +26,8 @@ from tests.gguf_models import BOS_ID, EOS_ID, spm_vocabulary
 from tests.unit.crossval import fake_shim
 from tests.unit.crossval.fake_reference import FakeCache
 
+pytestmark = pytest.mark.usefixtures("one_blas_thread_here")
+
 TOKENS = [BOS_ID, 300, 301, 302, 303, 304, 305]
 
 

@@ -34,6 +34,8 @@ from tests.gguf_models import BOS_ID, spm_vocabulary
 from tests.unit.crossval import fake_shim
 from tests.unit.crossval.fake_reference import FakeCache, fake_record
 
+pytestmark = pytest.mark.usefixtures("one_blas_thread_here")
+
 PROMPT = "The quick brown fox"
 MAX_TOKENS = 4
 

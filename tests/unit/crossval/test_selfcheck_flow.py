@@ -14,6 +14,8 @@ from bitnet_crossval.crossval.engine.graph import Run
 from bitnet_crossval.crossval.selfcheck import ARCHITECTURES, cases_for, run_selfcheck
 from tests.unit.crossval.fake_reference import FakeCache
 
+pytestmark = pytest.mark.usefixtures("one_blas_thread_here")
+
 
 def test_every_fault_is_caught_and_located_on_every_architecture(fake_cache: FakeCache) -> None:
     cases = run_selfcheck(fake_cache.context())

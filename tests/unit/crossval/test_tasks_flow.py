@@ -30,6 +30,8 @@ from bitnet_crossval.tasks.selfcheck import crossval_selfcheck
 from tests.unit.crossval import fake_shim
 from tests.unit.crossval.fake_reference import FakeCache
 
+pytestmark = pytest.mark.usefixtures("one_blas_thread_here")
+
 
 @dataclass(frozen=True)
 class TaskRun:
