@@ -57,7 +57,7 @@ from bitnet_crossval.crossval.trace import (
     TraceComparison,
     compare_traces,
 )
-from bitnet_crossval.errors import BadInput
+from bitnet_crossval.errors import BadInput, UnclassifiedError
 from bitnet_crossval.reference.lookup import recorded_shim
 from bitnet_crossval.store.sources import source_dirs
 from bitnet_crossval.util import ui
@@ -291,6 +291,7 @@ def _reference_run(
         continuation = list(generated.tokens)
     tokens = [*prompt, *continuation]
     logits, doc = shim.logits(model, tokens, threads=request.threads, kv_type=request.kv_type, out_dir=work_dir)
+    _check_finite(logits)
     run = run_report(doc)
     settings = {
         "kv_type_k": run.kv_type_k,
@@ -305,6 +306,21 @@ def _reference_run(
         "generated": len(continuation),
     }
     return tokens, np.asarray(logits), {"settings": settings}
+
+
+def _check_finite(logits: np.ndarray[Any, Any]) -> None:
+    """The reference's logits judge the candidate's only where they are finite: with a NaN or an
+    infinity in a row its KL is undefined, which the comparison would read as agreement."""
+    finite = np.isfinite(logits)
+    if finite.all():
+        return
+    rows = np.flatnonzero(~finite.all(axis=1))
+    more = f" and {len(rows) - 1} more" if len(rows) > 1 else ""
+    raise UnclassifiedError(
+        f"the reference's logits hold non-finite values (NaN or infinity) at position {int(rows[0])}{more}",
+        next_step="rerun with --verbose to see llama.cpp's log; a reference that overflows on this model and "
+        "prompt cannot judge a candidate",
+    )
 
 
 def _run_candidate(candidate: Candidate, model: Path, tokens: list[int], work_dir: Path) -> CandidateOutput:

@@ -1,11 +1,12 @@
-"""Fixtures of the engine's unit tests: a tiny vocabulary and cached synthetic models.
+"""Fixtures of the crossval unit tests: a tiny vocabulary, cached synthetic models, and the fake
+reference shim (fake_shim.py) recorded in a cache.
 
 No C++ here: models are written with gguf-py and only the NumPy engine runs them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,14 @@ import pytest
 
 from bitnet_crossval.crossval.synthetic import default_spec, write_synthetic_model
 from tests.gguf_models import BOS_ID, EOS_ID, UNK_ID, spm_vocabulary
+from tests.unit.crossval.blas_threads import one_blas_thread
+from tests.unit.crossval.fake_reference import (
+    FakeCache,
+    FakeShim,
+    fake_shim_server,
+    install_fake_shim,
+    make_fake_cache,
+)
 
 ModelFactory = Callable[..., Path]
 
@@ -68,3 +77,27 @@ def model_factory(tmp_path_factory: pytest.TempPathFactory, tiny_vocab: Path) ->
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def fake_shim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeShim]:
+    """The fake reference shim installed as an executable, with its server running."""
+    directory = tmp_path_factory.mktemp("fake-shim")
+    script = install_fake_shim(directory / "bin")
+    shim = FakeShim(script=script, socket=directory / "server.sock", server_log=directory / "server.log")
+    with fake_shim_server(shim.socket, shim.server_log):
+        yield shim
+
+
+@pytest.fixture(scope="session")
+def fake_cache(tmp_path_factory: pytest.TempPathFactory, fake_shim: FakeShim, tiny_vocab: Path) -> FakeCache:
+    """One cache for the session whose constants record the fake shim as the llama backend's (the
+    synthetic models are written into it once and shared)."""
+    return make_fake_cache(tmp_path_factory.mktemp("fake-cache") / "cache", fake_shim, tiny_vocab)
+
+
+@pytest.fixture
+def one_blas_thread_here() -> Iterator[None]:
+    """numpy's OpenBLAS on one thread during the test, like the fake reference (blas_threads.py)."""
+    with one_blas_thread():
+        yield

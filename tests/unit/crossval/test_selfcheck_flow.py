@@ -1,0 +1,45 @@
+"""The self-check (``run_selfcheck``) on the fake reference shim: every deliberate fault of the
+engine caught and located on each synthetic architecture, and a checker that would miss one
+says so (a fault found elsewhere than its site: the task's exit 12 in test_tasks_flow.py). The
+fake's reference is the engine without a fault, in another process, so patching the engine here
+changes only the candidate."""
+
+from __future__ import annotations
+
+import pytest
+
+from bitnet_crossval.crossval import selfcheck
+from bitnet_crossval.crossval.engine import FAULTS
+from bitnet_crossval.crossval.engine.graph import Run
+from bitnet_crossval.crossval.selfcheck import ARCHITECTURES, cases_for, run_selfcheck
+from tests.unit.crossval.fake_reference import FakeCache
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread_here")
+
+
+def test_every_fault_is_caught_and_located_on_every_architecture(fake_cache: FakeCache) -> None:
+    cases = run_selfcheck(fake_cache.context())
+
+    assert [(c.architecture, c.fault) for c in cases] == [(a, f) for a in ARCHITECTURES for f in cases_for(a)]
+    assert {c.fault for c in cases} == {None, *FAULTS}  # every fault applies to some architecture
+    not_ok = [(c.architecture, c.fault, c.verdict, c.expected_site, c.found_site) for c in cases if not c.ok]
+    assert not_ok == []
+    for case in cases:
+        if case.fault is None:
+            assert case.verdict == "parity" and case.first_failure is None and case.found_site is None
+        else:
+            assert case.verdict == "divergence" and case.first_failure is not None
+            assert case.kl_at_first_failure is not None and case.kl_at_first_failure > 0
+            assert case.found_site == case.expected_site is not None
+
+
+def test_a_fault_that_changes_nothing_is_not_caught(fake_cache: FakeCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(selfcheck, "cases_for", lambda arch: ["norm_eps"])
+    monkeypatch.setattr(Run, "faulty", lambda self, name: False)  # every fault of the candidate a no-op
+
+    (case,) = run_selfcheck(fake_cache.context(), architectures=("llama",))
+
+    assert case.fault == "norm_eps" and case.verdict == "parity" and case.found_site is None
+    assert case.expected_site == "attn_norm-0"
+    assert not case.caught and not case.ok
+    assert case.to_json()["ok"] is False
