@@ -73,9 +73,7 @@ class NumpyCandidate:
             return NumpyCandidate(self.engine.model.path, replace(self.engine.options, kv_cache="f16"))
         return self
 
-    def run(
-        self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
-    ) -> CandidateOutput:
+    def run(self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace: bool) -> CandidateOutput:
         started = time.monotonic()
         logits = self.engine.forward(tokens)
         return CandidateOutput(
