@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bitnet_crossval.crossval.options import OUTPUT_OPTIONS, PLOT, REQUEST_OPTIONS, build_request, output_paths
-from bitnet_crossval.errors import ParityFailed
+from bitnet_crossval.errors import BadInput, CandidateFailed, ParityFailed
 from bitnet_crossval.repair.preflight import REPAIR
 from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
 
@@ -29,6 +29,14 @@ def crossval_per_token(values: OptionValues) -> None:
     result = run_crossval(request, ctx)
     out.print_table(result)
     out.write_outputs(result, {option.name: path for option, path in outputs.items()})
+    if result.non_finite is not None:
+        # No verdict on numbers that are not real: the model's (bad input) or the candidate's. The
+        # JSON document is the report with the error every failing task's document carries.
+        kind = BadInput if result.non_finite.side == "reference" else CandidateFailed
+        error = kind(result.failure_sentence(), next_step=result.next_step())
+        if values[FORMAT] == "json":
+            print_json({**result.to_json(), "command": "crossval-per-token", "ok": False, "error": error.to_json()})
+        raise error
     if values[FORMAT] == "json":
         print_json(result.to_json())
     if not result.passed:
