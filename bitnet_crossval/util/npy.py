@@ -28,8 +28,9 @@ MAX_HEADER = 1 << 16
 """A header longer than this is not one numpy writes (it caps headers at 10 000 bytes to read)."""
 
 
-def read_npy(path: Path) -> npt.NDArray[Any]:
-    """The array in ``path``; :class:`UnreadableArray` saying why when there is none to read."""
+def read_npy(path: Path, *, max_bytes: int | None = None) -> npt.NDArray[Any]:
+    """The array in ``path``; :class:`UnreadableArray` saying why when there is none to read, or
+    when its data is larger than ``max_bytes`` (checked before anything is read)."""
     try:
         mode = os.stat(path).st_mode  # follows a symbolic link: what it names must be a regular file
     except FileNotFoundError:
@@ -47,10 +48,10 @@ def read_npy(path: Path) -> npt.NDArray[Any]:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):  # replaced between the two looks
             raise UnreadableArray(path, f"it is {describe_file_type(info.st_mode)}, not a regular file")
-        return _read(handle, path, size=info.st_size)
+        return _read(handle, path, size=info.st_size, max_bytes=max_bytes)
 
 
-def _read(handle: BinaryIO, path: Path, *, size: int) -> npt.NDArray[Any]:
+def _read(handle: BinaryIO, path: Path, *, size: int, max_bytes: int | None) -> npt.NDArray[Any]:
     if size == 0:
         raise UnreadableArray(path, "it is empty")
     shape, fortran_order, dtype = _header(handle, path)
@@ -65,6 +66,11 @@ def _read(handle: BinaryIO, path: Path, *, size: int) -> npt.NDArray[Any]:
             path,
             f"its header describes a {dtype} array of shape {shown} ({expected} bytes of data), "
             f"but the file holds {available} bytes after the header",
+        )
+    if max_bytes is not None and expected > max_bytes:
+        shown = "[" + ", ".join(str(d) for d in shape) + "]"
+        raise UnreadableArray(
+            path, f"it holds a {dtype} array of shape {shown}, {expected} bytes, more than the {max_bytes} expected"
         )
     data = bytearray(expected)  # writable, so the array is too
     if cast("Any", handle).readinto(data) != expected:

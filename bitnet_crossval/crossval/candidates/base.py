@@ -142,12 +142,13 @@ def check_logits(array: object, *, label: str, n_tokens: int, n_vocab: int) -> F
         return np.asarray(array, dtype=np.float32)
 
 
-def read_output(path: Path, *, label: str, what: str) -> npt.NDArray[Any]:
-    """A ``.npy`` file the candidate wrote, read without trusting it (:func:`~bitnet_crossval.util.npy.read_npy`)."""
+def read_output(path: Path, *, label: str, what: str, shape: tuple[int, int]) -> npt.NDArray[Any]:
+    """A ``.npy`` file the candidate wrote, read without trusting it (:func:`~bitnet_crossval.util.npy.read_npy`):
+    never more than an array of ``shape`` in the widest float type takes."""
     from bitnet_crossval.util.npy import read_npy
 
     try:
-        return read_npy(path)
+        return read_npy(path, max_bytes=shape[0] * shape[1] * np.dtype(np.longdouble).itemsize)
     except UnreadableArray as exc:
         if exc.reason == "it does not exist":
             raise CandidateFailed(

@@ -4,6 +4,12 @@
 float32 array) are replaced in its arguments; with none of them, the three paths are appended
 in that order. ``{trace}`` (a directory) asks it to write intermediates too. The protocol, with
 a worked example, is in docs/howto/candidates.md.
+
+Each run gets a new directory (:func:`~.base.new_workspace`) and a process group of its own,
+stopped at the time limit, on any way out of the suite, and once the program exits (what it
+left running); its output is read only from regular files (:func:`~.base.read_output`). A
+program that cannot start, exits non-zero, is killed, times out or writes nothing readable is
+the candidate's failure (exit 11).
 """
 
 from __future__ import annotations
@@ -147,7 +153,7 @@ class CommandCandidate:
             ) from exc
         seconds = time.monotonic() - started
         workspace.check(self.label)
-        array = read_output(out, label=self.label, what="{out}")
+        array = read_output(out, label=self.label, what="{out}", shape=(len(tokens), self._n_vocab))
         logits = check_logits(array, label=self.label, n_tokens=len(tokens), n_vocab=self._n_vocab)
         written = workspace.trace if workspace.trace is not None and any(workspace.trace.iterdir()) else None
         return CandidateOutput(logits=logits, seconds=seconds, details={"argv": argv}, trace_dir=written)

@@ -75,7 +75,8 @@ class NumpyCandidate:
 
     def run(self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace: bool) -> CandidateOutput:
         started = time.monotonic()
-        logits = self.engine.forward(tokens)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN is judged, not warned about
+            logits = self.engine.forward(tokens)
         return CandidateOutput(
             logits=np.asarray(logits, dtype=np.float32),
             seconds=time.monotonic() - started,
@@ -91,7 +92,8 @@ class NumpyCandidate:
         recorder = TraceRecorder(
             layers=layers, name_regex=request.names, positions=request.positions, include_global=layers is None
         )
-        self.engine.forward(tokens, trace=recorder)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            self.engine.forward(tokens, trace=recorder)
         return {key: constant(value) for key, value in recorder.entries.items()}
 
 

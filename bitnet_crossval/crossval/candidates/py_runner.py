@@ -31,8 +31,10 @@ def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
     status = Path(request["status"])
     # As for `python -m`: the current directory first, and not this script's own directory
-    # (which holds modules named like a user's: python.py, command.py, ...).
-    sys.path[0] = os.getcwd()
+    # (which holds modules named like a user's: python.py, command.py, ...). With
+    # PYTHONSAFEPATH set, Python did not put the script's directory there in the first place.
+    own = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [os.getcwd()] + [p for p in sys.path if os.path.abspath(p or ".") != own]
     try:
         module = importlib.import_module(request["module"])
     except BaseException as exc:  # SystemExit and friends are the candidate's failure too

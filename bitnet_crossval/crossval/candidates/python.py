@@ -110,7 +110,12 @@ class PythonCandidate:
                 f"the candidate {self.label} returned {status.get('type')}, expected a float array of shape "
                 f"[n_tokens, n_vocab] = [{len(tokens)}, {self._n_vocab}]"
             )
-        array = read_output(workspace.directory / "candidate-logits.npy", label=self.label, what="returned array's")
+        array = read_output(
+            workspace.directory / "candidate-logits.npy",
+            label=self.label,
+            what="returned array's",
+            shape=(len(tokens), self._n_vocab),
+        )
         logits = check_logits(array, label=self.label, n_tokens=len(tokens), n_vocab=self._n_vocab)
         written = workspace.trace if workspace.trace is not None and any(workspace.trace.iterdir()) else None
         seconds = float(status.get("seconds") or elapsed)

@@ -181,6 +181,11 @@ def prints_then_raises(model_path: str, tokens: Tokens) -> F32:
     raise RuntimeError("the candidate's own bug")
 
 
+def accepts_trace_writes_nothing(model_path: str, tokens: Tokens, trace: str | None = None) -> F32:
+    """The rope_type fault (a divergence); it takes a trace directory and writes nothing there."""
+    return rope_type(model_path, tokens)
+
+
 def nan_from_ffn_up_0(model_path: str, tokens: Tokens, trace: str | None = None) -> F32:
     """NaN logits; its trace turns NaN from ffn_up-0 on (everything before it is right)."""
     recorder = TraceRecorder() if trace else None

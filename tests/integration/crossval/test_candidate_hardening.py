@@ -244,6 +244,53 @@ def test_the_model_as_the_program_cannot_start(crossval_cache: CrossvalCache) ->
     assert_one_error(result, 11, "could not start: `", ".gguf` (it is not executable (permission denied))")
 
 
+# --- the {model} placeholder and a shell -----------------------------------------------------------------
+
+
+@pytest.fixture
+def crafted_model(crossval_cache: CrossvalCache, tmp_path: Path) -> tuple[Path, Path]:
+    """A model whose path holds shell code, and the file that code would create."""
+    from bitnet_crossval.crossval.synthetic import write_synthetic_model
+
+    mark = tmp_path / "PWNED"
+    model = write_synthetic_model(tmp_path / "m$(touch $PWNED_MARK).gguf", arch="llama", vocab=crossval_cache.vocab)
+    return model, mark
+
+
+def test_model_in_shell_code_runs_what_the_path_says(
+    crossval_cache: CrossvalCache, crafted_model: tuple[Path, Path]
+) -> None:
+    """The hazard the candidate how-to warns of: `{model}` pasted into `sh -c` code."""
+    model, mark = crafted_model
+    env = {**crossval_cache.env, "PWNED_MARK": str(mark)}
+    unsafe = f"cmd:sh -c '{sys.executable} {CANDIDATES} engine {{model}} {{tokens}} {{out}}'"
+    result = crossval_cache.run("--model", str(model), *ARGS, "--candidate", unsafe, env=env)
+    assert result.returncode == 11, result.stderr[-3000:]  # the path it got was not the model's
+    assert mark.exists()
+
+
+def test_model_as_a_positional_parameter_of_the_shell_is_safe(
+    crossval_cache: CrossvalCache, crafted_model: tuple[Path, Path]
+) -> None:
+    """The safe form the how-to gives: the script is fixed text, the paths arrive as "$1" "$2" "$3"."""
+    model, mark = crafted_model
+    env = {**crossval_cache.env, "PWNED_MARK": str(mark)}
+    safe = f"""cmd:sh -c '{sys.executable} {CANDIDATES} engine "$1" "$2" "$3"' sh {{model}} {{tokens}} {{out}}"""
+    result = crossval_cache.run("--model", str(model), *ARGS, "--candidate", safe, "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert strict_json(result.stdout)["verdict"] == "parity"
+    assert not mark.exists()
+
+
+# --- a trace that writes nothing ----------------------------------------------------------------------
+
+
+def test_a_candidate_that_takes_a_trace_and_writes_nothing_is_told_so(crossval_cache: CrossvalCache) -> None:
+    result = crossval_cache.run(*ARGS, "--candidate", f"{PY}:accepts_trace_writes_nothing", "--trace")
+    assert_one_error(result, 10, "the candidate wrote no trace, so the divergence cannot be located inside the model")
+    assert "every traced tensor agrees" not in result.stderr
+
+
 # --- memory: a candidate printing without end ---------------------------------------------------------
 
 

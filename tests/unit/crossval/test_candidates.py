@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bitnet_crossval.crossval import nonfinite
-from bitnet_crossval.crossval.candidates import check_logits, parse_candidate
+from bitnet_crossval.crossval.candidates import TraceRequest, check_logits, parse_candidate
 from bitnet_crossval.crossval.candidates.command import CommandCandidate, CommandSpec
 from bitnet_crossval.crossval.candidates.numpy_engine import NumpySpec
 from bitnet_crossval.crossval.candidates.python import PythonCandidate, PythonSpec
@@ -471,3 +471,19 @@ def test_the_current_directory_is_importable(tmp_path: Path, monkeypatch: pytest
     spec = PythonSpec(kind="py", text="py:cwd_candidate_mod:f", module="cwd_candidate_mod", function="f")
     out = PythonCandidate(spec, n_vocab=N_VOCAB, env=env).run(tmp_path / "m", TOKENS, work_dir=tmp_path, trace=False)
     assert out.logits.shape == (3, N_VOCAB)
+
+
+def test_a_trace_directory_replaced_by_a_link_to_a_device_is_the_candidates_failure(tmp_path: Path) -> None:
+    script = tmp_path / "relink.py"
+    script.write_text(
+        "import os, sys\nimport numpy as np\n"
+        "out, trace, n = sys.argv[1], sys.argv[2], int(sys.argv[3])\n"
+        "np.save(out, np.ones((3, n), np.float32))\n"
+        "if trace:\n    os.rmdir(trace)\n    os.symlink('/dev/null', trace)\n"
+    )
+    spec = cmd_spec(f"cmd:{sys.executable} {script} {{out}} {{trace}} {N_VOCAB}")
+    candidate = CommandCandidate(spec, env={"PATH": str(Path(sys.executable).parent)}, n_vocab=N_VOCAB, timeout=60)
+    assert candidate.run(tmp_path / "m.gguf", TOKENS, work_dir=tmp_path / "w", trace=False).trace_dir is None
+    with pytest.raises(CandidateFailed, match=r"removed or replaced its trace directory .*candidate-2/trace"):
+        candidate.trace(tmp_path / "m.gguf", TOKENS, request=TraceRequest(positions=[0, 1]), work_dir=tmp_path / "w")
+    assert Path("/dev/null").exists()  # nothing was written through the link
