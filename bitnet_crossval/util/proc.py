@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, BinaryIO, TextIO
 
 from bitnet_crossval.errors import (
     CommandFailed,
@@ -101,6 +101,8 @@ def run(
     group_file: Path | None = None,
     own_group: bool = False,
     log_limit: int | None = None,
+    stdout_path: Path | None = None,
+    stop: threading.Event | None = None,
 ) -> Completed:
     """Run ``argv``; stdout and stderr are merged, the end kept in memory, all of it optionally
     in a log file (at most ``log_limit`` bytes of it).
@@ -114,6 +116,12 @@ def run(
     exited (what it left running is stopped too). ``group_file`` implies ``own_group`` and keeps
     the group's id in that file while it runs, so a later run can stop what a killed parent left
     behind (:func:`stop_group_in`).
+
+    With ``stdout_path`` the child's stdout goes to that file byte for byte (a JSON document the
+    command prints), and what is kept, logged and passed to ``on_line`` is its stderr alone. When
+    ``stop`` is set while the child runs, the child is interrupted as Ctrl-C would (SIGINT), then
+    killed if it is still there after a grace period; the run returns with the child's code (the
+    caller knows it asked).
 
     A program that does not exist raises :class:`ProgramNotFound`; one the system will not start
     (a directory, no execute permission, not an executable format) :class:`ProgramCouldNotStart`.
@@ -136,6 +144,8 @@ def run(
             timeout=timeout,
             group_file=group_file,
             own_group=own_group or group_file is not None,
+            stdout_path=stdout_path,
+            stop=stop,
         )
     finally:
         if log is not None:
@@ -323,45 +333,93 @@ def _stream(
     timeout: float | None,
     group_file: Path | None,
     own_group: bool,
+    stdout_path: Path | None,
+    stop: threading.Event | None,
 ) -> _Streamed:
     own_group = own_group and os.name == "posix"
     output = _Output(log, on_line)
-    child = _start(args, cwd=cwd, env=env, own_group=own_group)
-    assert child.stdout is not None
-    deadline = time.monotonic() + timeout if timeout else None
-    reader: _Reader | None = None
-    try:
-        if own_group and group_file is not None:
-            _write_group_file(group_file, child.pid)
-        reader = _Reader(child.stdout)
-        timed_out = not _pump(child, reader, output, deadline)
-        output.take(b"", final=True)
-        returncode = None if timed_out else _wait(child, deadline)
-        if returncode is None:
-            timed_out = True
+    with contextlib.ExitStack() as opened:
+        stdout_file = opened.enter_context(_open_output(stdout_path)) if stdout_path is not None else None
+        child = _start(args, cwd=cwd, env=env, own_group=own_group, stdout=stdout_file)
+        stream = child.stderr if stdout_file is not None else child.stdout
+        assert stream is not None
+        deadline = time.monotonic() + timeout if timeout else None
+        stopper = _Stopper(child, stop, group=own_group)
+        reader: _Reader | None = None
+        try:
+            if own_group and group_file is not None:
+                _write_group_file(group_file, child.pid)
+            reader = _Reader(stream)
+            timed_out = not _pump(child, reader, output, deadline, stopper)
+            output.take(b"", final=True)
+            returncode = None if timed_out else _wait(child, deadline, stopper)
+            if returncode is None:
+                timed_out = True
+                _kill(child, group=own_group)
+                returncode = child.wait()
+        except BaseException:
+            # Ctrl-C, SIGTERM (stop_on_termination) or a callback error: do not leave the child
+            # (or its group) running.
             _kill(child, group=own_group)
-            returncode = child.wait()
-    except BaseException:
-        # Ctrl-C, SIGTERM (stop_on_termination) or a callback error: do not leave the child
-        # (or its group) running.
-        _kill(child, group=own_group)
-        child.wait()
-        raise
-    finally:
-        if own_group and child.returncode is not None and _group_alive(child.pid):
-            _kill_group(child.pid)  # what the child left running when it exited
-        if reader is not None:
-            reader.abandon()
-            reader.join(timeout=_POLL)
-        if own_group and group_file is not None:
-            group_file.unlink(missing_ok=True)
+            child.wait()
+            raise
+        finally:
+            if own_group and child.returncode is not None and _group_alive(child.pid):
+                _kill_group(child.pid)  # what the child left running when it exited
+            if reader is not None:
+                reader.abandon()
+                reader.join(timeout=_POLL)
+            if own_group and group_file is not None:
+                group_file.unlink(missing_ok=True)
     text = output.kept.text()
     return _Streamed(
         returncode=returncode, output=text, truncated=output.kept.truncated, tail=_tail(text), timed_out=timed_out
     )
 
 
-def _pump(child: subprocess.Popen[bytes], reader: _Reader, output: _Output, deadline: float | None) -> bool:
+class _Stopper:
+    """The caller's ``stop`` event, looked at while the child runs: once it is set, the child is
+    interrupted as Ctrl-C would, and killed if it is still there ``grace`` seconds later."""
+
+    def __init__(
+        self, child: subprocess.Popen[bytes], stop: threading.Event | None, *, group: bool, grace: float = 5.0
+    ) -> None:
+        self._child = child
+        self._stop = stop
+        self._group = group
+        self._grace = grace
+        self._interrupted_at: float | None = None
+
+    def check(self) -> None:
+        if self._stop is None or not self._stop.is_set() or self._child.poll() is not None:
+            return
+        now = time.monotonic()
+        if self._interrupted_at is None:
+            self._interrupted_at = now
+            _interrupt(self._child, group=self._group)
+        elif now - self._interrupted_at >= self._grace:
+            _kill(self._child, group=self._group)
+
+
+def _interrupt(child: subprocess.Popen[bytes], *, group: bool) -> None:
+    interrupt = signal.SIGINT if os.name == "posix" else signal.SIGTERM
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(child.pid, interrupt)
+        else:
+            child.send_signal(interrupt)
+
+
+def _open_output(path: Path) -> BinaryIO:
+    try:
+        return open(path, "wb")
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+
+
+def _pump(
+    child: subprocess.Popen[bytes], reader: _Reader, output: _Output, deadline: float | None, stopper: _Stopper
+) -> bool:
     """Hand the child's output on until it ends; False when the deadline passed first.
 
     Once the child has exited, its output is waited for :data:`DRAIN_GRACE` seconds more: a
@@ -369,6 +427,7 @@ def _pump(child: subprocess.Popen[bytes], reader: _Reader, output: _Output, dead
     """
     exited_at: float | None = None
     while True:
+        stopper.check()
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return False
@@ -387,7 +446,7 @@ def _pump(child: subprocess.Popen[bytes], reader: _Reader, output: _Output, dead
 
 
 def _start(
-    args: list[str], *, cwd: Path | None, env: Mapping[str, str] | None, own_group: bool
+    args: list[str], *, cwd: Path | None, env: Mapping[str, str] | None, own_group: bool, stdout: BinaryIO | None
 ) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
@@ -395,8 +454,8 @@ def _start(
             cwd=cwd,
             env=dict(env) if env is not None else None,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stdout=stdout if stdout is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE if stdout is not None else subprocess.STDOUT,
             start_new_session=own_group,
         )
     except FileNotFoundError as exc:
@@ -424,10 +483,11 @@ def _start_failure(program: str, exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _wait(child: subprocess.Popen[bytes], deadline: float | None) -> int | None:
+def _wait(child: subprocess.Popen[bytes], deadline: float | None, stopper: _Stopper) -> int | None:
     """The child's exit status, or None when the deadline passes first (its output may have
     ended long before it exits)."""
     while True:
+        stopper.check()
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             return None
