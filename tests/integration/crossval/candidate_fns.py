@@ -160,8 +160,8 @@ def segfaults(model_path: str, tokens: Tokens) -> F32:
 
 def sleeps(model_path: str, tokens: Tokens) -> F32:
     """Hangs; says where it runs first (CANDIDATE_PID_FILE), as the cmd: hang mode does."""
-    _note("", "CANDIDATE_PID_FILE", str(os.getpid()))
-    time.sleep(300)
+    _note("", "CANDIDATE_PID_FILE", f"{os.getpid()} {time.time()}")
+    time.sleep(3600)  # longer than any test waits: only the suite's --candidate-timeout ends it sooner
     return engine(model_path, tokens)
 
 
@@ -243,7 +243,7 @@ def main(argv: list[str]) -> int:
         print("CANDIDATE-SAYS: about to fail on purpose", file=sys.stderr, flush=True)
         return 3
     if mode == "hang":
-        time.sleep(300)
+        time.sleep(3600)  # longer than any test waits: only the suite's --candidate-timeout ends it sooner
         return 0
     if mode == "silent":
         return 0
@@ -280,7 +280,7 @@ def _note(out: str, variable: str, text: str) -> None:
 
 def _note_pid(out: str) -> None:
     """Where a test asks for them: this process's id, and the directory the suite gave it."""
-    _note(out, "CANDIDATE_PID_FILE", str(os.getpid()))
+    _note(out, "CANDIDATE_PID_FILE", f"{os.getpid()} {time.time()}")  # who it is, and when it started
     _note(out, "CANDIDATE_DIR_FILE", str(Path(out).parent))
 
 
