@@ -366,19 +366,21 @@ def _not_finite(
     )
 
 
-def read_trace_dir(directory: Path, *, label: str) -> dict[str, Loader]:
+def read_trace_dir(directory: Path, *, label: str | None = None) -> dict[str, Loader]:
     """A candidate's trace directory: one ``<name>.npy`` per tensor (``Qcur-0.npy``).
 
     Each file is read only when it is compared, and only if it is a regular file with a
     consistent ``.npy`` header (:func:`~bitnet_crossval.util.npy.read_npy`): a FIFO or a device
-    named like a tensor never blocks the run. One that cannot be read is the candidate's failure.
+    named like a tensor never blocks the run. One that cannot be read is the candidate's failure
+    (``label`` names the candidate in the sentence).
     """
+    who = "the candidate" if label is None else f"the candidate {label}"
     try:
         with os.scandir(directory) as entries:
             names = sorted(entry.name for entry in entries if entry.name.endswith(".npy"))
     except OSError as exc:
         raise CandidateFailed(
-            f"the trace directory of the candidate {label} cannot be listed ({exc.strerror or exc})",
+            f"the trace directory of {who} cannot be listed ({exc.strerror or exc})",
             next_step="write the intermediates as files inside the {trace} directory",
         ) from None
     loaders: dict[str, Loader] = {}
@@ -393,7 +395,7 @@ def read_trace_dir(directory: Path, *, label: str) -> dict[str, Loader]:
             except (TypeError, ValueError):
                 reason = "its values are not numbers"
             raise CandidateFailed(
-                f"the candidate {label} wrote the trace file {path.name}, which is not a readable .npy file ({reason})",
+                f"{who} wrote the trace file {path.name}, which is not a readable .npy file ({reason})",
                 next_step="write each intermediate with numpy.save, as a regular file in the {trace} directory",
             )
 
