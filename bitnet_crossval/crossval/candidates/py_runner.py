@@ -15,6 +15,7 @@ the candidate sees the same ``sys.path`` as ``python -m`` gives: the current dir
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -101,7 +102,9 @@ def _accepts_keyword(function: Callable[..., Any], name: str) -> bool:
 
 if __name__ == "__main__":
     code = main(sys.argv)
-    # Once the outcome is written the process ends, even if the candidate left threads running.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    # Once the outcome is written the process ends, even if the candidate left threads running;
+    # what it printed is flushed first, unless it closed or replaced the streams.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.flush()
     os._exit(code)

@@ -369,6 +369,14 @@ MODULE = textwrap.dedent(
 
     def returns_objects(model_path, tokens):
         return np.array([None, 1], dtype=object)
+
+    def closes_stdout(model_path, tokens):
+        sys.stdout.close()
+        return np.ones((len(tokens), N_VOCAB), dtype=np.float32)
+
+    def drops_streams(model_path, tokens):
+        sys.stdout = sys.stderr = None
+        return np.ones((len(tokens), N_VOCAB), dtype=np.float32)
     """
 )
 
@@ -427,6 +435,14 @@ def test_whatever_the_function_does_is_its_failure(
         py(module_name, function, tmp_path).run(tmp_path / "m", TOKENS, work_dir=tmp_path, trace=False)
     assert message in info.value.message and "\n" not in info.value.message
     assert info.value.exit_code == 11
+
+
+@pytest.mark.parametrize("function", ["closes_stdout", "drops_streams"])
+def test_a_function_that_closes_or_drops_its_streams_still_returns(
+    module_name: str, tmp_path: Path, function: str
+) -> None:
+    out = py(module_name, function, tmp_path).run(tmp_path / "m", TOKENS, work_dir=tmp_path, trace=False)
+    assert out.logits.shape == (3, N_VOCAB)
 
 
 def test_an_exception_shows_the_candidates_output_but_no_traceback(module_name: str, tmp_path: Path) -> None:
