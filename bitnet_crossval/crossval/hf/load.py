@@ -142,11 +142,11 @@ def _convert(path: Path, expected: list[Expectation], *, say: Say) -> Loaded:
         f"transformers reads {path.name} (the first load of a model parses its whole metadata, "
         "a large vocabulary included: about a minute for 262k tokens)"
     )
-    with _one_gguf_reader(), _heartbeat(say, "reading the GGUF"):
+    with _one_gguf_reader(), _heartbeat(say, "reading the GGUF's metadata") as step:
         raw_config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
         config = copy.deepcopy(raw_config)
         findings = _corrected(config, expected, model=path, say=say)
-        say("dequantising the weights")
+        step("dequantising the weights")
         model, info = AutoModelForCausalLM.from_pretrained(
             str(path.parent),
             gguf_file=path.name,
@@ -268,10 +268,10 @@ def _one_gguf_reader() -> Iterator[None]:
     import gguf
 
     original = gguf.GGUFReader
-    readers: dict[tuple[str, str], Any] = {}
+    readers: dict[tuple[str, str], Any] = {}  # by real path: transformers names one file two ways
 
     def reader(path: Any, mode: Any = "r") -> Any:
-        key = (os.fspath(path), mode)
+        key = (os.path.realpath(os.fspath(path)), str(mode))
         if key not in readers:
             readers[key] = original(path, mode)
         return readers[key]
@@ -283,20 +283,33 @@ def _one_gguf_reader() -> Iterator[None]:
         setattr(gguf, "GGUFReader", original)  # noqa: B010
 
 
+class _Step:
+    """The step a heartbeat names; a new step announces itself once."""
+
+    def __init__(self, say: Say, what: str) -> None:
+        self._say = say
+        self.what = what
+
+    def __call__(self, what: str) -> None:
+        self.what = what
+        self._say(what)
+
+
 @contextmanager
-def _heartbeat(say: Say, what: str) -> Iterator[None]:
+def _heartbeat(say: Say, what: str) -> Iterator[_Step]:
     """A line every HEARTBEAT_SECONDS while a long step that reports nothing runs."""
     stop = threading.Event()
     started = time.monotonic()
+    step = _Step(say, what)
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
-            say(f"still {what} ({time.monotonic() - started:.0f}s)")
+            say(f"still {step.what} ({time.monotonic() - started:.0f}s)")
 
     thread = threading.Thread(target=beat, name="hf-heartbeat", daemon=True)
     thread.start()
     try:
-        yield
+        yield step
     finally:
         stop.set()
         thread.join()

@@ -66,6 +66,7 @@ def write_entry(
         raw_config.to_json_file(str(entry.staging / CONFIG_FILE))
         # save_model drops the second name of tied tensors; loading ties them again.
         save_model(model, str(entry.staging / WEIGHTS_FILE))
+        os.chmod(entry.staging / WEIGHTS_FILE, 0o644)  # safetensors creates it owner-only
         write_json_atomic(entry.staging / RECORD_FILE, {**record, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         if entry.path.exists():  # an incomplete leftover (written by hand?): replace it
             remove_tree(entry.path)
