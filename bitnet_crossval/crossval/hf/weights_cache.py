@@ -55,12 +55,16 @@ def write_entry(
     raw_config: Any,
     record: dict[str, Any],
 ) -> None:
-    """Write ``model``'s weights and ``raw_config`` as ``entry``, atomically; keep an existing one."""
+    """Write ``model``'s weights and ``raw_config`` as ``entry``, atomically; keep an existing one.
+
+    Call it holding :func:`writing`'s lock."""
     from safetensors.torch import save_model
 
     if entry.is_complete():
         return
-    remove_tree(entry.staging)
+    # Staging directories of writers killed before their rename; only the lock's holder writes one.
+    for leftover in entry.path.parent.glob(f".staging-{entry.path.name}-*"):
+        remove_tree(leftover)
     make_dir(entry.staging)
     try:
         raw_config.to_json_file(str(entry.staging / CONFIG_FILE))
