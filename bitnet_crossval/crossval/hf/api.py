@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_crossval.errors import BadInput, CandidateFailed, CommandFailed, CommandTimedOut, ProgramNotFound
+from bitnet_crossval.errors import (
+    BadInput,
+    CandidateFailed,
+    CommandFailed,
+    CommandTimedOut,
+    PermissionDenied,
+    ProgramNotFound,
+    SuiteError,
+)
 
 CHILD_MODULE = "bitnet_crossval.crossval.hf"
 TOKENS_FILE = "hf-tokens.npy"
@@ -179,11 +187,13 @@ def child_env(env: Mapping[str, str]) -> dict[str, str]:
     return {**CHILD_ENV_DEFAULTS, **env}
 
 
-def _child_error(label: str, exc: CommandFailed) -> BadInput | CandidateFailed:
-    """The child's own ``error:``/``next:`` lines when it wrote them, under the candidate's label."""
+def _child_error(label: str, exc: CommandFailed) -> SuiteError:
+    """The child's own ``error:``/``next:`` lines when it wrote them, under the candidate's label;
+    its bad input (exit 6) and an unwritable cache (exit 4) keep their kind."""
     message, next_step = _error_lines(exc.output_tail)
-    if exc.returncode == BadInput.exit_code and message:
-        return BadInput(f"the candidate {label}: {message}", next_step=next_step)
+    if message and exc.returncode in (BadInput.exit_code, PermissionDenied.exit_code):
+        kind = BadInput if exc.returncode == BadInput.exit_code else PermissionDenied
+        return kind(f"the candidate {label}: {message}", next_step=next_step)
     if message:
         return CandidateFailed(
             f"the candidate {label} failed: {message}",

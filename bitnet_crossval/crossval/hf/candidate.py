@@ -55,6 +55,10 @@ class HfCandidate:
         self._cache_root = cache_root
         self._threads = threads
 
+    def follow(self, reference: object) -> HfCandidate:
+        """transformers computes in float32 whatever cache type the reference ran with."""
+        return self
+
     def run(
         self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
     ) -> CandidateOutput:

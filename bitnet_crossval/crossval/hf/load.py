@@ -28,7 +28,7 @@ from typing import Any
 from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
 from bitnet_crossval.crossval.engine.hparams import read_hparams
 from bitnet_crossval.crossval.hf.config_check import MODEL_TYPES, ConfigFinding, Expectation, check, expectations
-from bitnet_crossval.crossval.hf.weights_cache import CacheEntry, entry_for, read_record, write_entry, writing
+from bitnet_crossval.crossval.hf.weights_cache import CacheEntry, entry_for, write_entry, writing
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.util.files import file_sha256
@@ -99,10 +99,10 @@ def _load_gguf(request: LoadRequest, file: GGUFModelFile, expected: list[Expecta
     sha256 = file_sha256(request.model)
     entry = entry_for(request.cache, model_sha256=sha256, transformers_version=transformers.__version__)
     if entry.is_complete():
-        return _load_entry(entry, expected, say=say)
+        return _load_entry(entry, request.model, expected, say=say)
     with writing(entry, timeout=request.lock_timeout):
         if entry.is_complete():  # another process wrote it while this one waited for the lock
-            return _load_entry(entry, expected, say=say)
+            return _load_entry(entry, request.model, expected, say=say)
         loaded = _convert(request.model, expected, say=say)
         say(f"writing the dequantised weights to the cache ({entry.path})")
         write_entry(
@@ -122,8 +122,11 @@ def _load_gguf(request: LoadRequest, file: GGUFModelFile, expected: list[Expecta
 
 def _check_gguf_architecture(file: GGUFModelFile) -> None:
     import transformers
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:  # another layout of transformers: its own loader will say it
+        return
     if file.architecture not in GGUF_SUPPORTED_ARCHITECTURES:
         raise BadInput(
             f"transformers {transformers.__version__} cannot read GGUF models of architecture "
@@ -166,12 +169,10 @@ def _convert(path: Path, expected: list[Expectation], *, say: Say) -> Loaded:
     )
 
 
-def _load_entry(entry: CacheEntry, expected: list[Expectation], *, say: Say) -> Loaded:
+def _load_entry(entry: CacheEntry, model_path: Path, expected: list[Expectation], *, say: Say) -> Loaded:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    record = read_record(entry)
-    model_path = Path(str(record.get("model", "")))
     say(f"loading the dequantised weights from the cache ({entry.path})")
     config = AutoConfig.from_pretrained(str(entry.path), local_files_only=True)
     findings = _corrected(config, expected, model=model_path, say=say)

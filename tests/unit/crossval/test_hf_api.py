@@ -14,7 +14,7 @@ import pytest
 
 from bitnet_crossval.crossval.hf import api, availability
 from bitnet_crossval.crossval.hf.candidate import checkpoint_of
-from bitnet_crossval.errors import BadInput, CandidateFailed, CommandFailed
+from bitnet_crossval.errors import BadInput, CandidateFailed, CommandFailed, PermissionDenied
 from bitnet_crossval.store.layout import CacheLayout
 
 
@@ -65,6 +65,8 @@ def test_a_refusal_of_the_child_is_bad_input_with_its_own_sentence() -> None:
     assert isinstance(error, BadInput)
     assert error.message == "the candidate hf: transformers 5.25.0 cannot read GGUF models of architecture 'bitnet'"
     assert error.next_step == "compare a checkpoint"
+    unwritable = api._child_error("hf", CommandFailed(["python"], 4, "error: /c is not writable\n  next: fix it\n"))
+    assert isinstance(unwritable, PermissionDenied) and unwritable.message == "the candidate hf: /c is not writable"
 
 
 def test_a_crash_of_the_child_is_a_candidate_failure_with_its_output() -> None:
