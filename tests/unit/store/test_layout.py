@@ -39,6 +39,9 @@ def test_every_path_it_makes_is_under_the_root(tmp_path: Path) -> None:
         cache.lock_path("llama"),
         cache.log_file("setup", "llama"),
         cache.model_file("m.gguf"),
+        cache.hf_weights_entry("c" * 64, "5.25.0"),
+        cache.hf_weights_staging(cache.hf_weights_entry("c" * 64, "5.25.0"), 12),
+        cache.hf_weights_lock(cache.hf_weights_entry("c" * 64, "5.25.0")),
         cache.constants_file,
     ]
     for path in paths:
