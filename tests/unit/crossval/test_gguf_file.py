@@ -96,8 +96,10 @@ def test_type_39_outside_bitnet_files_is_upstream_mxfp4(tmp_path: Path) -> None:
 def test_type_39_outside_bitnet_files_is_unknown_to_a_gguf_without_mxfp4(tmp_path: Path) -> None:
     data, kwargs = raw_tensor(39, (2, 32), 2 * 17)
     path = write_gguf(tmp_path / "mxfp4.gguf", "llama", [("w.weight", data, kwargs)])
+    model = GGUFModelFile(path)
+    assert model.info("w.weight").type_name == "MXFP4"
     with pytest.raises(BadInput, match=r"w\.weight .*type id 39, which this engine does not know"):
-        GGUFModelFile(path).check_decodable(["w.weight"])
+        model.check_decodable(["w.weight"])
 
 
 def test_unknown_type_id_is_bad_input_naming_the_tensor(tmp_path: Path) -> None:
