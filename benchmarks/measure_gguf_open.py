@@ -3,7 +3,8 @@
 # ///
 """Measure opening a GGUF model (header, metadata, tensor directory, vocabulary), in one run.
 
-Each reader runs in its own fresh interpreter, several times, interleaved, and is measured there:
+Each reader runs in its own fresh interpreter, several times, interleaved (each round starting
+with the next reader), and is measured there:
 - open: constructing the reader (the header, every metadata key and the tensor directory);
 - vocabulary: decoding ``tokenizer.ggml.tokens`` into a list of ``str`` (what tokenizing needs);
 - peak RSS: the process's high-water mark (``VmHWM``) after both, and at the start (the reader's
@@ -148,14 +149,20 @@ def main() -> None:
             readers[label] = ("engine", extract_revision(args.against, work / "against"))
         readers[GGUF_PY] = ("gguf-py", REPO)
         results: dict[str, list[dict[str, Any]]] = {label: [] for label in readers}
-        for _ in range(args.runs):
-            for label, (kind, root) in readers.items():
+        labels = list(readers)
+        for round_index in range(args.runs):
+            # Each round starts with the next reader: whoever runs first after another's run
+            # may find the file's pages evicted, so no reader always pays for that.
+            shift = round_index % len(labels)
+            for label in labels[shift:] + labels[:shift]:
+                kind, root = readers[label]
                 results[label].append(run_child(kind, model, root, weights=args.weights))
 
     size = model.stat().st_size
     ours = _summary(results[THIS_TREE])
     print(f"model: {model.name}, {size / 2**20:.1f} MiB, {ours['n_tokens']} tokens, {ours['n_tensors']} tensors")
-    print(f"gguf-py {importlib.metadata.version('gguf')}; {args.runs} fresh processes per reader, interleaved")
+    gguf_version = importlib.metadata.version("gguf")
+    print(f"gguf-py {gguf_version}; {args.runs} fresh processes per reader, interleaved and rotated")
     print()
     header = f"{'reader':<36}{'open s':>9}{'vocab s':>9}{'peak MiB':>10}{'header MiB':>12}{'time x':>9}{'mem x':>8}"
     print(header)

@@ -94,7 +94,7 @@ class GGUFModelFile:
         try:
             self._mapping = _map(self.path)
             self._header = read_header(self._mapping)
-            self.architecture = self._architecture()
+            self.architecture = self.get_str("general.architecture", default="")
             tensors = [_tensor_info(entry, self.architecture) for entry in self._header.tensors.values()]
             for info in tensors:
                 if info.n_bytes is not None and info.offset + info.n_bytes > len(self._mapping):
@@ -108,12 +108,6 @@ class GGUFModelFile:
         self.tensors: dict[str, TensorInfo] = {info.name: info for info in tensors}
         self._cache: dict[str, F32Array] = {}
         self._file_size = len(self._mapping)
-
-    def _architecture(self) -> str:
-        field = self._header.fields.get("general.architecture")
-        if field is None or not isinstance(field.value, StringRef):
-            return ""
-        return self._decode(field.key, field.value)
 
     # --- metadata ---
 

@@ -312,3 +312,13 @@ def test_the_small_hand_packed_model_reads(tmp_path: Path) -> None:
         assert model.architecture == "llama" and model.get("test.strings") == ["a", "héllo", ""]
         np.testing.assert_array_equal(model.weight("a.weight"), np.arange(8, dtype=np.float32).reshape(2, 4))
         np.testing.assert_array_equal(model.weight("b.weight"), np.arange(8, 12, dtype=np.float32))
+
+
+def test_an_architecture_that_is_not_a_string_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "arch.gguf"
+    path.write_bytes(gb.gguf([gb.uint32_key("general.architecture", 5)]))
+    with pytest.raises(BadInput, match=r"general\.architecture of .* should be a string, found 5"):
+        GGUFModelFile(path)
+    path.write_bytes(gb.gguf([gb.key_value("general.architecture", gb.STRING, gb.string(b"\xff\xfe"))]))
+    with pytest.raises(BadInput, match=r"the metadata key general\.architecture of .* cannot be read \('utf-8'"):
+        GGUFModelFile(path)
