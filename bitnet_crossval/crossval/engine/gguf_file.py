@@ -57,6 +57,7 @@ BITNET_FORK_ARCHITECTURES = frozenset({"bitnet-b1.58", "bitnet-25"})
 _DEQUANT_CHUNK_ELEMENTS = 1 << 22
 
 _STRINGS_PER_SLICE = 4096
+_FOUND_CHARS = 80  # of a wrong value quoted in an error
 
 _NOT_READABLE_NEXT = "check that the file is a complete GGUF model (re-download or re-convert it)"
 
@@ -462,7 +463,10 @@ def _missing_key(path: Path, key: str) -> BadInput:
 
 
 def _bad_key(path: Path, key: str, expected: str, value: Any) -> BadInput:
+    found = repr(value)
+    if len(found) > _FOUND_CHARS:  # a whole vocabulary is no part of a sentence
+        found = found[:_FOUND_CHARS] + "…"
     return BadInput(
-        f"the metadata key {key} of {path} should be {expected}, found {value!r}",
+        f"the metadata key {key} of {path} should be {expected}, found {found}",
         next_step="check that the file is a complete model (re-convert it with a current converter)",
     )

@@ -209,6 +209,8 @@ def test_string_array_of_a_key_that_is_not_one_names_it(tmp_path: Path) -> None:
     model = GGUFModelFile(write_every_type(tmp_path / "all.gguf"))
     with pytest.raises(BadInput, match=r"t\.f32s .* should be an array of strings, found \[0\.5, -1\.25\]"):
         model.string_array("t.f32s")
+    with pytest.raises(BadInput, match=r"t\.u8s .* should be a string, found \[0, 255, 7\]$"):
+        model.get_str("t.u8s")
     assert model.array_length("t.str") is None and model.array_length("t.strings") == 4
     assert model.numeric_array("t.strings") is None
 
@@ -322,3 +324,9 @@ def test_an_architecture_that_is_not_a_string_is_named(tmp_path: Path) -> None:
     path.write_bytes(gb.gguf([gb.key_value("general.architecture", gb.STRING, gb.string(b"\xff\xfe"))]))
     with pytest.raises(BadInput, match=r"the metadata key general\.architecture of .* cannot be read \('utf-8'"):
         GGUFModelFile(path)
+
+
+def test_a_long_wrong_value_is_cut_in_the_sentence(tiny_vocab: Path) -> None:
+    with pytest.raises(BadInput) as caught:
+        GGUFModelFile(tiny_vocab).get_int("tokenizer.ggml.scores")
+    assert caught.value.message.endswith("…") and len(caught.value.message.split("found ", 1)[1]) == 81
