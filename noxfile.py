@@ -1,7 +1,9 @@
 # /// script
 # dependencies = ["nox>=2025.2.9"]
 # ///
-"""Sessions: tests (the default run, one real llama.cpp build), slow, hf, lint, crossval, selfcheck."""
+"""Sessions: tests (the default run, one real llama.cpp build), slow, hf, lint, crossval, selfcheck,
+gguf (the gguf-touching tests against each supported gguf release) and gguf_newest (against the
+newest gguf release, above pyproject.toml's bound if need be)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,19 @@ nox.options.sessions = ["lint", "tests"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHON = "3"
+
+# The gguf releases the suite supports, each tested by `nox -s gguf`; the last is the upper bound
+# of gguf in pyproject.toml. Before raising the bound, `nox -s gguf_newest` tries the newest.
+GGUF_RELEASES = ("0.17.1", "0.18.0", "0.19.0")
+# Every test that reads, writes or dequantises GGUF through gguf-py (the engine, its GGUF reader,
+# the synthetic models), and the scan for private uses of gguf-py: no real build, about a minute.
+GGUF_TESTS = ("tests/unit/crossval",)
+# Printed before those tests: which gguf they ran against, and what pyproject.toml allows.
+GGUF_VERSION = (
+    "import importlib.metadata as m; "
+    "bound = next(r for r in m.requires('bitnet-crossval-suite') or [] if r.startswith('gguf')); "
+    "print('gguf', m.version('gguf'), 'installed; the suite requires', bound)"
+)
 
 
 # The hf extra's torch: the CPU build. A bare `torch` requirement would resolve to a CUDA build of
@@ -74,3 +89,26 @@ def selfcheck(session: nox.Session) -> None:
     """The checker checked: deliberately broken candidates must be caught and located."""
     _install(session)
     session.run("invoke", "crossval-selfcheck", "--repair", "auto", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+@nox.parametrize("release", GGUF_RELEASES, ids=list(GGUF_RELEASES))
+def gguf(session: nox.Session, release: str) -> None:
+    """The gguf-touching tests against one supported gguf release; `nox -s gguf` runs every one."""
+    _install(session, "test")
+    session.install(f"gguf=={release}")
+    session.run("python", "-c", GGUF_VERSION)
+    session.run("pytest", *GGUF_TESTS, *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+def gguf_newest(session: nox.Session) -> None:
+    """The gguf-touching tests against the newest gguf release on PyPI, above the suite's bound.
+
+    A new gguf release is tried here before the bound in pyproject.toml lets users get it.
+    """
+    _install(session, "test")
+    # pip installs the newest gguf and only warns that it is above the suite's bound.
+    session.install("--upgrade", "gguf")
+    session.run("python", "-c", GGUF_VERSION)
+    session.run("pytest", *GGUF_TESTS, *session.posargs)
