@@ -470,13 +470,24 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly or (session.testsfailed and not config.option.continue_on_collection_errors):
         return  # pytest's loop then lists the tests, or stops on the collection errors
-    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    wanted = {name for item in session.items if not _skipped(item) for name in getattr(item, "fixturenames", ())}
     builds = plan(wanted)
     if not builds:
         return
     capture: Any = config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
         run_shared_builds(config, builds)
+
+
+def _skipped(item: pytest.Item) -> bool:
+    """Whether a mark skips the test whatever happens (skip, or skipif on a plain True): its shared
+    builds would be built for nothing. A skipif on a string is left to pytest."""
+    if item.get_closest_marker("skip") is not None:
+        return True
+    return any(
+        mark.args and all(isinstance(arg, bool) for arg in mark.args) and any(mark.args)
+        for mark in item.iter_markers("skipif")
+    )
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -215,10 +215,20 @@ def test_a_build_that_outlives_its_bound_is_stopped_with_its_processes(run, tmp_
 def test_a_run_that_needs_no_shared_build_prints_nothing_of_them(run) -> None:
     result, record = run(
         """
+        import pytest
+
         def test_nothing():
+            pass
+
+        @pytest.mark.skip(reason="a skipped test needs nothing built")
+        def test_skipped(top):
+            pass
+
+        @pytest.mark.skipif(True, reason="nor does one skipped on a condition")
+        def test_skipped_if(base):
             pass
         """
     )
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=1, skipped=2)
     assert record == []
     assert "shared builds" not in result.stdout.str()
