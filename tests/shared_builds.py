@@ -52,7 +52,7 @@ BuildFunction = Callable[["Workshop"], object]
 
 
 class SharedBuildFailed(Exception):
-    """Raised by a build function: ``message`` is the one line its report starts with."""
+    """Raised by a build function; its text is the one line its report and its tests' errors give."""
 
 
 class _BoundExceeded(BaseException):
