@@ -145,8 +145,8 @@ def main(argv: list[str]) -> int:
     if mode == "hang":
         pid_file = os.environ.get("CANDIDATE_PID_FILE")
         if pid_file:
-            Path(pid_file).write_text(str(os.getpid()))
-        time.sleep(120)
+            Path(pid_file).write_text(f"{os.getpid()} {time.time()}")  # who it is, and when it started
+        time.sleep(3600)  # longer than any test waits: only the suite's --candidate-timeout ends it sooner
         return 0
     if mode == "silent":
         return 0

@@ -277,9 +277,11 @@ def test_remove_tree_removes_a_symlink_but_not_what_it_points_at(tmp_path: Path)
     assert (target / "keep").read_text() == "x"
 
 
-def call_unblocking_fifo(fn, fifo: Path, *, patience: float = 0.5) -> tuple[bool, BaseException | None]:
+def call_unblocking_fifo(fn, fifo: Path, *, patience: float = 5.0) -> tuple[bool, BaseException | None]:
     """Run ``fn`` in a thread; if it is still running after ``patience`` seconds (blocked opening
-    ``fifo`` for reading), open the FIFO for writing so it can go on. Returns (blocked, error)."""
+    ``fifo`` for reading), open the FIFO for writing so it can go on. Returns (blocked, error).
+    The patience costs nothing unless the call blocks (the join ends with the thread), so it can be
+    long enough for a loaded machine."""
     outcome: list[BaseException | None] = []
 
     def target() -> None:
@@ -351,7 +353,7 @@ def test_read_regular_file_refuses_a_directory_and_a_fifo_without_blocking(tmp_p
     assert read_regular_file(tmp_path / "dir") is None
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    blocked, error = call_unblocking_fifo(lambda: read_regular_file(fifo), fifo, patience=5)
+    blocked, error = call_unblocking_fifo(lambda: read_regular_file(fifo), fifo)
     assert not blocked and error is None
 
 
@@ -383,7 +385,7 @@ def test_read_json_file_of_what_is_not_a_file_is_none(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     result: list[object] = []
-    blocked, error = call_unblocking_fifo(lambda: result.append(read_json_file(fifo)), fifo, patience=5)
+    blocked, error = call_unblocking_fifo(lambda: result.append(read_json_file(fifo)), fifo)
     assert not blocked and error is None and result == [None]
 
 
