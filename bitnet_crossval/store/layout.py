@@ -262,19 +262,18 @@ class CacheLayout:
         if not _has_our_tag(self.root):
             write_atomic(self.root / CACHEDIR_TAG_NAME, _CACHEDIR_TAG.encode("utf-8"), what="the cache directory tag")
 
-    def top_level(self) -> tuple[Path, ...]:
-        """Everything the suite may put directly in the root."""
-        return (
-            self.sources,
-            self.downloads,
-            self.builds,
-            self.installs,
-            self.locks,
-            self.logs,
-            self.models,
-            self.constants_file,
-            self.root / CACHEDIR_TAG_NAME,
-        )
+
+def _root_names() -> frozenset[str]:
+    """The names the layout puts directly in the root: every property of :class:`CacheLayout` that
+    is a child of the root (so a directory added there is known here too), and the tag."""
+    probe = CacheLayout(Path("root"))
+    names = {CACHEDIR_TAG_NAME}
+    for attribute in vars(CacheLayout).values():
+        if isinstance(attribute, property) and attribute.fget is not None:
+            value = attribute.fget(probe)
+            if isinstance(value, Path) and value.parent == probe.root:
+                names.add(value.name)
+    return frozenset(names)
 
 
-_ROOT_NAMES = frozenset(path.name for path in CacheLayout(Path()).top_level())
+_ROOT_NAMES = _root_names()

@@ -190,3 +190,19 @@ def test_the_model_record_is_beside_the_model(tmp_path: Path) -> None:
     cache = CacheLayout(tmp_path)
     assert cache.model_record("m.gguf").parent == cache.model_file("m.gguf").parent == cache.models
     assert cache.model_record("m.gguf") != cache.model_file("m.gguf")
+
+
+def test_every_top_level_path_of_the_layout_counts_as_the_suites(tmp_path: Path) -> None:
+    """A directory a later version adds to the layout (a property of CacheLayout) is known at once."""
+    probe = CacheLayout(tmp_path / "cache")
+    top = [
+        value
+        for attribute in vars(CacheLayout).values()
+        if isinstance(attribute, property) and isinstance(value := attribute.__get__(probe), Path)
+        if value.parent == probe.root
+    ]
+    assert {p.name for p in top} >= {"sources", "builds", "installs", "models", "constants.json"}
+    probe.root.mkdir()
+    for path in top:
+        path.mkdir() if path.suffix != ".json" else path.write_text("{}")
+    check_cache_root(probe.root)
