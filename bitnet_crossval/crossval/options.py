@@ -144,6 +144,8 @@ def build_request(values: OptionValues) -> CrossvalRequest:
     if values.given(TOKENS_FILE) and values.given(PROMPT):
         raise BadInput("--prompt and --tokens-file both give the tokens", next_step="pass one of them")
     prompt = values[PROMPT]
+    if prompt is not None:
+        check_prompt_text(prompt)
     activation = values[BITNET_ACTIVATION]
     trace_layers = values[TRACE_LAYERS] or ""
     trace_names = values[TRACE_NAMES] or ""
@@ -167,6 +169,19 @@ def build_request(values: OptionValues) -> CrossvalRequest:
         trace_layers=parse_layers(trace_layers),
         trace_names=parse_names(trace_names),
     )
+
+
+def check_prompt_text(prompt: str) -> None:
+    """Refuse a prompt that is not text: bytes that are not UTF-8 reach Python as lone surrogates
+    (``--prompt $'\\xff'``), which neither the reference nor a tokenizer can take."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        offset = len(prompt[: exc.start].encode("utf-8"))  # everything before it encodes
+        raise BadInput(
+            f"--prompt is not UTF-8 text: the byte at offset {offset} does not decode",
+            next_step="pass the prompt as UTF-8 text, or its token ids with --tokens-file",
+        ) from None
 
 
 def output_paths(values: OptionValues) -> dict[PathOption, Path]:

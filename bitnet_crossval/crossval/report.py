@@ -7,14 +7,16 @@ read the JSON document (``--format json`` on stdout, ``--report FILE``) or the J
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bitnet_crossval.errors import BadInput, PermissionDenied
+from bitnet_crossval.errors import BadInput, PermissionDenied, SuiteError, UnclassifiedError
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import dump_json, ensure_writable, refuse_non_regular, write_atomic
 
@@ -28,10 +30,16 @@ MAX_FAILED_ROWS = 20
 
 
 def check_output_path(path: Path, *, what: str) -> None:
-    """An output file the user named: its directory must exist, and nothing but a regular file may sit there."""
+    """An output file the user named: its directory must exist, nothing but a regular file may sit
+    there, and an existing file must be one the user lets us replace (not read-only or immutable)."""
     if not path.parent.is_dir():
         raise BadInput(f"the directory of {what} {path} does not exist", next_step="create it, or name another file")
     refuse_non_regular(path, what=what)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionDenied(
+            f"{what} {path} is read-only or immutable, so the suite will not replace it",
+            next_step=f"make {path} writable (chmod u+w; chattr -i when it is immutable), or name another file",
+        )
     try:
         ensure_writable(path.parent)
     except PermissionDenied as exc:
@@ -186,10 +194,29 @@ def _print_token_mismatch(result: CrossvalResult) -> None:
 
 
 def write_outputs(result: CrossvalResult, paths: Mapping[str, Path]) -> None:
-    """The files asked for, by option name: ``report`` (JSON), ``junit`` (XML), ``plot`` (PNG)."""
+    """The files asked for, by option name: ``report`` (JSON), ``junit`` (XML), ``plot`` (PNG).
+
+    A file that cannot be written is an error naming that file and its option, never the cache.
+    """
     writers = {"report": write_report, "junit": write_junit, "plot": write_plot}
     for name, path in paths.items():
-        writers[name](result, path)
+        try:
+            writers[name](result, path)
+        except SuiteError as exc:
+            raise _output_error(exc, path, flag="--" + name) from exc
+
+
+def _output_error(exc: SuiteError, path: Path, *, flag: str) -> SuiteError:
+    """``exc`` (from writing ``path``) with a next step about that file rather than the cache's."""
+    if isinstance(exc, PermissionDenied):
+        return PermissionDenied(
+            exc.message,
+            next_step=f"make {path} and its directory writable (chattr -i, or -a, when it is immutable or "
+            f"append-only), or name another file with {flag}",
+        )
+    if type(exc) is UnclassifiedError:  # a full disk, an I/O error
+        return UnclassifiedError(exc.message, next_step=f"{exc.next_step}, or name another file with {flag}")
+    return exc  # bad input is already about the file the user named
 
 
 def write_report(result: CrossvalResult, path: Path) -> None:
@@ -255,7 +282,8 @@ def write_plot(result: CrossvalResult, path: Path) -> None:
     ax.set_title(f"{result.candidate['label']} vs {result.reference['backend']}: {result.verdict}")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    # Rendered in memory, then written like every output: a fresh temporary file renamed into place.
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, image.getvalue(), what="the plot")

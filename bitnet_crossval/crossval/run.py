@@ -56,6 +56,7 @@ from bitnet_crossval.crossval.trace import (
     RefTensor,
     TraceComparison,
     compare_traces,
+    describe_filters,
 )
 from bitnet_crossval.errors import BadInput, UnclassifiedError
 from bitnet_crossval.reference.lookup import recorded_shim
@@ -356,13 +357,23 @@ def _locate(
     ref_tensors = [
         RefTensor(name=t.name, layer=t.layer, op=t.op, shape=t.shape, load=t.load) for t in reference.tensors
     ]
+    rel_tol = DEFAULT_REL_TOL_FLOAT if precision == "float" else DEFAULT_REL_TOL_QUANTIZED
+    if not ref_tensors and (request.trace_layers is not None or request.trace_names is not None):
+        # Nothing to compare whatever the candidate writes: the filters are the answer, not the candidate.
+        return TraceComparison(
+            positions=positions,
+            rel_tol=rel_tol,
+            compared=[],
+            first_departure=None,
+            last_agreement=None,
+            unmatched_filter=describe_filters(request.trace_layers, request.trace_names),
+        )
     traced = candidate.trace(model, np.asarray(tokens, dtype=np.int32), request=trace_request, work_dir=work_dir)
     if traced is not None:
         # cmd: and py: candidates are not told the filters: what they wrote outside them is not
         # a difference, so it is dropped here as the reference's trace dropped it.
         known = {t.name for t in ref_tensors}
         traced = {name: load for name, load in traced.items() if name in known or _wanted(name, trace_request)}
-    rel_tol = DEFAULT_REL_TOL_FLOAT if precision == "float" else DEFAULT_REL_TOL_QUANTIZED
     return compare_traces(ref_tensors, traced, architecture=architecture, positions=positions, rel_tol=rel_tol)
 
 

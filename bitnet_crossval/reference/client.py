@@ -362,13 +362,19 @@ class Shim:
             # llama.cpp's log then arrives with the output; show it as debug lines.
             args = [*args, "--verbose"]
             stream_log = True
-        result = proc.run(
-            [str(self.executable), *args],
-            env=self._env,
-            check=False,
-            timeout=self._timeout,
-            on_line=ui.debug if stream_log else None,
-        )
+        try:
+            result = proc.run(
+                [str(self.executable), *args],
+                env=self._env,
+                check=False,
+                timeout=self._timeout,
+                on_line=ui.debug if stream_log else None,
+            )
+        except OSError as exc:  # it cannot be started: not executable, not a program, a bad ELF
+            raise BackendUnavailable(
+                f"the reference shim {self.executable} cannot be started: {exc.strerror or exc}",
+                next_step="run `invoke rebuild` to build it again",
+            ) from exc
         if result.returncode != 0:
             raise _error_for(args[0], result.returncode, result.output, log_path)
         return _json_document(args[0], result.output, log_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from bitnet_crossval.errors import BadInput
-from bitnet_crossval.util.files import ensure_writable, make_dir, write_text
+from bitnet_crossval.util.files import ensure_writable, make_dir, read_regular_file, write_atomic
 from bitnet_crossval.util.timefmt import file_stamp
 
 APP_NAME = "bitnet"
@@ -23,9 +23,11 @@ CACHE_ENV = "BITNET_CACHE_DIR"
 CONSTANTS_ENV = "BITNET_CONSTANTS_FILE"
 CONSTANTS_FILENAME = "constants.json"
 
+CACHEDIR_TAG_NAME = "CACHEDIR.TAG"
+_TAG_OWNER = "created by the bitnet task suite"
 _CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
-    "# This file is a cache directory tag created by the bitnet task suite.\n"
+    f"# This file is a cache directory tag {_TAG_OWNER}.\n"
     "# For information about cache directory tags, see https://bford.info/cachedir/\n"
 )
 
@@ -73,6 +75,7 @@ def check_cache_root(root: Path) -> None:
             f"{CACHE_ENV}={text} is a file, not a directory",
             next_step=f"point {CACHE_ENV} at a directory (it is created when missing)",
         )
+    check_cache_root_is_ours(root)
     # A root that does not exist yet is created later; a file on its way there makes every
     # write fail with "Not a directory", so the nearest existing ancestor is checked now.
     existing = next((parent for parent in root.parents if parent.exists()), None)
@@ -81,6 +84,51 @@ def check_cache_root(root: Path) -> None:
             f"{CACHE_ENV}={text} lies under {existing}, which is a file, not a directory",
             next_step=f"point {CACHE_ENV} at a directory (it is created when missing)",
         )
+
+
+def check_cache_root_is_ours(root: Path) -> None:
+    """Refuse to take over a directory that holds something the suite did not put there.
+
+    The suite writes ``CACHEDIR.TAG`` into its root, and backup tools skip a tagged directory:
+    ``BITNET_CACHE_DIR='~'`` must not tag (and fill) the home directory. A root is the suite's
+    when it does not exist yet, is empty, carries the suite's tag, or holds only names of the
+    layout (a cache from before the tag, or one a test prepared).
+    """
+    try:
+        entries = sorted(entry.name for entry in os.scandir(root))
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        return  # a file there is refused by check_cache_root with its own sentence
+    except OSError:
+        return  # an unreadable root: the first write names it (exit 4)
+    if not entries or _has_our_tag(root):
+        return
+    foreign = [name for name in entries if not _layout_name(name)]
+    if foreign:
+        others = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise BadInput(
+            f"{CACHE_ENV}={root} is a directory the suite did not create (it holds {foreign[0]!r}{others}), so the "
+            "suite will not use it as its cache",
+            next_step=f"point {CACHE_ENV} at a new or empty directory, such as {root / APP_NAME}",
+        )
+
+
+def _has_our_tag(root: Path) -> bool:
+    """Whether ``root`` carries the tag this suite writes (another program's tag is not ours)."""
+    try:
+        raw = read_regular_file(root / CACHEDIR_TAG_NAME, limit=4096)  # never blocks on a FIFO
+    except OSError:
+        return False
+    if raw is None:
+        return False
+    text = raw.decode("utf-8", errors="replace")
+    return text.startswith(_CACHEDIR_TAG.splitlines()[0]) and _TAG_OWNER in text
+
+
+def _layout_name(name: str) -> bool:
+    """A name the layout puts in the root, or the temporary sibling of one (``.constants.json.x.tmp``)."""
+    return name in _ROOT_NAMES or any(name.startswith(f".{known}.") for known in _ROOT_NAMES)
 
 
 @dataclass(frozen=True)
@@ -212,8 +260,14 @@ class CacheLayout:
     def hf_weights_lock(self, entry: Path) -> Path:
         return self.lock_path(f"hf-weights-{entry.name}")
 
+    def model_record(self, name: str) -> Path:
+        """What was written into ``model_file(name)`` (size, sha256, mtime), to notice damage."""
+        return self.models / f"{name}.written.json"
+
     def ensure(self) -> None:
-        """Create the layout; an unwritable root is exit 4 with the path named."""
+        """Create the layout; an unwritable root is exit 4 with the path named, and a directory
+        that holds something the suite did not create is never tagged or filled."""
+        check_cache_root_is_ours(self.root)
         for directory in (
             self.root,
             self.sources,
@@ -225,6 +279,21 @@ class CacheLayout:
         ):
             make_dir(directory)
             ensure_writable(directory)
-        tag = self.root / "CACHEDIR.TAG"
-        if not tag.exists():
-            write_text(tag, _CACHEDIR_TAG)
+        if not _has_our_tag(self.root):
+            write_atomic(self.root / CACHEDIR_TAG_NAME, _CACHEDIR_TAG.encode("utf-8"), what="the cache directory tag")
+
+
+def _root_names() -> frozenset[str]:
+    """The names the layout puts directly in the root: every property of :class:`CacheLayout` that
+    is a child of the root (so a directory added there is known here too), and the tag."""
+    probe = CacheLayout(Path("root"))
+    names = {CACHEDIR_TAG_NAME}
+    for attribute in vars(CacheLayout).values():
+        if isinstance(attribute, property) and attribute.fget is not None:
+            value = attribute.fget(probe)
+            if isinstance(value, Path) and value.parent == probe.root:
+                names.add(value.name)
+    return frozenset(names)
+
+
+_ROOT_NAMES = _root_names()

@@ -200,7 +200,7 @@ def test_the_log_an_error_names_exists(crossval_cache: CrossvalCache, bad_models
 TOKEN_CASES = [
     ("1 450 32000", [], "holds token id 32000, outside the model's vocabulary of 32000 ids"),
     ("[1, -3, 40000]", [], "holds token id -3, outside the model's vocabulary of 32000 ids (1 more)"),
-    ("1 2 three", [], "holds 'three', which is not a token id"),
+    ("1 2 three", [], "holds a word of 5 characters at line 1, column 5 that is not a token id"),
     ("[1, 2.5]", [], "is not a JSON list of integers"),
     ("", [], "holds no token ids"),
     (" ".join(["1"] * 600), [], "need 616 positions, more than the context of 512"),

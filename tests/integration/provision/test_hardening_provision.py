@@ -335,3 +335,20 @@ def test_a_pypi_tree_already_in_the_cache_is_built_without_trying_the_git_host(
     assert not calls.exists(), calls.read_text()
     marker = json.loads((cache_dir / "installs" / "llama" / INSTALL_MARKER).read_text())
     assert marker["source"] == pypi_identity()
+
+
+@pytest.mark.parametrize("variable", ["BITNET_PYPI_INDEX_URL", "PIP_INDEX_URL"])
+@pytest.mark.parametrize("value", ["not a url", "ftp://example.invalid/simple", "https:///simple"])
+def test_an_index_url_that_is_not_one_names_its_variable(base_env: dict[str, str], variable: str, value: str) -> None:
+    """`BITNET_PYPI_INDEX_URL='not a url'`: the next step said "check the arguments" for an
+    environment variable."""
+    env = {**base_env, variable: value, "LLAMA_CPP_SOURCE": "pypi"}
+    env.pop("BITNET_PYPI_INDEX_URL" if variable == "PIP_INDEX_URL" else "PIP_INDEX_URL", None)
+    result = run_invoke(_setup(), env=env, timeout=120)
+    assert_one_sentence(
+        result,
+        6,
+        says=[f"{variable}='{value}' is not an http, https or file URL of a package index"],
+        next_says=[f"set {variable} to a simple index such as https://pypi.org/simple, or unset it"],
+    )
+    assert "check the arguments" not in result.stderr

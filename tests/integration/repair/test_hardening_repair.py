@@ -159,10 +159,18 @@ def _truncate_shim(constants: Path) -> None:
     os.truncate(record.shim, 1000)
 
 
+def _chmod_minus_x_shim(constants: Path) -> None:
+    record = read_constants(constants).record("llama")
+    assert record is not None and record.shim is not None
+    os.chmod(record.shim, 0o644)
+
+
 DEAD_SHIMS: dict[str, tuple[Callable[[Path], object], str]] = {
     "bin-false": (lambda c: _point_shim_at(c, "/bin/false"), "is not the file that was built"),
     "missing": (lambda c: _point_shim_at(c, "/nonexistent/bitnet-shim"), "does not exist"),
     "truncated": (_truncate_shim, "is not the file that was built"),
+    # `chmod -x`: the repair ran the old file to check it and ended in "unexpected PermissionError".
+    "not-executable": (_chmod_minus_x_shim, "is not executable"),
 }
 
 
