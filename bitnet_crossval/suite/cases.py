@@ -337,7 +337,7 @@ class _Reader:
         try:
             return expand_prompt_set(value, option="prompt-set")
         except BadInput as exc:
-            self.fail(f"{where}: {exc.message}", next_step=exc.next_step)
+            self.fail(f"has a bad prompt-set in {where}: {exc.message}", next_step=exc.next_step)
 
     # --- one case --------------------------------------------------------------------------------------------
 
@@ -356,20 +356,20 @@ class _Reader:
             try:
                 option.parse(value)
             except BadInput as exc:
-                self.fail(f"case {case_id!r}: {exc.message}", next_step=exc.next_step)
+                self.fail(f"has a bad case {case_id!r}: {exc.message}", next_step=exc.next_step)
             if command_takes(option):
                 command_raw[option.name] = value
         reference = merged.get(key_of(PENDING_REFERENCE))
         if reference == "dequantized" and PENDING_REFERENCE in case_options():
             self.fail(
-                f"case {case_id!r} asks for reference = 'dequantized', which this crossval-per-token cannot run: "
-                "it has no --reference option, and its reference is the model as given",
+                f"has a case {case_id!r} that asks for reference = 'dequantized', which this crossval-per-token "
+                "cannot run: it has no --reference option, and its reference is the model as given",
                 next_step="drop reference = 'dequantized' (auto and native run the model as given)",
             )
         try:
             build_request(OptionValues(REQUEST_OPTIONS, command_raw))
         except BadInput as exc:
-            self.fail(f"case {case_id!r}: {exc.message}", next_step=exc.next_step)
+            self.fail(f"has a bad case {case_id!r}: {exc.message}", next_step=exc.next_step)
         return ordered
 
 
@@ -378,12 +378,16 @@ def _named_model(text: str) -> bool:
     return not raw or raw == GEMMA_NAME or raw.startswith(SYNTHETIC_PREFIX)
 
 
+SELF_EVIDENT = frozenset({"model", "prompt", "prompt-set", "tokens-file", "tokenizer", "candidate"})
+"""Keys whose values say what they are in an id; any other shows as ``key=value``."""
+
+
 def _label(key: str, value: RawCaseValue) -> str:
     if isinstance(value, bool):
         return f"{key}={str(value).lower()}"
     if key in {"model", "tokens-file", "tokenizer"} and "/" in value and not value.startswith(SYNTHETIC_PREFIX):
         value = Path(value).name
-    return _short(value)
+    return _short(value) if key in SELF_EVIDENT else _short(f"{key}={value}")
 
 
 def _short(value: Any) -> str:

@@ -89,15 +89,17 @@ def run_suite(
     )
     shard = f" (shard {request.shard.label} of {len(request.cases.cases)})" if request.shard else ""
     reused = sum(bool(p.ready and p.ready.cached) for p in planned)
-    at_once = f", {limit.jobs} at a time" if to_run else ""
-    capped = f" (--jobs {request.jobs} is more than {limit.reason} allow)" if limit.capped else ""
+    workers = max(1, min(limit.jobs, len(to_run)))  # no more at once than there are cases
+    at_once = f", {workers} at a time" if to_run else ""
+    held_back = limit.capped and len(to_run) > limit.jobs
+    capped = f"; --jobs {request.jobs} is more than the machine allows ({limit.reason})" if held_back else ""
     ui.say(
-        f"crossval-suite: {len(planned)} cases{shard}: {reused} reused from earlier runs, "
+        f"crossval-suite: {_count(len(planned), 'case')}{shard}: {reused} reused from earlier runs, "
         f"{len(to_run)} to run{at_once}{capped}"
     )
     stop = threading.Event()
     done = len(planned) - len(to_run)
-    with ThreadPoolExecutor(max_workers=limit.jobs, thread_name_prefix="case") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="case") as pool:
         futures: dict[Future[CaseOutcome], _Planned] = {
             pool.submit(_run_case, p, request, ctx, store, stop): p for p in to_run
         }
@@ -121,8 +123,12 @@ def run_suite(
         shard=request.shard,
         outcomes=tuple(outcomes[p.case.index] for p in planned),
         wall_seconds=time.monotonic() - started,
-        jobs=limit.jobs,
+        jobs=workers,
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _stop_all(stop: threading.Event, pool: ThreadPoolExecutor) -> None:

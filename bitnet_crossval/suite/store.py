@@ -1,9 +1,10 @@
 """The results of a suite's cases in the cache, one directory per case key.
 
 A case runs in an attempt directory of its own (per process and case). When it ends, its outcome
-is written there (atomically), and the directory is renamed into place: under the key when the
-case reached a verdict, where any later run with the same key finds it and runs nothing; beside
-it (``<key>.failed``) otherwise, replacing the last failed attempt, so its log stays readable. A
+is written there (atomically), and the directory is renamed into place, replacing what an
+earlier run left there: under the key when the case reached a verdict, where any later run with
+the same key finds it and runs nothing; beside it (``<key>.failed``) otherwise, so its log stays
+readable. A
 rename is atomic, so a run killed at any moment leaves either a finished result or an attempt
 directory, which the next run removes once its process is gone.
 """
@@ -50,23 +51,19 @@ class ResultStore:
         return directory
 
     def keep(self, outcome: CaseOutcome, attempt: Path) -> CaseOutcome:
-        """Move ``attempt`` into place and return ``outcome`` with its files' final paths."""
+        """Move ``attempt`` into place (replacing what an earlier run left under the same name)
+        and return ``outcome`` with its files' final paths."""
         final = self.cache.case_result(outcome.key) if outcome.cacheable else self.cache.case_failure(outcome.key)
         placed = _moved(outcome, attempt, final)
         write_atomic(attempt / OUTCOME_FILE, dump_json(placed.to_json()), what="the case's outcome")
-        if not outcome.cacheable:
-            remove_tree(final)
+        remove_tree(final)
         try:
             os.replace(attempt, final)
-        except OSError:
+        except OSError as exc:
             if outcome.cacheable and self.found(outcome.key, outcome.case) is not None:
-                remove_tree(attempt)  # another run finished the same key first: its result stands
+                remove_tree(attempt)  # a run beside this one finished the same key a moment earlier
                 return placed
-            remove_tree(final)  # something unreadable was in the way
-            try:
-                os.replace(attempt, final)
-            except OSError as exc:
-                raise os_error(exc, final) from exc
+            raise os_error(exc, final) from exc
         return placed
 
     def remove_leftovers(self) -> None:

@@ -166,7 +166,7 @@ def test_relative_paths_are_the_cases_files_and_named_models_stay(
 def test_the_reference_mode_is_a_dimension(tmp_path: Path) -> None:
     f = cases_file(tmp_path, '[matrix]\nreference = ["auto", "native"]\n')
     assert [c.value("reference") for c in f.cases] == ["auto", "native"]
-    assert f.cases[0].id == "auto"
+    assert f.cases[0].id == "reference=auto"
 
 
 NO_OPTION = "which is no option of crossval-per-token"
@@ -182,21 +182,21 @@ MISTAKES = [
     ("[suite]\nname = 3\n" + A_CASE, "has [suite] name = 3, which is not a name"),
     ("", "has no cases: give [matrix] lists or [[case]] tables"),
     ("[matrix]\nmodel = []\n", "has model = [] in [matrix]: an empty list makes no case"),
-    ("[matrix]\nmax-tokens = ['x']\n", "case 'x': --max-tokens 'x' is not a whole number from 0 to 4096"),
+    ("[matrix]\nmax-tokens = ['x']\n", "has a bad case 'max-tokens=x': --max-tokens 'x' is not a whole number"),
     ("[defaults]\ntrace = 'yes'\n" + A_CASE, 'has trace = "yes" in [defaults], where true or false belongs'),
     ("[defaults]\nprompt = true\n" + A_CASE, "has prompt = true in [defaults], where a string or a number belongs"),
     ("[defaults]\nmodel = { a = 1 }\n[[case]]\ncandidate = 'numpy'\n", "where a string or a number belongs"),
-    ("[[case]]\nmodel = 'synthetic:gpt2'\n", "case 'synthetic:gpt2': --model 'synthetic:gpt2' is not"),
-    ("[[case]]\nmodel = 'missing.gguf'\n", "case 'missing.gguf': the model"),
-    ("[[case]]\ncandidate = 'torch'\n", "case 'torch': --candidate 'torch' is not a candidate"),
+    ("[[case]]\nmodel = 'synthetic:gpt2'\n", "has a bad case 'synthetic:gpt2': --model 'synthetic:gpt2' is not"),
+    ("[[case]]\nmodel = 'missing.gguf'\n", "has a bad case 'missing.gguf': the model"),
+    ("[[case]]\ncandidate = 'torch'\n", "has a bad case 'torch': --candidate 'torch' is not a candidate"),
     ("[[case]]\nprompt = 'a'\nprompt-set = 'classics'\n", "--prompt and --prompt-set both give the tokens"),
-    ("[matrix]\nprompt-set = ['wikitext']\n", "[matrix]: prompt-set 'wikitext' names no built-in text set"),
+    ("[matrix]\nprompt-set = ['wikitext']\n", "has a bad prompt-set in [matrix]: prompt-set 'wikitext' names no"),
     ("[defaults]\nprompt-set = 'classics/*'\n" + A_CASE, "SET/* (one case per passage) belongs in [matrix]"),
     ("[matrix]\nmodel = ['x.gguf']\n[[matrix.exclude]]\ncandidate = 'llama'\n", "which is not a list of [matrix]"),
     ("[matrix]\nmodel = ['synthetic:llama']\n[[matrix.exclude]]\n", "has an empty [[matrix.exclude]] table"),
     ("[[case]]\nname = 'only a name'\n", "has an empty [[case]] number 1: a case sets at least one option"),
     ("case = 3\n", "has case = 3, where [[case]] tables belong"),
-    ("[[case]]\nreference = 'dequantized'\n", "asks for reference = 'dequantized', which this"),
+    ("[[case]]\nreference = 'dequantized'\n", "that asks for reference = 'dequantized', which this"),
     ("[[case]]\nreference = 'float'\n", "--reference 'float' is not one of auto, native, dequantized"),
 ]
 
