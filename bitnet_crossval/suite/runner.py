@@ -71,10 +71,15 @@ class _Planned:
 
 
 def run_suite(
-    request: SuiteRequest, ctx: SuiteContext, *, unusable: Mapping[str, SuiteError] | None = None
+    request: SuiteRequest,
+    ctx: SuiteContext,
+    *,
+    unusable: Mapping[str, SuiteError] | None = None,
+    child_env: Mapping[str, str] | None = None,
 ) -> SuiteResult:
     """Every selected case's outcome, in the cases file's order. ``unusable`` names the backends
-    the preflight found unusable: their cases fail with that error and run nothing."""
+    the preflight found unusable: their cases fail with that error and run nothing. Each case's
+    process gets ``child_env`` (default: the context's environment)."""
     started = time.monotonic()
     store = ResultStore(ctx.cache)
     store.remove_leftovers()
@@ -101,7 +106,7 @@ def run_suite(
     done = len(planned) - len(to_run)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="case") as pool:
         futures: dict[Future[CaseOutcome], _Planned] = {
-            pool.submit(_run_case, p, request, ctx, store, stop): p for p in to_run
+            pool.submit(_run_case, p, request, child_env or ctx.env, store, stop): p for p in to_run
         }
         try:
             for future in as_completed(futures):
@@ -231,7 +236,7 @@ def command_line(case: Case, *, program: tuple[str, ...], report: Path, verbose:
 
 
 def _run_case(
-    planned: _Planned, request: SuiteRequest, ctx: SuiteContext, store: ResultStore, stop: threading.Event
+    planned: _Planned, request: SuiteRequest, env: Mapping[str, str], store: ResultStore, stop: threading.Event
 ) -> CaseOutcome:
     case, key = planned.case, planned.key
     attempt = store.attempt(key, case)
@@ -242,7 +247,7 @@ def _run_case(
         finished = proc.run(
             argv,
             cwd=request.cases.directory,
-            env=ctx.env,
+            env=env,
             log_path=attempt / LOG_FILE,
             check=False,
             timeout=request.case_timeout,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bitnet_crossval.errors import Interrupted, SuiteError, error_class_for
+from bitnet_crossval.repair.guard import REPAIR_PARENT_ENV
 from bitnet_crossval.repair.preflight import REPAIR
 from bitnet_crossval.suite.options import (
     LIST,
@@ -52,7 +53,9 @@ def crossval_suite(values: OptionValues) -> None:
             # Only the cases that need this backend fail; the others run.
             ui.warn(f"the cases that need {backend} cannot run: {exc.message}")
             unusable[backend] = exc
-    result = run_suite(request, ctx, unusable=unusable)
+    # A case is a command of its own: not the re-executed child of this one's repair.
+    child_env = {name: value for name, value in ctx.env.items() if name != REPAIR_PARENT_ENV}
+    result = run_suite(request, ctx, unusable=unusable, child_env=child_env)
     shard = f", shard {request.shard.label}" if request.shard else ""
     _finish(values, result, outputs, title=f"{result.name} ({Path(result.cases_file).name}{shard})")
 
