@@ -71,7 +71,8 @@ class SuiteResult:
         counts = self.counts()
         parts = [f"{counts[s]} {s}" for s in STATUSES if counts[s] and s != "parity"]
         failed = len(self.outcomes) - counts["parity"]
-        return f"{failed} of {len(self.outcomes)} cases did not pass ({', '.join(parts)})"
+        noun = "case" if len(self.outcomes) == 1 else "cases"
+        return f"{failed} of {len(self.outcomes)} {noun} did not pass ({', '.join(parts)})"
 
     def sentence(self) -> str:
         """One line: how many cases did not pass, and the first of them."""

@@ -38,7 +38,8 @@ def print_summary(result: SuiteResult, *, title: str) -> None:
     con.print(table)
     stats = kl_statistics(result.values())
     n_compared = sum(o.values is not None for o in result.outcomes)
-    con.print(f"overall, {stats.n_positions} positions of {n_compared} cases; {statistics_line(stats)}")
+    cases = "1 case" if n_compared == 1 else f"{n_compared} cases"
+    con.print(f"overall, {stats.n_positions} positions of {cases}; {statistics_line(stats)}")
     failed = [o for o in result.outcomes if not o.passed]
     for outcome in failed[:MAX_FAILURES_LISTED]:
         where = f" (log: {outcome.log})" if outcome.log and outcome.status not in _STYLE else ""
@@ -48,7 +49,8 @@ def print_summary(result: SuiteResult, *, title: str) -> None:
     cached = sum(o.cached for o in result.outcomes)
     reused = f"; {cached} results reused from earlier runs (--fresh runs them again)" if cached else ""
     if result.passed:
-        con.print(f"[green]suite: every one of the {len(result.outcomes)} cases reached parity{reused}[/green]")
+        every = "the one case" if len(result.outcomes) == 1 else f"every one of the {len(result.outcomes)} cases"
+        con.print(f"[green]suite: {every} reached parity{reused}[/green]")
     else:
         con.print(f"[red]suite: {result.counts_sentence()}[/red]{reused}")
 
