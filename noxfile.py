@@ -76,12 +76,17 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def crossval(session: nox.Session) -> None:
-    """The cross-validation end to end on the embedded default model, repairing the backend first.
+    """The cross-validation end to end (or a suite of cases, given a cases file), repairing the backend first.
 
-    Extra arguments go to the command: `nox -s crossval -- --model gemma3-270m`.
+    Extra arguments go to the command: `nox -s crossval -- --model gemma3-270m`. A first argument
+    ending in .toml is a cases file, run by crossval-suite: `nox -s crossval -- cases.toml --jobs 2`.
     """
     _install(session)
-    session.run("invoke", "crossval-per-token", "--repair", "auto", *session.posargs)
+    args = session.posargs
+    if args and args[0].endswith(".toml"):
+        session.run("invoke", "crossval-suite", args[0], "--repair", "auto", *args[1:])
+    else:
+        session.run("invoke", "crossval-per-token", "--repair", "auto", *args)
 
 
 @nox.session(python=PYTHON, default=False)

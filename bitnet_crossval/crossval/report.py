@@ -21,8 +21,9 @@ from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import dump_json, ensure_writable, refuse_non_regular, write_atomic
 
 if TYPE_CHECKING:
-    from bitnet_crossval.crossval.metrics import PositionMetrics
+    from bitnet_crossval.crossval.metrics import PositionMetrics, Summary
     from bitnet_crossval.crossval.result import CrossvalResult
+    from bitnet_crossval.crossval.statistics import KlStatistics
 
 FULL_TABLE_ROWS = 24
 HEAD_ROWS = 4
@@ -130,6 +131,7 @@ def print_table(result: CrossvalResult) -> None:
         f"mean KL {summary.mean_kl:.3g}, min cosine {summary.min_cosine:.6f}, max NMSE {summary.max_nmse:.3g}, "
         f"top-1 agreement {summary.top1_agreement:.0%} ({summary.n_near_ties} near ties)"
     )
+    con.print(statistics_line(summary))
     if summary.passed:
         con.print("[green]parity: the candidate agrees with the reference at every position[/green]")
     else:
@@ -140,6 +142,17 @@ def print_table(result: CrossvalResult) -> None:
         )
     if result.trace is not None:
         print_trace(result)
+
+
+def statistics_line(stats: Summary | KlStatistics) -> str:
+    """The distribution statistics in one line, in the order llama.cpp's KL-divergence tool
+    prints them (Δp in percent, as it does)."""
+    same = stats.same_top1
+    return (
+        f"KL statistics: mean {stats.mean_kl:.3g}, median {stats.median_kl:.3g}, p90 {stats.p90_kl:.3g}, "
+        f"p99 {stats.p99_kl:.3g}, p99.9 {stats.p999_kl:.3g}, max {stats.max_kl:.3g}; same top-1 {same:.2%}; "
+        f"Δp mean {stats.mean_delta_p:+.3%}, RMS {stats.rms_delta_p:.3%}"
+    )
 
 
 def print_trace(result: CrossvalResult) -> None:

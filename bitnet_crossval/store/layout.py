@@ -264,6 +264,29 @@ class CacheLayout:
         """What was written into ``model_file(name)`` (size, sha256, mtime), to notice damage."""
         return self.models / f"{name}.written.json"
 
+    # --- results of a suite's cases ------------------------------------------------------------
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    def case_result(self, key: str) -> Path:
+        """A case that reached a verdict: its outcome, report and log, reused by any run whose
+        case has the same key."""
+        return self.results / key
+
+    def case_failure(self, key: str) -> Path:
+        """The last attempt of a case that ended without a verdict, kept for its log."""
+        return self.results / f"{key}.failed"
+
+    def case_attempt(self, key: str, pid: int, index: int) -> Path:
+        """Where a case runs before its result is moved into place (per process and case)."""
+        return self.results / f".{key}.{pid}.{index}"
+
+    def case_attempts(self) -> list[Path]:
+        """Every attempt directory (left by killed runs, or in use by a running one)."""
+        return sorted(self.results.glob(".*.*.*"))
+
     def ensure(self) -> None:
         """Create the layout; an unwritable root is exit 4 with the path named, and a directory
         that holds something the suite did not create is never tagged or filled."""

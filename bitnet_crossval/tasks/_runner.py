@@ -117,6 +117,9 @@ def _argument(option: Option[Any]) -> Argument:
         attr_name=option.name if option.name != flag_name else None,
         kind=kind,
         default=False if kind is bool else None,
+        # invoke takes a word for a positional argument only while it has no value, and refuses
+        # a command line without one in its own words (exit 1), as it does an unknown flag.
+        positional=option.positional,
         help=option.help_text(),
     )
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from bitnet_crossval.errors import CommandFailed, CommandTimedOut, ProgramNotFound
 from bitnet_crossval.util import ui
@@ -67,6 +67,8 @@ def run(
     check: bool = True,
     timeout: float | None = None,
     group_file: Path | None = None,
+    stdout_path: Path | None = None,
+    stop: threading.Event | None = None,
 ) -> Completed:
     """Run ``argv``; stdout and stderr are merged, kept in memory and optionally in a log file.
 
@@ -75,7 +77,11 @@ def run(
     also a child that stops writing without exiting (:class:`CommandTimedOut`). With
     ``group_file`` the child gets a process group of its own whose id is kept in that file while
     it runs, so a later run can stop what a killed parent left behind (:func:`stop_group_in`);
-    Ctrl-C or an error here stops the whole group.
+    Ctrl-C or an error here stops the whole group. With ``stdout_path`` the child's stdout goes
+    to that file byte for byte (a JSON document the command prints), and what is kept, logged
+    and passed to ``on_line`` is its stderr alone. When ``stop`` is set while the child runs, the
+    child is interrupted as Ctrl-C would (SIGINT), then killed if it is still there after a grace
+    period; the run returns with the child's code (the caller knows it asked).
     """
     args = [os.fspath(a) for a in argv]
     args[0] = resolve_program(args[0], env)
@@ -86,7 +92,17 @@ def run(
         if log is not None:
             log.write(f"+ {shlex.join(args)}\n")
             log.flush()
-        streamed = _stream(args, cwd=cwd, env=env, log=log, on_line=on_line, timeout=timeout, group_file=group_file)
+        streamed = _stream(
+            args,
+            cwd=cwd,
+            env=env,
+            log=log,
+            on_line=on_line,
+            timeout=timeout,
+            group_file=group_file,
+            stdout_path=stdout_path,
+            stop=stop,
+        )
     finally:
         if log is not None:
             log.write(f"# finished in {time.monotonic() - started:.1f}s\n")
@@ -116,24 +132,31 @@ def _stream(
     on_line: LineCallback | None,
     timeout: float | None,
     group_file: Path | None,
+    stdout_path: Path | None,
+    stop: threading.Event | None,
 ) -> _Streamed:
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     chunks: list[str] = []
     own_group = group_file is not None and os.name == "posix"
     timed_out = threading.Event()
-    with subprocess.Popen(
-        args,
-        cwd=cwd,
-        env=dict(env) if env is not None else None,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        bufsize=1,
-        start_new_session=own_group,
-    ) as child:
-        assert child.stdout is not None
+    with contextlib.ExitStack() as opened:
+        stdout_file = opened.enter_context(_open_output(stdout_path)) if stdout_path is not None else None
+        child = opened.enter_context(
+            subprocess.Popen(
+                args,
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout_file if stdout_file is not None else subprocess.PIPE,
+                stderr=subprocess.PIPE if stdout_file is not None else subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                bufsize=1,
+                start_new_session=own_group,
+            )
+        )
+        stream = child.stderr if stdout_file is not None else child.stdout
+        assert stream is not None
 
         def expire() -> None:
             timed_out.set()
@@ -141,6 +164,9 @@ def _stream(
 
         if own_group and group_file is not None:
             _write_group_file(group_file, child.pid)
+        finished = threading.Event()
+        if stop is not None:
+            _watch_for_stop(child, stop, finished, group=own_group)
         # A timer, not wait(timeout): a child that stops writing without exiting would
         # otherwise hold the read loop below forever.
         watchdog = threading.Timer(timeout, expire) if timeout else None
@@ -148,7 +174,7 @@ def _stream(
             watchdog.daemon = True
             watchdog.start()
         try:
-            for line in child.stdout:
+            for line in stream:
                 chunks.append(line)
                 tail.append(line)
                 if log is not None:
@@ -162,11 +188,47 @@ def _stream(
             child.wait()
             raise
         finally:
+            finished.set()
             if watchdog is not None:
                 watchdog.cancel()
             if own_group and group_file is not None:
                 group_file.unlink(missing_ok=True)
     return _Streamed(returncode=returncode, output="".join(chunks), tail="".join(tail), timed_out=timed_out.is_set())
+
+
+STOP_POLL_SECONDS = 0.1
+
+
+def _watch_for_stop(
+    child: subprocess.Popen[str], stop: threading.Event, finished: threading.Event, *, group: bool, grace: float = 5.0
+) -> None:
+    """A thread that interrupts ``child`` once ``stop`` is set, and ends with the child."""
+
+    def watch() -> None:
+        while not finished.wait(STOP_POLL_SECONDS):
+            if stop.is_set():
+                _interrupt(child, group=group)
+                if not finished.wait(grace):
+                    _kill(child, group=group)
+                return
+
+    threading.Thread(target=watch, name=f"stop-{child.pid}", daemon=True).start()
+
+
+def _interrupt(child: subprocess.Popen[str], *, group: bool) -> None:
+    interrupt = signal.SIGINT if os.name == "posix" else signal.SIGTERM
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(child.pid, interrupt)
+        else:
+            child.send_signal(interrupt)
+
+
+def _open_output(path: Path) -> BinaryIO:
+    try:
+        return open(path, "wb")
+    except OSError as exc:
+        raise os_error(exc, path) from exc
 
 
 def _open_log(log_path: Path | None) -> TextIO | None:
