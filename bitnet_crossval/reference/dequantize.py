@@ -452,7 +452,8 @@ def to_float_type(values: npt.NDArray[np.float32], float_type: FloatType) -> npt
     if float_type == "F32":
         return values
     if float_type == "F16":
-        return values.astype(np.float16)
+        with np.errstate(over="ignore"):  # beyond F16's range is inf, as in ggml; the copy's check refuses it
+            return values.astype(np.float16)
     bits = values.view(np.uint32)
     nan = (bits & 0x7FFFFFFF) > 0x7F800000
     rounded = ((bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
