@@ -113,7 +113,7 @@ def test_f16_and_bf16_copies_round_as_ggml_does(synthetic: ModelMaker, cache: Ca
         for name in quantized:
             type_name, raw = copied[name]
             assert type_name == float_type
-            expected = to_float_type(floats[name], float_type)  # type: ignore[arg-type]
+            expected = to_float_type(floats[name], float_type)
             assert raw.tobytes() == expected.tobytes()
 
 
