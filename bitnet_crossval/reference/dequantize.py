@@ -60,6 +60,7 @@ from bitnet_crossval.store.lock import DEFAULT_LOCK_TIMEOUT, exclusive_lock
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import (
     file_sha256,
+    fsync_dir,
     make_dir,
     os_error,
     read_json_file,
@@ -212,7 +213,7 @@ def float_copy(
             "backend_commit": ident.commit,
             "float_type": chosen,
             "size_bytes": target.stat().st_size,
-            "write_seconds": round(write_seconds, 3),
+            "write_seconds": write_seconds,  # per step: backend_input, backend, assembly, check; total
             "dequantized_by_backend": [t.name for t in plan.by_backend],
             "decoded_here": [t.name for t in plan.by_decoder],
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -527,9 +528,14 @@ def _gb(n: int) -> str:
 
 def _write(
     plan: _Plan, backend: Dequantizer, target: Path, float_type: FloatType, *, threads: int, cache: CacheLayout
-) -> float:
-    """Write the copy to ``target`` (atomically); returns the seconds it took."""
+) -> dict[str, float]:
+    """Write the copy to ``target`` (atomically); returns the seconds each step took."""
     started = time.monotonic()
+    seconds: dict[str, float] = {}
+
+    def lap(step: str) -> None:
+        seconds[step] = round(time.monotonic() - started - sum(seconds.values()), 3)
+
     pid = os.getpid()
     work = cache.float_copy_workdir(target, pid)
     temp = cache.float_copy_temp(target, pid)
@@ -550,6 +556,7 @@ def _write(
                         tensors=_backend_input_tensors(plan),
                         on_bytes=lambda n: task.advance_to(n, total),
                     )
+                lap("backend_input")
                 task.describe(f"{name}: dequantising {len(plan.by_backend)} tensors with the backend")
                 backend_out = work / "dequantized.gguf"
                 with _watch_growth(work, lambda n: task.advance_to(n, total)):
@@ -557,6 +564,7 @@ def _write(
                 backend_in.unlink()
                 backend_output = read_layout(backend_out)
                 _check_backend_output(plan, backend_output, float_type)
+                lap("backend")
             task.describe(f"{name}: assembling the {float_type} copy")
             done_before = sizes.backend_input + sizes.backend_output
             with _open_new(temp) as handle:
@@ -568,15 +576,19 @@ def _write(
                 )
                 handle.flush()
                 os.fsync(handle.fileno())
+            lap("assembly")
         _check_copy(plan, temp, float_type)
         os.chmod(temp, 0o644)
         os.replace(temp, target)
+        fsync_dir(target.parent)
+        lap("check")
     except OSError as exc:
         raise os_error(exc, target) from exc
     finally:
         temp.unlink(missing_ok=True)
         remove_tree(work)
-    return time.monotonic() - started
+    seconds["total"] = round(time.monotonic() - started, 3)
+    return seconds
 
 
 @contextlib.contextmanager
