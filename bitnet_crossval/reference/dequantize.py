@@ -16,7 +16,7 @@ How each quantised tensor becomes float:
   holding only those tensors (and the model's metadata); its output's order and its own
   ``general.file_type`` are discarded by the assembly below.
 * microsoft/BitNet's I2_S, which bitnet.cpp cannot dequantise (its type has no ``to_float``):
-  decoded here (:mod:`bitnet_crossval.crossval.engine.i2s`) into what bitnet.cpp's kernel
+  decoded here (:mod:`bitnet_crossval.util.i2s`, the engine's decoder) into what bitnet.cpp's kernel
   multiplies by, ``(code - 1) * scale``. A tensor holding the code 3, which bitnet.cpp's
   quantiser never writes, is refused. TL1/TL2 tensors are refused: neither side can decode them.
 
@@ -41,7 +41,6 @@ from typing import Any, Literal, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_crossval.crossval.engine import i2s
 from bitnet_crossval.errors import BadInput, PermissionDenied, UnclassifiedError
 from bitnet_crossval.reference.client import Quantization
 from bitnet_crossval.reference.gguf_container import (
@@ -57,7 +56,7 @@ from bitnet_crossval.reference.gguf_container import (
 )
 from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.store.lock import DEFAULT_LOCK_TIMEOUT, exclusive_lock
-from bitnet_crossval.util import ui
+from bitnet_crossval.util import i2s, ui
 from bitnet_crossval.util.files import (
     file_sha256,
     fsync_dir,
@@ -190,6 +189,7 @@ def float_copy(
         return _record(found, model, started, cached=True, reason=_asked(float_type, first_choice))
 
     plan = _plan(model, ident)
+    cache.ensure()
     lock = cache.float_copy_lock(sha256, ident.name, ident.commit)
     with exclusive_lock(lock, purpose=f"write the float copy of {model.name}", timeout=lock_timeout):
         found = _lookup(cache, sha256, ident, first_choice)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitnet_crossval.crossval.engine import i2s
 from bitnet_crossval.errors import BadInput, PermissionDenied, UnclassifiedError
 from bitnet_crossval.reference import dequantize
 from bitnet_crossval.reference.dequantize import (
@@ -21,6 +20,7 @@ from bitnet_crossval.reference.dequantize import (
 )
 from bitnet_crossval.reference.gguf_container import read_layout
 from bitnet_crossval.store.layout import CacheLayout
+from bitnet_crossval.util import i2s
 from tests.unit.reference.conftest import ModelMaker
 from tests.unit.reference.fake_dequantizer import COMMIT, FakeDequantizer
 
