@@ -18,7 +18,7 @@ import numpy.typing as npt
 import pytest
 
 from bitnet_crossval.crossval.engine import load_engine
-from bitnet_crossval.crossval.synthetic import write_synthetic_model
+from bitnet_crossval.crossval.synthetic import Arch, write_synthetic_model
 from bitnet_crossval.reference.client import Shim
 from bitnet_crossval.reference.dequantize import (
     FloatCopy,
@@ -38,7 +38,7 @@ WORKER = DATA / "float_copy_worker.py"
 HOLDER = DATA / "lock_holder.py"
 PROMPT = "The quick brown fox jumps over the lazy dog because it wants to reach the river before"
 
-ModelMaker = Callable[[str, str], Path]
+ModelMaker = Callable[..., Path]
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +46,12 @@ def synthetic_model(spm_vocab: Path, tmp_path_factory: pytest.TempPathFactory) -
     directory = tmp_path_factory.mktemp("float-copy-models")
     made: dict[tuple[str, str], Path] = {}
 
-    def make(arch: str, tensor_type: str) -> Path:
+    def make(arch: Arch, tensor_type: str) -> Path:
         if (arch, tensor_type) not in made:
             path = directory / f"{arch}-{tensor_type}.gguf"
             made[arch, tensor_type] = write_synthetic_model(
                 path,
-                arch=arch,  # type: ignore[arg-type]
+                arch=arch,
                 tensor_type=tensor_type,
                 vocab=spm_vocab,
             )

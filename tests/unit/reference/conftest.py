@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bitnet_crossval.crossval.synthetic import Arch, write_synthetic_model
 from bitnet_crossval.reference.client import Shim
 from tests.unit.reference.fakes import FAKE_SHIM, Plan
 
@@ -49,19 +50,18 @@ ModelMaker = Callable[..., Path]
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> ModelMaker:
     """``make(arch, tensor_type)``: a synthetic model with a tiny vocabulary, written once per session."""
-    from bitnet_crossval.crossval.synthetic import write_synthetic_model
     from tests.unit.crossval.conftest import write_vocab
 
     directory = tmp_path_factory.mktemp("float-copy-models")
     vocab = write_vocab(directory / "vocab.gguf")
     made: dict[tuple[str, str], Path] = {}
 
-    def make(arch: str, tensor_type: str = "F32") -> Path:
+    def make(arch: Arch, tensor_type: str = "F32") -> Path:
         key = (arch, tensor_type)
         if key not in made:
             made[key] = write_synthetic_model(
                 directory / f"{arch}-{tensor_type}.gguf",
-                arch=arch,  # type: ignore[arg-type]
+                arch=arch,
                 tensor_type=tensor_type,
                 vocab=vocab,
             )
