@@ -302,10 +302,20 @@ class Shim:
         doc, _ = self._call("trace", model, tokens=tokens, options=options)
         return _trace_result(Path(out_dir), doc)
 
-    def quantize(self, model: Path, out: Path, type: str, *, threads: int = DEFAULT_THREADS) -> Quantization:
+    def quantize(
+        self,
+        model: Path,
+        out: Path,
+        type: str,
+        *,
+        threads: int = DEFAULT_THREADS,
+        allow_requantize: bool = False,
+    ) -> Quantization:
         """Quantize ``model`` to ``type`` ("Q4_K_M", "Q8_0", ...) with llama.cpp's own quantiser.
 
         ``out`` is replaced atomically; ``info()["quantize_types"]`` lists the types.
+        ``allow_requantize`` lets llama.cpp read tensors that are already quantised (with
+        ``type`` F32, F16 or BF16 this dequantises them with the backend's own code).
         """
         doc = self._run(
             [
@@ -314,6 +324,7 @@ class Shim:
                 "--out", str(out),
                 "--type", type,
                 "--threads", str(threads),
+                "--allow-requantize", _flag(allow_requantize),
             ]
         )  # fmt: skip
         return Quantization(out=Path(out), type=type, size_bytes=int(doc.get("size_bytes_out", -1)), metadata=doc)

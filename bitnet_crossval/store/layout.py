@@ -55,6 +55,14 @@ def short_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()[:12]
 
 
+def _float_copy_key(model_sha256: str, backend: str, backend_commit: str) -> str:
+    # A commit is a hex string; anything else (an archive's identity, "unknown") is hashed so
+    # the name stays short and safe.
+    commit = backend_commit.lower()
+    commit_key = commit[:12] if commit and all(c in "0123456789abcdef" for c in commit) else short_key(commit)
+    return f"{model_sha256[:16]}-{backend}-{commit_key}"
+
+
 # CMake splits list values on ';' and its cache cannot hold a line break; a backslash starts an
 # escape in CMake's language. A cache root with any of them breaks every build under it.
 _CMAKE_UNSAFE = {";": "a ';'", "\n": "a line break", "\r": "a line break", "\\": "a backslash"}
@@ -286,6 +294,41 @@ class CacheLayout:
     def case_attempts(self) -> list[Path]:
         """Every attempt directory (left by killed runs, or in use by a running one)."""
         return sorted(self.results.glob(".*.*.*"))
+
+    # --- float copies of quantised models ---------------------------------------------------------
+
+    @property
+    def float_copies(self) -> Path:
+        return self.root / "float-copies"
+
+    def float_copy(self, model_sha256: str, backend: str, backend_commit: str, float_type: str) -> Path:
+        """The float copy of a quantised model, dequantised by one backend build: one file per
+        model content, backend, backend commit and float type (``F32``, ``F16``, ``BF16``)."""
+        return self.float_copies / f"{_float_copy_key(model_sha256, backend, backend_commit)}-{float_type.lower()}.gguf"
+
+    @staticmethod
+    def float_copy_note(copy: Path) -> Path:
+        """The note written beside a finished float copy (what it was made from, and how)."""
+        return copy.with_name(copy.name + ".json")
+
+    @staticmethod
+    def float_copy_temp(copy: Path, pid: int) -> Path:
+        """Where a process writes a float copy before renaming it into place."""
+        return copy.with_name(f".{copy.name}.{pid}.tmp")
+
+    @staticmethod
+    def float_copy_workdir(copy: Path, pid: int) -> Path:
+        """A process's scratch directory for the backend's output while it makes a float copy."""
+        return copy.with_name(f".{copy.name}.{pid}.work")
+
+    @staticmethod
+    def float_copy_leftovers(copy: Path) -> list[Path]:
+        """Temporaries of ``copy`` left by killed processes (remove them only under the copy's lock)."""
+        return sorted(copy.parent.glob(f".{copy.name}.*"))
+
+    def float_copy_lock(self, model_sha256: str, backend: str, backend_commit: str) -> Path:
+        """One lock for every float type of one model and backend build: writers take turns."""
+        return self.lock_path(f"float-copy-{_float_copy_key(model_sha256, backend, backend_commit)}")
 
     def ensure(self) -> None:
         """Create the layout; an unwritable root is exit 4 with the path named, and a directory

@@ -131,7 +131,7 @@ def write_atomic(path: Path, data: bytes, *, what: str = "the file") -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read_regular_file(path: Path, *, limit: int | None = None) -> bytes | None:
@@ -187,7 +187,8 @@ def write_json_atomic(path: Path, document: Any, *, what: str = "the file") -> N
     write_atomic(path, dump_json(document), what=what)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: not every platform or file system can)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover (platforms without directory fds)

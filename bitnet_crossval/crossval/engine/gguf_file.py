@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_crossval.crossval.engine import i2s
 from bitnet_crossval.crossval.engine.gguf_header import (
     MetadataField,
     StringArray,
@@ -39,6 +38,7 @@ from bitnet_crossval.crossval.engine.gguf_header import (
     read_header,
 )
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util import i2s
 
 F32Array = npt.NDArray[np.float32]
 

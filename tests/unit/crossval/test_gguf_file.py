@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bitnet_crossval.crossval.engine import i2s
 from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile, gguf_dequantizes
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util import i2s
 from tests.unit.crossval import gguf_bytes as gb
 from tests.unit.crossval.test_gguf_header import MALFORMED, write_every_type
 
