@@ -104,10 +104,10 @@ class Interrupted(SuiteError):
 
     exit_code = 130
 
-    def __init__(self) -> None:
+    def __init__(self, *, next_step: str | None = None) -> None:
         super().__init__(
             "interrupted (Ctrl-C); nothing half-written was kept",
-            next_step="rerun the command; finished downloads and builds are reused",
+            next_step=next_step or "rerun the command; finished downloads and builds are reused",
         )
 
 
@@ -165,6 +165,24 @@ class SelfcheckFailed(SuiteError):
 
     exit_code = 12
     default_next_step = "read the self-check table above: the cross-validation itself needs fixing"
+
+
+def error_class_for(exit_code: int) -> type[SuiteError]:
+    """The error that owns ``exit_code`` (for a command that passes on the code of the work it ran,
+    as a suite passes on its cases'); :class:`UnclassifiedError` for a code no error owns."""
+    owners: tuple[type[SuiteError], ...] = (
+        UnclassifiedError,
+        ReexecTargetMissing,
+        NetworkError,
+        PermissionDenied,
+        BuildFailed,
+        BadInput,
+        RevalidationFailed,
+        ParityFailed,
+        CandidateFailed,
+        SelfcheckFailed,
+    )
+    return next((owner for owner in owners if owner.exit_code == exit_code), UnclassifiedError)
 
 
 class CommandFailed(SuiteError):

@@ -15,8 +15,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = REPO_ROOT / "tests" / "data"
 FAKE_LLAMA = DATA / "fake_llama"
 
+HANG_SECONDS = 300.0
+"""How long a test waits for what it expects (a rendezvous file, a line of output, a process's
+exit, a command's end) before calling it a hang. The tests wait for events, not for time: this
+bound is reached only by something that will never happen, never by a slow or loaded machine
+(the commands here take seconds; a build shared by many tests is not theirs to wait for, see
+tests/shared_builds.py)."""
 
-def wait_for(path: Path, timeout: float = 60, *, proc: subprocess.Popen[Any] | None = None) -> None:
+
+def wait_for(path: Path, timeout: float = HANG_SECONDS, *, proc: subprocess.Popen[Any] | None = None) -> None:
     """Block until a rendezvous file appears (a real process says it reached a point); fail at
     once if ``proc``, the process expected to create it, has already ended."""
     deadline = time.monotonic() + timeout
@@ -33,7 +40,7 @@ def run_invoke(
     *,
     env: Mapping[str, str],
     cwd: Path = REPO_ROOT,
-    timeout: float = 300,
+    timeout: float = HANG_SECONDS,
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m invoke <args>` from the repository root, as a user would."""
     return subprocess.run(

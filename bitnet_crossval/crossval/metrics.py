@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_crossval.crossval.statistics import PositionValues, kl_statistics
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.jsonsafe import jsonable
 
@@ -98,21 +99,39 @@ class PositionMetrics:
 
 @dataclass(frozen=True, kw_only=True)
 class Summary:
+    """Over every position of a run: the verdict's counts, the KL statistics llama.cpp's
+    ``llama-perplexity --kl-divergence`` reports (:mod:`~bitnet_crossval.crossval.statistics`),
+    and the worst of the raw-logit measures."""
+
     n_positions: int
     n_failed: int
     first_failure: int | None
-    max_kl: float
     mean_kl: float
+    median_kl: float
+    p90_kl: float
+    p99_kl: float
+    p999_kl: float
+    max_kl: float
+    top1_agreement: float
+    """The fraction of positions whose top-1 tokens are the same (llama.cpp's "Same top p")."""
+    mean_delta_p: float
+    """Mean of p_cand(next) - p_ref(next) over the positions that have a next token."""
+    rms_delta_p: float
+    """Root mean square of the same differences."""
     min_cosine: float
     max_nmse: float
     max_abs_diff: float
-    top1_agreement: float
     n_near_ties: int
     failed_positions: list[int] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return self.n_failed == 0
+
+    @property
+    def same_top1(self) -> float:
+        """``top1_agreement`` under the name the statistics use."""
+        return self.top1_agreement
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = jsonable({**asdict(self), "passed": self.passed})
@@ -232,21 +251,40 @@ def compare_logits(
     return rows
 
 
+def position_values(rows: Sequence[PositionMetrics]) -> PositionValues:
+    """What the distribution statistics are computed from (:mod:`~bitnet_crossval.crossval.statistics`)."""
+    return PositionValues(
+        kl=tuple(row.kl for row in rows),
+        same_top1=tuple(row.top1_agree for row in rows),
+        delta_p=tuple(
+            row.p_next_cand - row.p_next_ref
+            for row in rows
+            if row.p_next_cand is not None and row.p_next_ref is not None
+        ),
+    )
+
+
 def summarize(rows: Sequence[PositionMetrics]) -> Summary:
     """The run's figures; a maximum or mean over a NaN metric is NaN (``null`` in JSON), never a
     number that looks like agreement."""
     failed = [row.position for row in rows if not row.passed]
-    kls = [row.kl for row in rows]
+    stats = kl_statistics(position_values(rows))
     return Summary(
         n_positions=len(rows),
         n_failed=len(failed),
         first_failure=failed[0] if failed else None,
-        max_kl=_extreme(max, kls, default=0.0),
-        mean_kl=(sum(kls) / len(kls) if all(math.isfinite(k) for k in kls) else math.nan) if kls else 0.0,
+        max_kl=stats.max_kl,
+        mean_kl=stats.mean_kl,
+        median_kl=stats.median_kl,
+        p90_kl=stats.p90_kl,
+        p99_kl=stats.p99_kl,
+        p999_kl=stats.p999_kl,
         min_cosine=_extreme(min, [row.cosine for row in rows], default=1.0),
         max_nmse=_extreme(max, [row.nmse for row in rows], default=0.0),
         max_abs_diff=_extreme(max, [row.max_abs_diff for row in rows], default=0.0),
-        top1_agreement=sum(row.top1_agree for row in rows) / len(rows) if rows else 1.0,
+        top1_agreement=stats.same_top1,
+        mean_delta_p=stats.mean_delta_p,
+        rms_delta_p=stats.rms_delta_p,
         n_near_ties=sum(row.near_tie for row in rows),
         failed_positions=failed,
     )

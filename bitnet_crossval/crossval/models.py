@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -27,7 +28,16 @@ from typing import Literal
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.store.layout import CacheLayout, short_key
 from bitnet_crossval.util import ui
-from bitnet_crossval.util.files import file_sha256, make_dir, os_error, read_regular_file, remove_tree, write_atomic
+from bitnet_crossval.util.files import (
+    file_sha256,
+    make_dir,
+    os_error,
+    read_json_file,
+    read_regular_file,
+    remove_tree,
+    write_atomic,
+    write_json_atomic,
+)
 from bitnet_crossval.util.views import LiveSequence
 
 DEFAULT_MODEL = "synthetic:llama"
@@ -150,16 +160,30 @@ def find_vocabulary(source_dirs: list[Path], cache: CacheLayout) -> Path:
 
 
 def synthetic_model(choice: ModelChoice, *, cache: CacheLayout, source_dirs: list[Path]) -> Path:
+    """The synthetic model's file in the cache, written when it is missing or damaged.
+
+    What was written is recorded beside it (size, sha256, modification time): a file of another
+    size is damaged at once, and one modified since it was written is hashed again. A damaged or
+    unrecorded file is written again (the writer is deterministic, so the bytes are the same).
+    """
     from bitnet_crossval.crossval.synthetic import write_synthetic_model
 
     vocabulary = find_vocabulary(source_dirs, cache)
     key = short_key(f"{file_sha256(vocabulary)}:{SYNTHETIC_SEED}:{SYNTHETIC_VERSION}")
-    path = cache.model_file(f"synthetic-{choice.arch}-{choice.tensor_type.lower()}-{key}.gguf")
-    if path.is_file():
+    name = f"synthetic-{choice.arch}-{choice.tensor_type.lower()}-{key}.gguf"
+    path = cache.model_file(name)
+    record_path = cache.model_record(name)
+    problem = _damage(path, record_path)
+    if problem is None:
         return path
     make_dir(path.parent)
+    if problem:
+        ui.say(f"the cached synthetic model {path} is damaged ({problem}); writing it again")
     ui.say(f"writing the synthetic {choice.arch} model ({choice.tensor_type}) to {path}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise os_error(exc, path.parent) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -170,12 +194,39 @@ def synthetic_model(choice: ModelChoice, *, cache: CacheLayout, source_dirs: lis
             vocab=vocabulary,
             seed=SYNTHETIC_SEED,
         )
+        record = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp)}
         os.replace(tmp, path)  # two writers write the same bytes; the last rename wins harmlessly
+        record["mtime_ns"] = path.stat().st_mtime_ns
     except OSError as exc:
         raise os_error(exc, path) from exc
     finally:
         tmp.unlink(missing_ok=True)
+    write_json_atomic(record_path, record, what="the synthetic model's record")
     return path
+
+
+def _damage(path: Path, record_path: Path) -> str | None:
+    """Why the cached model at ``path`` cannot be used ("" when it is missing), or None when it is intact."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    record = read_json_file(record_path)
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), int) for k in ("size", "mtime_ns")):
+        return "there is no record of what was written"
+    if st.st_size != record["size"]:
+        return f"it has {st.st_size} bytes, {record['size']} were written"
+    if st.st_mtime_ns == record["mtime_ns"]:
+        return None
+    try:
+        changed = file_sha256(path) != record.get("sha256")
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror or exc}"
+    return "its content changed since it was written" if changed else None
 
 
 # --------------------------------------------------------------------------- Gemma 3 270M

@@ -47,6 +47,18 @@ TOKENIZER = PathOption(
     name="tokenizer", help="a tokenizer.json: tokenize the prompt with it too and report a mismatch first"
 )
 PROMPT = Text(name="prompt", help="the text to evaluate", default_text="an English sentence")
+PROMPT_SET = Text(
+    name="prompt_set",
+    help="built-in real text as the prompt: SET (every passage) or SET/TEXT (one), e.g. classics/moby-dick",
+)
+MAX_PROMPT_TOKENS = 1 << 20
+PROMPT_TOKENS = Integer(
+    name="prompt_tokens",
+    help="keep only the first N tokens of the prompt (0 keeps them all)",
+    default=0,
+    maximum=MAX_PROMPT_TOKENS,
+    example=256,
+)
 TOKENS_FILE = PathOption(name="tokens_file", help="token ids instead of a prompt (.npy, JSON list, or numbers)")
 MAX_TOKENS = Integer(
     name="max_tokens",
@@ -112,7 +124,9 @@ REQUEST_OPTIONS: tuple[Option[Any], ...] = (
     MODEL,
     TOKENIZER,
     PROMPT,
+    PROMPT_SET,
     TOKENS_FILE,
+    PROMPT_TOKENS,
     MAX_TOKENS,
     BACKEND,
     CANDIDATE,
@@ -141,9 +155,19 @@ ARCH = Text(
 
 def build_request(values: OptionValues) -> CrossvalRequest:
     """The request the options describe; every problem is :class:`BadInput`."""
-    if values.given(TOKENS_FILE) and values.given(PROMPT):
-        raise BadInput("--prompt and --tokens-file both give the tokens", next_step="pass one of them")
+    given = [option.flag for option in (PROMPT, PROMPT_SET, TOKENS_FILE) if values.given(option)]
+    if len(given) > 1:
+        both = f"{given[0]} and {given[1]} both" if len(given) == 2 else f"{', '.join(given[:-1])} and {given[-1]} all"
+        raise BadInput(f"{both} give the tokens", next_step="pass one of them")
     prompt = values[PROMPT]
+    prompt_set = values[PROMPT_SET]
+    if prompt_set is not None:
+        from bitnet_crossval.crossval.texts import parse_prompt_set, prompt_text
+
+        choice = parse_prompt_set(prompt_set, option=PROMPT_SET.flag)
+        prompt, prompt_set = prompt_text(choice), choice.label
+    if prompt is not None:
+        check_prompt_text(prompt)
     activation = values[BITNET_ACTIVATION]
     trace_layers = values[TRACE_LAYERS] or ""
     trace_names = values[TRACE_NAMES] or ""
@@ -152,6 +176,8 @@ def build_request(values: OptionValues) -> CrossvalRequest:
         model=parse_model(values[MODEL]),
         backend=values[BACKEND],
         prompt=DEFAULT_PROMPT if prompt is None else prompt,
+        prompt_set=prompt_set,
+        prompt_tokens=values[PROMPT_TOKENS] or None,
         tokens_file=values[TOKENS_FILE],
         tokenizer=values[TOKENIZER],
         max_tokens=values[MAX_TOKENS],
@@ -167,6 +193,19 @@ def build_request(values: OptionValues) -> CrossvalRequest:
         trace_layers=parse_layers(trace_layers),
         trace_names=parse_names(trace_names),
     )
+
+
+def check_prompt_text(prompt: str) -> None:
+    """Refuse a prompt that is not text: bytes that are not UTF-8 reach Python as lone surrogates
+    (``--prompt $'\\xff'``), which neither the reference nor a tokenizer can take."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        offset = len(prompt[: exc.start].encode("utf-8"))  # everything before it encodes
+        raise BadInput(
+            f"--prompt is not UTF-8 text: the byte at offset {offset} does not decode",
+            next_step="pass the prompt as UTF-8 text, or its token ids with --tokens-file",
+        ) from None
 
 
 def output_paths(values: OptionValues) -> dict[PathOption, Path]:

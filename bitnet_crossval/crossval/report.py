@@ -7,20 +7,23 @@ read the JSON document (``--format json`` on stdout, ``--report FILE``) or the J
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bitnet_crossval.errors import BadInput, PermissionDenied
+from bitnet_crossval.errors import BadInput, PermissionDenied, SuiteError, UnclassifiedError
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import dump_json, ensure_writable, refuse_non_regular, write_atomic
 
 if TYPE_CHECKING:
-    from bitnet_crossval.crossval.metrics import PositionMetrics
+    from bitnet_crossval.crossval.metrics import PositionMetrics, Summary
     from bitnet_crossval.crossval.result import CrossvalResult
+    from bitnet_crossval.crossval.statistics import KlStatistics
 
 FULL_TABLE_ROWS = 24
 HEAD_ROWS = 4
@@ -28,10 +31,16 @@ MAX_FAILED_ROWS = 20
 
 
 def check_output_path(path: Path, *, what: str) -> None:
-    """An output file the user named: its directory must exist, and nothing but a regular file may sit there."""
+    """An output file the user named: its directory must exist, nothing but a regular file may sit
+    there, and an existing file must be one the user lets us replace (not read-only or immutable)."""
     if not path.parent.is_dir():
         raise BadInput(f"the directory of {what} {path} does not exist", next_step="create it, or name another file")
     refuse_non_regular(path, what=what)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionDenied(
+            f"{what} {path} is read-only or immutable, so the suite will not replace it",
+            next_step=f"make {path} writable (chmod u+w; chattr -i when it is immutable), or name another file",
+        )
     try:
         ensure_writable(path.parent)
     except PermissionDenied as exc:
@@ -127,6 +136,7 @@ def print_table(result: CrossvalResult) -> None:
         f"mean KL {summary.mean_kl:.3g}, min cosine {summary.min_cosine:.6f}, max NMSE {summary.max_nmse:.3g}, "
         f"top-1 agreement {summary.top1_agreement:.0%} ({summary.n_near_ties} near ties)"
     )
+    con.print(statistics_line(summary))
     if result.non_finite is not None:
         con.print(f"[red]non-finite: {result.non_finite.sentence()}[/red]")
     elif summary.passed:
@@ -139,6 +149,17 @@ def print_table(result: CrossvalResult) -> None:
         )
     if result.trace is not None:
         print_trace(result)
+
+
+def statistics_line(stats: Summary | KlStatistics) -> str:
+    """The distribution statistics in one line, in the order llama.cpp's KL-divergence tool
+    prints them (Δp in percent, as it does)."""
+    same = stats.same_top1
+    return (
+        f"KL statistics: mean {stats.mean_kl:.3g}, median {stats.median_kl:.3g}, p90 {stats.p90_kl:.3g}, "
+        f"p99 {stats.p99_kl:.3g}, p99.9 {stats.p999_kl:.3g}, max {stats.max_kl:.3g}; same top-1 {same:.2%}; "
+        f"Δp mean {stats.mean_delta_p:+.3%}, RMS {stats.rms_delta_p:.3%}"
+    )
 
 
 def print_trace(result: CrossvalResult) -> None:
@@ -193,10 +214,29 @@ def _print_token_mismatch(result: CrossvalResult) -> None:
 
 
 def write_outputs(result: CrossvalResult, paths: Mapping[str, Path]) -> None:
-    """The files asked for, by option name: ``report`` (JSON), ``junit`` (XML), ``plot`` (PNG)."""
+    """The files asked for, by option name: ``report`` (JSON), ``junit`` (XML), ``plot`` (PNG).
+
+    A file that cannot be written is an error naming that file and its option, never the cache.
+    """
     writers = {"report": write_report, "junit": write_junit, "plot": write_plot}
     for name, path in paths.items():
-        writers[name](result, path)
+        try:
+            writers[name](result, path)
+        except SuiteError as exc:
+            raise _output_error(exc, path, flag="--" + name) from exc
+
+
+def _output_error(exc: SuiteError, path: Path, *, flag: str) -> SuiteError:
+    """``exc`` (from writing ``path``) with a next step about that file rather than the cache's."""
+    if isinstance(exc, PermissionDenied):
+        return PermissionDenied(
+            exc.message,
+            next_step=f"make {path} and its directory writable (chattr -i, or -a, when it is immutable or "
+            f"append-only), or name another file with {flag}",
+        )
+    if type(exc) is UnclassifiedError:  # a full disk, an I/O error
+        return UnclassifiedError(exc.message, next_step=f"{exc.next_step}, or name another file with {flag}")
+    return exc  # bad input is already about the file the user named
 
 
 def write_report(result: CrossvalResult, path: Path) -> None:
@@ -266,7 +306,8 @@ def write_plot(result: CrossvalResult, path: Path) -> None:
     ax.set_title(f"{result.candidate['label']} vs {result.reference['backend']}: {result.verdict}")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    # Rendered in memory, then written like every output: a fresh temporary file renamed into place.
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, image.getvalue(), what="the plot")

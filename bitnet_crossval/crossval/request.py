@@ -23,6 +23,10 @@ class CrossvalRequest:
     model: ModelChoice = field(default_factory=lambda: parse_model(None))
     backend: BackendName = "llama"
     prompt: str = DEFAULT_PROMPT
+    prompt_set: str | None = None
+    """The built-in text set ``prompt`` was taken from (``classics/moby-dick``), for the report."""
+    prompt_tokens: int | None = None
+    """Keep only the first N tokens of the prompt (of ``tokens_file`` too); None keeps them all."""
     tokens_file: Path | None = None
     tokenizer: Path | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS

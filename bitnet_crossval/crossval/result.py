@@ -48,6 +48,11 @@ class CrossvalResult:
             return "make the candidate's tokenizer agree (BOS, special tokens, normalisation), or pass --tokens-file"
         if self.trace is None:
             return "rerun with --trace to see the first layer and op where the candidate departs"
+        if self.trace.unmatched_filter is not None:
+            return (
+                f"widen {self.trace.unmatched_filter}: the whole name must match, and the reference's tensors are "
+                "named like embd, attn_norm-0, Qcur-0, l_out-2, result_output (docs/howto/candidates.md lists them)"
+            )
         if not self.trace.candidate_traced:
             return (
                 "let the candidate write its intermediates: a {trace} placeholder in its cmd: line, or a trace= "

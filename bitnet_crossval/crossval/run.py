@@ -60,6 +60,7 @@ from bitnet_crossval.crossval.trace import (
     RefTensor,
     TraceComparison,
     compare_traces,
+    describe_filters,
 )
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.reference.lookup import recorded_shim
@@ -277,6 +278,8 @@ def _reference_facts(
         "api": info.get("api"),
         "tokenization": {
             "tokens_from": "tokens-file" if request.tokens_file is not None else "reference tokenizer",
+            "prompt_set": request.prompt_set,
+            "prompt_tokens": request.prompt_tokens,
             "add_bos": add_bos,
             "parse_special": request.parse_special,
             "tokenizer_json": str(request.tokenizer) if request.tokenizer is not None else None,
@@ -320,13 +323,22 @@ def _prompt_tokens(request: CrossvalRequest, shim: Shim, model: Path, *, add_bos
     if request.tokens_file is not None:
         tokens = read_tokens_file(request.tokens_file)
         check_token_ids(tokens, n_vocab=n_vocab, where=f"the tokens file {request.tokens_file}")
-        return tokens
+        return fit_prompt(tokens, request)
     if not request.prompt:
         raise BadInput("the prompt is empty", next_step="pass --prompt TEXT or --tokens-file FILE")
     tokens = list(shim.tokenize(model, request.prompt, add_bos=add_bos, parse_special=request.parse_special).tokens)
     if not tokens:
         raise BadInput("the prompt tokenizes to no tokens", next_step="pass a longer --prompt, or --add-bos")
-    return tokens
+    return fit_prompt(tokens, request)
+
+
+def fit_prompt(tokens: list[int], request: CrossvalRequest) -> list[int]:
+    """The prompt's ids as the run evaluates them: the first ``--prompt-tokens`` of them.
+
+    The one place the length of the prompt is decided; a prompt shorter than asked for is
+    evaluated whole.
+    """
+    return tokens[: request.prompt_tokens] if request.prompt_tokens else tokens
 
 
 def _tokenizer_mismatch(request: CrossvalRequest, reference: list[int], *, add_bos: bool) -> TokenMismatch | None:
@@ -337,9 +349,8 @@ def _tokenizer_mismatch(request: CrossvalRequest, reference: list[int], *, add_b
             "--tokenizer compares tokenizations of --prompt, which --tokens-file replaces",
             next_step="pass one of --tokenizer and --tokens-file",
         )
-    return first_difference(
-        reference, tokenizer_json_tokens(request.tokenizer, request.prompt, add_special_tokens=add_bos)
-    )
+    own = tokenizer_json_tokens(request.tokenizer, request.prompt, add_special_tokens=add_bos)
+    return first_difference(reference, fit_prompt(own, request))
 
 
 def _check_context(n_positions: int, info: dict[str, Any], model: Path) -> None:
@@ -348,7 +359,7 @@ def _check_context(n_positions: int, info: dict[str, Any], model: Path) -> None:
         raise BadInput(
             f"the prompt and the continuation need {n_positions} positions, more than the context of {n_ctx} "
             f"that {model.name} was trained for",
-            next_step="shorten --prompt or lower --max-tokens",
+            next_step="shorten the prompt (--prompt-tokens N keeps its first N tokens) or lower --max-tokens",
         )
 
 
@@ -526,13 +537,23 @@ def _locate(
     ref_tensors = [
         RefTensor(name=t.name, layer=t.layer, op=t.op, shape=t.shape, load=t.load) for t in reference.tensors
     ]
+    rel_tol = DEFAULT_REL_TOL_FLOAT if precision == "float" else DEFAULT_REL_TOL_QUANTIZED
+    if not ref_tensors and (request.trace_layers is not None or request.trace_names is not None):
+        # Nothing to compare whatever the candidate writes: the filters are the answer, not the candidate.
+        return TraceComparison(
+            positions=positions,
+            rel_tol=rel_tol,
+            compared=[],
+            first_departure=None,
+            last_agreement=None,
+            unmatched_filter=describe_filters(request.trace_layers, request.trace_names),
+        )
     traced = candidate.trace(model, np.asarray(tokens, dtype=np.int32), request=trace_request, work_dir=work_dir)
     if traced is not None:
         # cmd: and py: candidates are not told the filters: what they wrote outside them is not
         # a difference, so it is dropped here as the reference's trace dropped it.
         known = {t.name for t in ref_tensors}
         traced = {name: load for name, load in traced.items() if name in known or _wanted(name, trace_request)}
-    rel_tol = DEFAULT_REL_TOL_FLOAT if precision == "float" else DEFAULT_REL_TOL_QUANTIZED
     return compare_traces(ref_tensors, traced, architecture=architecture, positions=positions, rel_tol=rel_tol)
 
 

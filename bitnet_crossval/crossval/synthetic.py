@@ -33,11 +33,11 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_crossval.crossval.engine import i2s
 from bitnet_crossval.crossval.engine.archs import Architecture, find_architecture, synthetic_architectures
 from bitnet_crossval.crossval.engine.archs.synthetic_model import SyntheticModel, SyntheticSpec, Weight
 from bitnet_crossval.crossval.engine.gguf_file import I2_S, GGUFModelFile
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util import i2s
 
 __all__ = [
     "TENSOR_TYPES",

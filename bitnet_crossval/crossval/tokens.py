@@ -10,6 +10,7 @@ is reported first, as its own verdict, before any logits are compared.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,18 +37,26 @@ class TokenMismatch:
 
 
 def read_tokens_file(path: Path) -> list[int]:
-    """Token ids from ``--tokens-file``; anything that is not a flat list of integers is bad input."""
+    """Token ids from ``--tokens-file``; anything that is not a flat list of integers is bad input.
+
+    Errors quote a length and a position, never the file's content: the file may be anything
+    (``/etc/shadow``). Its size is checked before it is read, and the read is bounded.
+    """
     next_step = "write the ids as a .npy integer array, a JSON list, or numbers separated by spaces"
+    too_large = f"the tokens file {path} is larger than {MAX_TOKENS_FILE_BYTES >> 20} MB"
     try:
-        raw = read_regular_file(path)
+        size = os.stat(path).st_size
+        if size > MAX_TOKENS_FILE_BYTES:  # before reading: a sparse file of gigabytes costs nothing to stat
+            raise BadInput(f"{too_large} ({size} bytes)", next_step=next_step)
+        raw = read_regular_file(path, limit=MAX_TOKENS_FILE_BYTES + 1)
     except FileNotFoundError:
         raise BadInput(f"the tokens file {path} does not exist", next_step=next_step) from None
     except OSError as exc:
         raise BadInput(f"the tokens file {path} cannot be read: {exc.strerror or exc}", next_step=next_step) from exc
     if raw is None:
         raise BadInput(f"the tokens file {path} is not a regular file", next_step=next_step)
-    if len(raw) > MAX_TOKENS_FILE_BYTES:
-        raise BadInput(f"the tokens file {path} is larger than {MAX_TOKENS_FILE_BYTES >> 20} MB", next_step=next_step)
+    if len(raw) > MAX_TOKENS_FILE_BYTES:  # it grew since, or reports no size (a /proc file)
+        raise BadInput(f"{too_large} (more than {MAX_TOKENS_FILE_BYTES} bytes)", next_step=next_step)
     ids = _parse_tokens(raw, path)
     if not ids:
         raise BadInput(f"the tokens file {path} holds no token ids", next_step=next_step)
@@ -61,8 +70,12 @@ def _parse_tokens(raw: bytes, path: Path) -> list[int]:
 
         try:
             array = np.load(io.BytesIO(raw), allow_pickle=False)
-        except ValueError as exc:
-            raise BadInput(f"the tokens file {path} is not a readable .npy file ({exc})", next_step=next_step) from exc
+        except (ValueError, EOFError, OSError) as exc:
+            # numpy's message may quote the header, so it is not repeated here.
+            raise BadInput(
+                f"the tokens file {path} is not a readable .npy file ({len(raw)} bytes that numpy cannot parse)",
+                next_step=next_step,
+            ) from exc
         if array.ndim != 1 or array.dtype.kind not in "iu":
             raise BadInput(
                 f"the tokens file {path} holds a {array.dtype} array of shape {list(array.shape)}, "
@@ -70,20 +83,34 @@ def _parse_tokens(raw: bytes, path: Path) -> list[int]:
                 next_step=next_step,
             )
         return [int(t) for t in array]
-    text = raw.decode("utf-8", errors="replace").strip()
-    if text.startswith("["):
+    text = raw.decode("utf-8", errors="replace")
+    stripped = text.strip()
+    if stripped.startswith("["):
         try:
-            document = json.loads(text)
+            document = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise BadInput(
+                f"the tokens file {path} is not valid JSON (line {exc.lineno}, column {exc.colno})",
+                next_step=next_step,
+            ) from exc
         except (ValueError, RecursionError) as exc:
             raise BadInput(f"the tokens file {path} is not valid JSON", next_step=next_step) from exc
         if not isinstance(document, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in document):
             raise BadInput(f"the tokens file {path} is not a JSON list of integers", next_step=next_step)
         return [int(t) for t in document]
-    words = [w for w in re.split(r"[\s,]+", text) if w]
-    if not all(re.fullmatch(r"-?[0-9]{1,12}", w) for w in words):
-        bad = next(w for w in words if not re.fullmatch(r"-?[0-9]{1,12}", w))
-        raise BadInput(f"the tokens file {path} holds {bad[:40]!r}, which is not a token id", next_step=next_step)
-    return [int(w) for w in words]
+    ids: list[int] = []
+    for word in re.finditer(r"[^\s,]+", text):
+        if not re.fullmatch(r"-?[0-9]{1,12}", word.group()):
+            line = text.count("\n", 0, word.start()) + 1
+            column = word.start() - (text.rfind("\n", 0, word.start()) + 1) + 1
+            length = len(word.group())
+            raise BadInput(
+                f"the tokens file {path} holds a word of {length} character{'s' if length != 1 else ''} at "
+                f"line {line}, column {column} that is not a token id",
+                next_step=next_step,
+            )
+        ids.append(int(word.group()))
+    return ids
 
 
 def check_token_ids(tokens: Sequence[int], *, n_vocab: int, where: str) -> None:
@@ -110,8 +137,11 @@ def tokenizer_json_tokens(path: Path, text: str, *, add_special_tokens: bool) ->
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # the library raises its own Exception types for a bad file
+        # The library's message may quote the file's strings (serde's "invalid type: string ..."):
+        # only its shape and position are kept.
+        reason = re.sub(r'"(?:[^"\\]|\\.)*"', '"…"', " ".join(str(exc).split()))[:200]
         raise BadInput(
-            f"the tokenizer {path} cannot be loaded ({' '.join(str(exc).split())[:200]})",
+            f"the tokenizer {path} cannot be loaded ({reason})",
             next_step="pass the tokenizer.json that belongs to the model",
         ) from exc
     return list(tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)

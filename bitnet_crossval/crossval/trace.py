@@ -100,12 +100,15 @@ class TraceComparison:
     """Names the reference computed and the candidate did not provide (before the departure)."""
     only_in_candidate: list[str] = field(default_factory=list)
     candidate_traced: bool = True
+    unmatched_filter: str | None = None
+    """The trace filters (``--trace-names 'x'``) when they selected none of the reference's tensors."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "positions": self.positions,
             "rel_tol": self.rel_tol,
             "candidate_traced": self.candidate_traced,
+            "unmatched_filter": self.unmatched_filter,
             "first_departure": self.first_departure.to_json() if self.first_departure else None,
             "last_agreement": self.last_agreement.to_json() if self.last_agreement else None,
             "missing_in_candidate": self.missing_in_candidate,
@@ -114,6 +117,10 @@ class TraceComparison:
         }
 
     def sentence(self) -> str:
+        if self.unmatched_filter is not None:
+            return (
+                f"the trace filter {self.unmatched_filter} matched no tensor of the reference, so nothing was compared"
+            )
         if not self.candidate_traced:
             return "the candidate wrote no trace, so the divergence cannot be located inside the model"
         if self.first_departure is None:
@@ -138,6 +145,16 @@ class TraceComparison:
         )
 
 
+def describe_filters(layers: tuple[int, int] | None, names: str | None) -> str:
+    """The filters as the user typed them: ``--trace-names 'x' --trace-layers 2-3``."""
+    parts = []
+    if names is not None:
+        parts.append(f"--trace-names {names!r}")
+    if layers is not None:
+        parts.append(f"--trace-layers {layers[0]}" + (f"-{layers[1]}" if layers[1] != layers[0] else ""))
+    return " ".join(parts)
+
+
 def parse_layers(text: str) -> tuple[int, int] | None:
     """``--trace-layers``: ``A`` or ``A-B`` (inclusive), or empty for every layer."""
     value = text.strip()
@@ -153,7 +170,10 @@ def parse_layers(text: str) -> tuple[int, int] | None:
 
 
 def parse_names(text: str) -> str | None:
-    """``--trace-names``: a regular expression the whole tensor name must match."""
+    """``--trace-names``: a regular expression the whole tensor name must match, within the subset
+    Python and the shim's C++ read alike (:mod:`~bitnet_crossval.crossval.name_pattern`)."""
+    from bitnet_crossval.crossval.name_pattern import check_name_pattern
+
     value = text.strip()
     if not value:
         return None
@@ -163,6 +183,7 @@ def parse_names(text: str) -> str | None:
         raise BadInput(
             f"--trace-names {text!r} is not a regular expression ({exc})", next_step="pass e.g. --trace-names 'attn_.*'"
         ) from None
+    check_name_pattern(value)
     return value
 
 

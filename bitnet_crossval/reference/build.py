@@ -130,7 +130,7 @@ def _run_problem(executable: Path, *, env: Mapping[str, str], api: ApiGeneration
     """Why the built executable is not a working shim for ``api``, or None."""
     try:
         reported = Shim(executable, env=env).info()
-    except SuiteError as exc:
+    except SuiteError as exc:  # a shim that cannot start (not executable) is told here too
         return exc.message
     if reported.get("api") != api:
         return f"it reports API {reported.get('api')!r} but CMake selected {api!r}"

@@ -19,7 +19,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_crossval.errors import BackendUnavailable, BadInput, SuiteError, UnclassifiedError
+from bitnet_crossval.errors import BackendUnavailable, BadInput, ProgramCouldNotStart, SuiteError, UnclassifiedError
 from bitnet_crossval.util import proc, ui
 from bitnet_crossval.util.files import make_dir, os_error
 
@@ -302,10 +302,20 @@ class Shim:
         doc, _ = self._call("trace", model, tokens=tokens, options=options)
         return _trace_result(Path(out_dir), doc)
 
-    def quantize(self, model: Path, out: Path, type: str, *, threads: int = DEFAULT_THREADS) -> Quantization:
+    def quantize(
+        self,
+        model: Path,
+        out: Path,
+        type: str,
+        *,
+        threads: int = DEFAULT_THREADS,
+        allow_requantize: bool = False,
+    ) -> Quantization:
         """Quantize ``model`` to ``type`` ("Q4_K_M", "Q8_0", ...) with llama.cpp's own quantiser.
 
         ``out`` is replaced atomically; ``info()["quantize_types"]`` lists the types.
+        ``allow_requantize`` lets llama.cpp read tensors that are already quantised (with
+        ``type`` F32, F16 or BF16 this dequantises them with the backend's own code).
         """
         doc = self._run(
             [
@@ -314,6 +324,7 @@ class Shim:
                 "--out", str(out),
                 "--type", type,
                 "--threads", str(threads),
+                "--allow-requantize", _flag(allow_requantize),
             ]
         )  # fmt: skip
         return Quantization(out=Path(out), type=type, size_bytes=int(doc.get("size_bytes_out", -1)), metadata=doc)
@@ -362,13 +373,19 @@ class Shim:
             # llama.cpp's log then arrives with the output; show it as debug lines.
             args = [*args, "--verbose"]
             stream_log = True
-        result = proc.run(
-            [str(self.executable), *args],
-            env=self._env,
-            check=False,
-            timeout=self._timeout,
-            on_line=ui.debug if stream_log else None,
-        )
+        try:
+            result = proc.run(
+                [str(self.executable), *args],
+                env=self._env,
+                check=False,
+                timeout=self._timeout,
+                on_line=ui.debug if stream_log else None,
+            )
+        except ProgramCouldNotStart as exc:  # not executable, not a program, a bad ELF
+            raise BackendUnavailable(
+                f"the reference shim {self.executable} cannot be started: {exc.reason}",
+                next_step="run `invoke rebuild` to build it again",
+            ) from exc
         if result.returncode != 0:
             raise _error_for(args[0], result.returncode, result.output, log_path)
         return _json_document(args[0], result.output, log_path)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from bitnet_crossval.errors import BadInput
-from bitnet_crossval.util.files import ensure_writable, make_dir, write_text
+from bitnet_crossval.util.files import ensure_writable, make_dir, read_regular_file, write_atomic
 from bitnet_crossval.util.timefmt import file_stamp
 
 APP_NAME = "bitnet"
@@ -22,9 +23,11 @@ CACHE_ENV = "BITNET_CACHE_DIR"
 CONSTANTS_ENV = "BITNET_CONSTANTS_FILE"
 CONSTANTS_FILENAME = "constants.json"
 
+CACHEDIR_TAG_NAME = "CACHEDIR.TAG"
+_TAG_OWNER = "created by the bitnet task suite"
 _CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
-    "# This file is a cache directory tag created by the bitnet task suite.\n"
+    f"# This file is a cache directory tag {_TAG_OWNER}.\n"
     "# For information about cache directory tags, see https://bford.info/cachedir/\n"
 )
 
@@ -52,6 +55,14 @@ def short_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()[:12]
 
 
+def _float_copy_key(model_sha256: str, backend: str, backend_commit: str) -> str:
+    # A commit is a hex string; anything else (an archive's identity, "unknown") is hashed so
+    # the name stays short and safe.
+    commit = backend_commit.lower()
+    commit_key = commit[:12] if commit and all(c in "0123456789abcdef" for c in commit) else short_key(commit)
+    return f"{model_sha256[:16]}-{backend}-{commit_key}"
+
+
 # CMake splits list values on ';' and its cache cannot hold a line break; a backslash starts an
 # escape in CMake's language. A cache root with any of them breaks every build under it.
 _CMAKE_UNSAFE = {";": "a ';'", "\n": "a line break", "\r": "a line break", "\\": "a backslash"}
@@ -72,6 +83,7 @@ def check_cache_root(root: Path) -> None:
             f"{CACHE_ENV}={text} is a file, not a directory",
             next_step=f"point {CACHE_ENV} at a directory (it is created when missing)",
         )
+    check_cache_root_is_ours(root)
     # A root that does not exist yet is created later; a file on its way there makes every
     # write fail with "Not a directory", so the nearest existing ancestor is checked now.
     existing = next((parent for parent in root.parents if parent.exists()), None)
@@ -80,6 +92,51 @@ def check_cache_root(root: Path) -> None:
             f"{CACHE_ENV}={text} lies under {existing}, which is a file, not a directory",
             next_step=f"point {CACHE_ENV} at a directory (it is created when missing)",
         )
+
+
+def check_cache_root_is_ours(root: Path) -> None:
+    """Refuse to take over a directory that holds something the suite did not put there.
+
+    The suite writes ``CACHEDIR.TAG`` into its root, and backup tools skip a tagged directory:
+    ``BITNET_CACHE_DIR='~'`` must not tag (and fill) the home directory. A root is the suite's
+    when it does not exist yet, is empty, carries the suite's tag, or holds only names of the
+    layout (a cache from before the tag, or one a test prepared).
+    """
+    try:
+        entries = sorted(entry.name for entry in os.scandir(root))
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        return  # a file there is refused by check_cache_root with its own sentence
+    except OSError:
+        return  # an unreadable root: the first write names it (exit 4)
+    if not entries or _has_our_tag(root):
+        return
+    foreign = [name for name in entries if not _layout_name(name)]
+    if foreign:
+        others = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise BadInput(
+            f"{CACHE_ENV}={root} is a directory the suite did not create (it holds {foreign[0]!r}{others}), so the "
+            "suite will not use it as its cache",
+            next_step=f"point {CACHE_ENV} at a new or empty directory, such as {root / APP_NAME}",
+        )
+
+
+def _has_our_tag(root: Path) -> bool:
+    """Whether ``root`` carries the tag this suite writes (another program's tag is not ours)."""
+    try:
+        raw = read_regular_file(root / CACHEDIR_TAG_NAME, limit=4096)  # never blocks on a FIFO
+    except OSError:
+        return False
+    if raw is None:
+        return False
+    text = raw.decode("utf-8", errors="replace")
+    return text.startswith(_CACHEDIR_TAG.splitlines()[0]) and _TAG_OWNER in text
+
+
+def _layout_name(name: str) -> bool:
+    """A name the layout puts in the root, or the temporary sibling of one (``.constants.json.x.tmp``)."""
+    return name in _ROOT_NAMES or any(name.startswith(f".{known}.") for known in _ROOT_NAMES)
 
 
 @dataclass(frozen=True)
@@ -117,6 +174,10 @@ class CacheLayout:
     @property
     def models(self) -> Path:
         return self.root / "models"
+
+    @property
+    def hf_weights(self) -> Path:
+        return self.root / "hf-weights"
 
     @property
     def constants_file(self) -> Path:
@@ -192,8 +253,87 @@ class CacheLayout:
     def model_file(self, name: str) -> Path:
         return self.models / name
 
+    # --- the hf candidate's dequantised weights ----------------------------------------------------
+
+    def hf_weights_entry(self, model_sha256: str, transformers_version: str) -> Path:
+        """A GGUF model as transformers loaded it (its config and float32 safetensors), one per
+        model content and transformers version: another version may read the file differently."""
+        version = re.sub(r"[^A-Za-z0-9._+-]", "_", transformers_version)
+        return self.hf_weights / f"{model_sha256[:16]}-transformers-{version}"
+
+    def hf_weights_staging(self, entry: Path, pid: int) -> Path:
+        """Where one process assembles ``entry`` before renaming it into place."""
+        return entry.with_name(f".staging-{entry.name}-{pid}")
+
+    def hf_weights_lock(self, entry: Path) -> Path:
+        return self.lock_path(f"hf-weights-{entry.name}")
+
+    def model_record(self, name: str) -> Path:
+        """What was written into ``model_file(name)`` (size, sha256, mtime), to notice damage."""
+        return self.models / f"{name}.written.json"
+
+    # --- results of a suite's cases ------------------------------------------------------------
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    def case_result(self, key: str) -> Path:
+        """A case that reached a verdict: its outcome, report and log, reused by any run whose
+        case has the same key."""
+        return self.results / key
+
+    def case_failure(self, key: str) -> Path:
+        """The last attempt of a case that ended without a verdict, kept for its log."""
+        return self.results / f"{key}.failed"
+
+    def case_attempt(self, key: str, pid: int, index: int) -> Path:
+        """Where a case runs before its result is moved into place (per process and case)."""
+        return self.results / f".{key}.{pid}.{index}"
+
+    def case_attempts(self) -> list[Path]:
+        """Every attempt directory (left by killed runs, or in use by a running one)."""
+        return sorted(self.results.glob(".*.*.*"))
+
+    # --- float copies of quantised models ---------------------------------------------------------
+
+    @property
+    def float_copies(self) -> Path:
+        return self.root / "float-copies"
+
+    def float_copy(self, model_sha256: str, backend: str, backend_commit: str, float_type: str) -> Path:
+        """The float copy of a quantised model, dequantised by one backend build: one file per
+        model content, backend, backend commit and float type (``F32``, ``F16``, ``BF16``)."""
+        return self.float_copies / f"{_float_copy_key(model_sha256, backend, backend_commit)}-{float_type.lower()}.gguf"
+
+    @staticmethod
+    def float_copy_note(copy: Path) -> Path:
+        """The note written beside a finished float copy (what it was made from, and how)."""
+        return copy.with_name(copy.name + ".json")
+
+    @staticmethod
+    def float_copy_temp(copy: Path, pid: int) -> Path:
+        """Where a process writes a float copy before renaming it into place."""
+        return copy.with_name(f".{copy.name}.{pid}.tmp")
+
+    @staticmethod
+    def float_copy_workdir(copy: Path, pid: int) -> Path:
+        """A process's scratch directory for the backend's output while it makes a float copy."""
+        return copy.with_name(f".{copy.name}.{pid}.work")
+
+    @staticmethod
+    def float_copy_leftovers(copy: Path) -> list[Path]:
+        """Temporaries of ``copy`` left by killed processes (remove them only under the copy's lock)."""
+        return sorted(copy.parent.glob(f".{copy.name}.*"))
+
+    def float_copy_lock(self, model_sha256: str, backend: str, backend_commit: str) -> Path:
+        """One lock for every float type of one model and backend build: writers take turns."""
+        return self.lock_path(f"float-copy-{_float_copy_key(model_sha256, backend, backend_commit)}")
+
     def ensure(self) -> None:
-        """Create the layout; an unwritable root is exit 4 with the path named."""
+        """Create the layout; an unwritable root is exit 4 with the path named, and a directory
+        that holds something the suite did not create is never tagged or filled."""
+        check_cache_root_is_ours(self.root)
         for directory in (
             self.root,
             self.sources,
@@ -205,6 +345,21 @@ class CacheLayout:
         ):
             make_dir(directory)
             ensure_writable(directory)
-        tag = self.root / "CACHEDIR.TAG"
-        if not tag.exists():
-            write_text(tag, _CACHEDIR_TAG)
+        if not _has_our_tag(self.root):
+            write_atomic(self.root / CACHEDIR_TAG_NAME, _CACHEDIR_TAG.encode("utf-8"), what="the cache directory tag")
+
+
+def _root_names() -> frozenset[str]:
+    """The names the layout puts directly in the root: every property of :class:`CacheLayout` that
+    is a child of the root (so a directory added there is known here too), and the tag."""
+    probe = CacheLayout(Path("root"))
+    names = {CACHEDIR_TAG_NAME}
+    for attribute in vars(CacheLayout).values():
+        if isinstance(attribute, property) and attribute.fget is not None:
+            value = attribute.fget(probe)
+            if isinstance(value, Path) and value.parent == probe.root:
+                names.add(value.name)
+    return frozenset(names)
+
+
+_ROOT_NAMES = _root_names()

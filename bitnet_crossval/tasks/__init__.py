@@ -9,8 +9,17 @@ from .preflight import preflight
 from .rebuild import rebuild
 from .selfcheck import crossval_selfcheck
 from .setup import setup_cpp_auto
+from .suite import crossval_merge, crossval_suite
 
 ns = Collection()
-for _task in (preflight, setup_cpp_auto, rebuild, crossval_per_token, crossval_selfcheck):
+for _task in (
+    preflight,
+    setup_cpp_auto,
+    rebuild,
+    crossval_per_token,
+    crossval_selfcheck,
+    crossval_suite,
+    crossval_merge,
+):
     ns.add_task(_task)
 ns.configure({"run": {"echo": False}})

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ from invoke.parser.argument import Argument
 from invoke.tasks import Task
 
 from bitnet_crossval.errors import Interrupted, SuiteError, TerminationRequested, UnclassifiedError
-from bitnet_crossval.util import proc, ui
+from bitnet_crossval.util import proc, stdio, ui
 from bitnet_crossval.util.files import dump_json
 from bitnet_crossval.util.options import FORMAT, VERBOSE, Option, OptionValues, RawValue
 
@@ -120,6 +119,9 @@ def _argument(option: Option[Any]) -> Argument:
         attr_name=option.name if option.name != flag_name else None,
         kind=kind,
         default=False if kind is bool else None,
+        # invoke takes a word for a positional argument only while it has no value, and refuses
+        # a command line without one in its own words (exit 1), as it does an unknown flag.
+        positional=option.positional,
         help=option.help_text(),
     )
 
@@ -132,6 +134,7 @@ def _run_body(
     raw: Mapping[str, RawValue],
     json_error: ErrorFields | None,
 ) -> None:
+    stdio.guard_standard_fds()
     verbose = bool(raw.get(VERBOSE.name))
     previous = ui.is_verbose()
     ui.set_verbose(verbose)
@@ -192,7 +195,7 @@ def _fail(
     if verbose:
         import traceback
 
-        traceback.print_exc(file=sys.stderr)
+        traceback.print_exc(file=stdio.SafeStderr())
     if _Run.json_mode and not _Run.printed_document:
         extra = json_error(raw) if json_error is not None else {}
         print_json({"command": command, "ok": False, **extra, "error": exc.to_json()})
@@ -203,7 +206,11 @@ def _one_line(text: str) -> str:
 
 
 def print_json(document: Any) -> None:
-    """The only way anything reaches stdout in JSON mode: one document, then a newline."""
+    """The only way anything reaches stdout in JSON mode: one document, then a newline.
+
+    A closed or broken stdout loses the document (nobody could read it) and says so on stderr;
+    it never changes the command's exit code.
+    """
     _Run.printed_document = True
-    sys.stdout.write(dump_json(document).decode("utf-8"))
-    sys.stdout.flush()
+    if not stdio.write_stdout(dump_json(document).decode("utf-8")):
+        ui.warn("stdout is closed or cannot be written, so the JSON document was not printed")

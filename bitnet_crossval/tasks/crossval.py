@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bitnet_crossval.crossval.options import OUTPUT_OPTIONS, PLOT, REQUEST_OPTIONS, build_request, output_paths
-from bitnet_crossval.errors import BadInput, CandidateFailed, ParityFailed
+from bitnet_crossval.errors import BadInput, CandidateFailed, ParityFailed, SuiteError
 from bitnet_crossval.repair.preflight import REPAIR
 from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
 
@@ -17,6 +17,7 @@ from ._runner import print_json, suite_context, suite_task
 def crossval_per_token(values: OptionValues) -> None:
     """Compare a candidate's logits with the C++ reference's at every position (repairs the backend first)."""
     from bitnet_crossval.crossval import report as out
+    from bitnet_crossval.crossval.outputs import check_outputs_apart, protected_paths
     from bitnet_crossval.crossval.run import run_crossval
     from bitnet_crossval.repair.preflight import preflight_for
 
@@ -25,19 +26,29 @@ def crossval_per_token(values: OptionValues) -> None:
     if PLOT in outputs:
         out.check_plot_available()
     ctx = suite_context()
+    check_outputs_apart({option.flag: path for option, path in outputs.items()}, protected_paths(request, ctx))
     preflight_for(ctx, request.backend, values[REPAIR])
     result = run_crossval(request, ctx)
     out.print_table(result)
-    out.write_outputs(result, {option.name: path for option, path in outputs.items()})
+    failed_output: SuiteError | None = None
+    try:
+        out.write_outputs(result, {option.name: path for option, path in outputs.items()})
+    except SuiteError as exc:
+        failed_output = exc
+    unreal: SuiteError | None = None
     if result.non_finite is not None:
-        # No verdict on numbers that are not real: the model's (bad input) or the candidate's. The
-        # JSON document is the report with the error every failing task's document carries.
+        # No verdict on numbers that are not real: the model's (bad input) or the candidate's.
         kind = BadInput if result.non_finite.side == "reference" else CandidateFailed
-        error = kind(result.failure_sentence(), next_step=result.next_step())
-        if values[FORMAT] == "json":
-            print_json({**result.to_json(), "command": "crossval-per-token", "ok": False, "error": error.to_json()})
-        raise error
+        unreal = kind(result.failure_sentence(), next_step=result.next_step())
+    # An output that could not be written comes first: the command did not do all it was asked.
+    error = failed_output or unreal
     if values[FORMAT] == "json":
-        print_json(result.to_json())
+        document = result.to_json()
+        if error is not None:
+            # The document is the report, with the error every failing command's document carries.
+            document.update(command="crossval-per-token", ok=False, error=error.to_json())
+        print_json(document)
+    if error is not None:
+        raise error
     if not result.passed:
         raise ParityFailed(result.failure_sentence(), next_step=result.next_step())

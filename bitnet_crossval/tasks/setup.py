@@ -5,6 +5,7 @@ from __future__ import annotations
 from bitnet_crossval.provision.cmake import JOBS
 from bitnet_crossval.provision.emit import EMIT
 from bitnet_crossval.provision.install import FORCE, REF, SETUP_BACKEND, SOURCE
+from bitnet_crossval.util import stdio, ui
 from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
 
 from ._runner import print_json, suite_context, suite_task
@@ -14,7 +15,6 @@ from ._runner import print_json, suite_context, suite_task
 def setup_cpp_auto(values: OptionValues) -> None:
     """Get a backend's source, build it with CMake and install it into the cache."""
     import os
-    import sys
 
     from bitnet_crossval.backends.platform import library_path_variable
     from bitnet_crossval.backends.specs import SPECS, spec_for
@@ -52,6 +52,7 @@ def setup_cpp_auto(values: OptionValues) -> None:
         set_vars = {spec.dir_env: str(result.install_dir) for spec, result in zip(specs, results, strict=True)}
         lib_dirs = os.pathsep.join(str(result.lib_dir) for result in results)
         lines = emit_lines(shell, set_vars=set_vars, prepend_paths={library_path_variable(): lib_dirs})
-        sys.stdout.write("\n".join(lines) + "\n")
+        if not stdio.write_stdout("\n".join(lines) + "\n"):
+            ui.warn("stdout is closed or cannot be written, so the --emit lines were not printed")
     if values[FORMAT] == "json":
         print_json({"command": "setup-cpp-auto", "ok": True, "installs": [result.to_json() for result in results]})

@@ -15,6 +15,7 @@ from typing import Any
 from bitnet_crossval.errors import BadInput, PermissionDenied, UnclassifiedError
 
 PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
 
 
 def os_error(exc: OSError, path: Path) -> PermissionDenied | UnclassifiedError:
@@ -22,6 +23,11 @@ def os_error(exc: OSError, path: Path) -> PermissionDenied | UnclassifiedError:
     if exc.errno in PERMISSION_ERRNOS:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         return PermissionDenied(f"cannot write to {path}: {reason}")
+    if exc.errno in FULL_ERRNOS:
+        return UnclassifiedError(
+            f"cannot write to {path}: {exc.strerror or os.strerror(exc.errno or 0)}",
+            next_step=f"free space on the file system that holds {path} (or raise the quota)",
+        )
     return UnclassifiedError(f"cannot write to {path}: {exc.strerror or exc}")
 
 
@@ -99,9 +105,11 @@ def describe_file_type(mode: int) -> str:
 def write_atomic(path: Path, data: bytes, *, what: str = "the file") -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
 
-    Temp file in the same directory (``os.replace`` is atomic only within a file system),
-    fsync before the rename, fsync of the directory after it. Refuses a ``path`` that exists
-    and is not a regular file (see :func:`refuse_non_regular`).
+    The data goes to a fresh temporary file in the same directory (``os.replace`` is atomic only
+    within a file system), created exclusively (``mkstemp``: ``O_EXCL``, so a link or a FIFO
+    planted at a predictable name is never followed or opened), fsynced, then renamed over
+    ``path`` (a rename replaces a name and follows no link); the directory is fsynced after it.
+    Refuses a ``path`` that exists and is not a regular file (see :func:`refuse_non_regular`).
     """
     make_dir(path.parent)
     refuse_non_regular(path, what=what)
@@ -114,7 +122,8 @@ def write_atomic(path: Path, data: bytes, *, what: str = "the file") -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+            # On the descriptor, not the name: the name could be swapped for a link meanwhile.
+            os.fchmod(handle.fileno(), 0o644)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -122,7 +131,7 @@ def write_atomic(path: Path, data: bytes, *, what: str = "the file") -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read_regular_file(path: Path, *, limit: int | None = None) -> bytes | None:
@@ -178,7 +187,8 @@ def write_json_atomic(path: Path, document: Any, *, what: str = "the file") -> N
     write_atomic(path, dump_json(document), what=what)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: not every platform or file system can)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover (platforms without directory fds)

@@ -46,6 +46,9 @@ class Option(Generic[T]):
     help: str
     default_text: str | None = None
     """The default in words, for the help, where ``str(default)`` would not say it."""
+    positional: bool = False
+    """Also taken without its flag, as the command's first free word (``invoke crossval-suite
+    cases.toml``); invoke then requires it."""
 
     @property
     def flag(self) -> str:

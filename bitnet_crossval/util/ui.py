@@ -8,14 +8,14 @@ Machine-readable output never comes through here: it goes to stdout from the tas
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Literal, Protocol, cast
+
+from bitnet_crossval.util import stdio
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,7 +50,7 @@ def use_color() -> bool:
         return False
     if os.environ.get("FORCE_COLOR"):
         return True
-    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    return stdio.SafeStderr().isatty() and os.environ.get("TERM") != "dumb"
 
 
 def say(message: str, level: Level = "info") -> None:
@@ -59,8 +59,7 @@ def say(message: str, level: Level = "info") -> None:
         return
     style = _STYLES[level] if use_color() else ""
     text = f"{style}{message}{_RESET}" if style else message
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    stdio.write_stderr(text + "\n")
 
 
 def debug(message: str) -> None:
@@ -78,8 +77,10 @@ def console() -> Console:
         from rich.console import Console
 
         # Without a terminal (a CI log, 2>file) rich would assume 80 columns and squeeze tables.
-        probe = Console(stderr=True)
-        _console = Console(stderr=True, highlight=False, width=None if probe.is_terminal else 160)
+        # A closed or broken stderr must not turn a finished comparison into a crash.
+        stderr = cast("IO[str]", stdio.SafeStderr())
+        probe = Console(file=stderr)
+        _console = Console(file=stderr, highlight=False, width=None if probe.is_terminal else 160)
     return _console
 
 
@@ -190,6 +191,4 @@ def progress(
 
 def flush_all() -> None:
     """Flush Python's buffers: os.exec* does not (see the os.execv documentation)."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed or broken stream
-            stream.flush()
+    stdio.flush_standard_streams()

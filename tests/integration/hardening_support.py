@@ -3,10 +3,11 @@ the fake llama.cpp, restored for each test at the path it was built at, and the 
 failure is one sentence and a next step.
 
 The finished cache (install, build tree, shim, constants file) costs one shim compile, about
-ten seconds on two cores; it is built once per test process and copied back into place before
-each test that uses it. Restoring it at the same path keeps every path recorded in it (the
-constants file, CMakeCache.txt, the shim's build tree) valid, so a test pays only for what its
-damage makes the suite rebuild.
+ten seconds on two cores; it is a shared build (tests/shared_builds.py), built once per test
+session before the first test, and copied back into place before each test that uses it.
+Restoring it at the same path keeps every path recorded in it (the constants file,
+CMakeCache.txt, the shim's build tree) valid, so a test pays only for what its damage makes the
+suite rebuild.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from bitnet_crossval.reference.client import Shim
 from bitnet_crossval.store.constants import read_constants
 from bitnet_crossval.store.marker import MARKER_NAME as INSTALL_MARKER
 from tests.conftest import child_env
-from tests.helpers import REPO_ROOT, fake_llama_git_repo, run_invoke
+from tests.helpers import HANG_SECONDS, REPO_ROOT, fake_llama_git_repo
+from tests.shared_builds import SharedBuildFailed, Workshop
 
 # Set to a file path to collect every error sentence the tests observe (docs/reference/bad-inputs.md).
 RECORD_ENV = "BITNET_TEST_RECORD_ERRORS"
@@ -77,29 +77,27 @@ class FinishedCache:
         return dest
 
 
-_finished: FinishedCache | None = None
+def build_finished_cache(shop: Workshop) -> FinishedCache:
+    """The finished cache, a shared build (tests/integration/conftest.py): `invoke preflight
+    --repair auto` from an empty cache, with the fake llama.cpp served from a local git repository."""
+    base = shop.mktemp("hardening-finished")
+    url, commit = fake_llama_git_repo(base)
+    made = FinishedCache(base=base, source=f"{url}@{commit}", commit=commit)
+    result = shop.run_invoke(["preflight", "--backend", "llama", "--repair", "auto"], env=made.env)
+    if result.returncode != 0:
+        raise SharedBuildFailed(
+            f"`invoke preflight --backend llama --repair auto` exited with code {result.returncode}"
+        )
+    status = read_constants(made.constants).status
+    if status != "ok":
+        raise SharedBuildFailed(f"the constants file says {status!r}, not 'ok'")
+    shutil.copytree(made.cache, made.pristine, symlinks=True)
+    return made
 
 
-def finished_cache(factory: pytest.TempPathFactory) -> FinishedCache:
-    """Build the finished cache once per test process: `invoke preflight --repair auto` from an
-    empty cache, with the fake llama.cpp served from a local git repository."""
-    global _finished
-    if _finished is None:
-        base = factory.mktemp("hardening-finished")
-        url, commit = fake_llama_git_repo(base)
-        made = FinishedCache(base=base, source=f"{url}@{commit}", commit=commit)
-        result = run_invoke(["preflight", "--backend", "llama", "--repair", "auto"], env=made.env, timeout=600)
-        assert result.returncode == 0, result.stderr
-        assert read_constants(made.constants).status == "ok"
-        shutil.copytree(made.cache, made.pristine, symlinks=True)
-        _finished = made
-    return _finished
-
-
-def fresh_finished_cache(factory: pytest.TempPathFactory) -> Iterator[FinishedCache]:
+def fresh_finished_cache(made: FinishedCache) -> Iterator[FinishedCache]:
     """The body of a test module's ``finished`` fixture: the finished cache, restored for one
     test (tests damage it)."""
-    made = finished_cache(factory)
     made.restore()
     yield made
     unfreeze(made.cache)
@@ -204,8 +202,9 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def wait_until_gone(pids: Sequence[int], timeout: float = 10) -> list[int]:
-    """The pids of ``pids`` still running after ``timeout`` seconds."""
+def wait_until_gone(pids: Sequence[int], timeout: float = HANG_SECONDS) -> list[int]:
+    """The pids of ``pids`` still running once all have ended or ``timeout`` seconds have passed
+    (so an empty list as soon as they are gone)."""
     deadline = time.monotonic() + timeout
     alive = list(pids)
     while alive and time.monotonic() < deadline:
@@ -235,7 +234,7 @@ def start_invoke(args: Sequence[str], *, env: dict[str, str], stderr_path: Path)
         )
 
 
-def wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = HANG_SECONDS) -> None:
     deadline = time.monotonic() + timeout
     while text not in path.read_text(encoding="utf-8"):
         assert proc.poll() is None, f"ended with {proc.returncode} before saying {text!r}: {path.read_text()}"

@@ -29,7 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "repair": _BASE | {"util", "store", "backends", "provision", "reference", "context"},
     "crossval.engine": {"errors", "util"},
     "crossval": _BASE | {"util", "store", "backends", "provision", "reference", "context", "crossval.engine"},
-    "tasks": _BASE | {"util", "store", "backends", "provision", "reference", "context", "repair", "crossval"},
+    "suite": _BASE | {"util", "store", "backends", "provision", "reference", "context", "crossval", "crossval.engine"},
+    "tasks": _BASE | {"util", "store", "backends", "provision", "reference", "context", "repair", "crossval", "suite"},
     "console": _BASE | {"repair", "tasks"},
     "__main__": {"console"},
 }

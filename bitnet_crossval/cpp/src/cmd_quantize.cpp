@@ -1,5 +1,7 @@
 // `quantize`: llama.cpp's own quantiser (llama_model_quantize), so tests can make K-quant
-// fixtures the way users make them. The output is written under a temporary name and renamed.
+// fixtures the way users make them, and the float copy of a quantised model is dequantised by
+// the backend's own code (--type F32|F16|BF16 --allow-requantize 1). The output is written
+// under a temporary name and renamed.
 #include <filesystem>
 #include <system_error>
 
@@ -33,6 +35,9 @@ int run_quantize(const Options & opts) {
     const std::string & out = opts.required("out");
     const std::string & type = opts.required("type");
     const auto threads = static_cast<int32_t>(opts.integer("threads", kDefaultThreads, 1, 1024));
+    // llama.cpp refuses to read quantised tensors unless told to: "requantizing" is how it
+    // names dequantising them on the way to any other type, floats included.
+    const bool allow_requantize = opts.has("allow-requantize") && opts.flag01("allow-requantize");
     const std::vector<std::string> types = quantize_type_names();
     if (types.empty()) {
         throw ShimError(kExitUsage, "this backend's llama.h declares no llama_model_quantize, so it cannot quantize");
@@ -50,7 +55,7 @@ int run_quantize(const Options & opts) {
 
     PendingFile target(out, "--out");
     target.close();  // llama.cpp opens and writes the temporary itself
-    quantize_model(in, target.temp_path(), type, threads);
+    quantize_model(in, target.temp_path(), type, threads, allow_requantize);
     target.commit();
 
     JsonWriter json;
@@ -59,6 +64,7 @@ int run_quantize(const Options & opts) {
     json.key("out").value(out);
     json.key("type").value(type);
     json.key("threads").value(threads);
+    json.key("allow_requantize").value(allow_requantize);
     json.key("size_bytes_in").value(file_size(in));
     json.key("size_bytes_out").value(file_size(out));
     write_backend(json);
@@ -71,8 +77,9 @@ int run_quantize(const Options & opts) {
 
 const CommandSpec kQuantizeCommand = {
     "quantize",
-    "  quantize   --model IN.gguf --out OUT.gguf --type Q4_K_M|Q5_K_M|Q6_K|Q8_0|... [--threads N]\n",
-    {"model", "out", "type", "threads"},
+    "  quantize   --model IN.gguf --out OUT.gguf --type Q4_K_M|Q5_K_M|Q6_K|Q8_0|F32|... [--threads N]\n"
+    "             [--allow-requantize 0|1]\n",
+    {"model", "out", "type", "threads", "allow-requantize"},
     run_quantize,
 };
 

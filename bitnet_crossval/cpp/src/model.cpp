@@ -307,7 +307,8 @@ std::vector<std::string> quantize_type_names() {
     return names;
 }
 
-void quantize_model(const std::string & in, const std::string & out, const std::string & type, int32_t threads) {
+void quantize_model(const std::string & in, const std::string & out, const std::string & type, int32_t threads,
+                    bool allow_requantize) {
 #if BITNET_SHIM_HAVE_MODEL_QUANTIZE
     const QuantType * chosen = nullptr;
     for (const QuantType & t : kQuantTypes) {
@@ -321,6 +322,7 @@ void quantize_model(const std::string & in, const std::string & out, const std::
     llama_model_quantize_params params = llama_model_quantize_default_params();
     params.nthread = threads;
     params.ftype = chosen->ftype;
+    params.allow_requantize = allow_requantize;
     Diagnostics & diag = Diagnostics::instance();
     const size_t mark = diag.mark();
     const uint32_t rc = llama_model_quantize(in.c_str(), out.c_str(), &params);
@@ -336,6 +338,7 @@ void quantize_model(const std::string & in, const std::string & out, const std::
     (void) in;
     (void) out;
     (void) threads;
+    (void) allow_requantize;
     throw ShimError(kExitUsage, "this backend's llama.h declares no llama_model_quantize, so it cannot quantize to " +
                                     type);
 #endif

@@ -115,8 +115,10 @@ const float * logits_row(llama_context * ctx, int32_t i);
 std::vector<std::string> quantize_type_names();
 
 // llama_model_quantize(in, out) to the named type (one of quantize_type_names()); throws
-// ShimError with llama.cpp's reason when it fails.
-void quantize_model(const std::string & in, const std::string & out, const std::string & type, int32_t threads);
+// ShimError with llama.cpp's reason when it fails. allow_requantize lets it read tensors that
+// are already quantised (dequantising them with the type's own to_float first).
+void quantize_model(const std::string & in, const std::string & out, const std::string & type, int32_t threads,
+                    bool allow_requantize);
 
 // --- vocabulary and metadata ----------------------------------------------------------------
 

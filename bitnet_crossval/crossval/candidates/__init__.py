@@ -6,7 +6,8 @@
 - ``llama`` / ``bitnet``: a C++ backend through its shim (the backend names of
   :mod:`bitnet_crossval.backends.specs`);
 - ``cmd:<command line>``: any program (:mod:`.command`);
-- ``py:module:function``: a Python callable (:mod:`.python`).
+- ``py:module:function``: a Python callable (:mod:`.python`);
+- ``hf`` / ``hf:PATH``: Hugging Face transformers on the same model, or on a checkpoint (:mod:`.hf`).
 
 Every kind satisfies :class:`~.base.CandidateKind`: it parses its own syntax and builds its
 candidates. A new kind is a module with a ``KIND`` object and a line in :data:`KINDS` (or
@@ -15,7 +16,7 @@ candidates. A new kind is a module with a ``KIND`` object and a line in :data:`K
 
 from __future__ import annotations
 
-from bitnet_crossval.crossval.candidates import backend, command, numpy_engine, python
+from bitnet_crossval.crossval.candidates import backend, command, hf, numpy_engine, python
 from bitnet_crossval.crossval.candidates.base import (
     DEFAULT_CANDIDATE_TIMEOUT,
     Candidate,
@@ -32,7 +33,7 @@ from bitnet_crossval.errors import BadInput
 
 DEFAULT_CANDIDATE = "numpy"
 
-KINDS: list[CandidateKind] = [numpy_engine.KIND, backend.KIND, command.KIND, python.KIND]
+KINDS: list[CandidateKind] = [numpy_engine.KIND, backend.KIND, command.KIND, python.KIND, hf.KIND]
 
 
 def register(kind: CandidateKind) -> None:

@@ -1,30 +1,44 @@
 """Reading a GGUF model: metadata, tensor directory, and weights dequantised lazily, once.
 
-gguf-py's :class:`gguf.GGUFReader` does the parsing (memory-mapped). It refuses a file with a
-tensor type it does not know, and microsoft/BitNet's own GGUFs carry I2_S (36), so the reader
-here keeps tensors of unknown types aside instead of failing, and this module decodes I2_S
-itself (:mod:`.i2s`). A tensor type nobody here can decode is a :class:`BadInput` naming the
-tensor, raised when the model is opened rather than halfway through a forward pass.
+The header is parsed by :mod:`.gguf_header` (this package's own reader of the container, over
+a memory map; its docstring says why not gguf-py's ``GGUFReader``). gguf-py is used through its
+public API only: ``GGMLQuantizationType`` and ``GGML_QUANT_SIZES`` for the types and sizes it
+knows, ``gguf.quants.dequantize`` to decode them. Whether it can decode a type is asked of that
+public behaviour (one block of zeros; ``NotImplementedError`` means no), not of its internals.
 
-Memory: a dequantised tensor is cached as float32 and the file pages it came from are handed
+Tensors of types gguf-py does not know are kept, not refused: microsoft/BitNet's GGUFs carry
+I2_S (36), which this module decodes itself (:mod:`.i2s`), and TL1/TL2 (38/39; BitNet-fork files
+give 39 to TL2, upstream to MXFP4). A tensor type nobody here can decode is a :class:`BadInput`
+naming the tensor, raised when the model is opened rather than halfway through a forward pass.
+
+Memory: metadata arrays stay views of the mapping (a vocabulary's strings are decoded on
+demand), a dequantised tensor is cached as float32 and the file pages it came from are handed
 back to the kernel (``madvise(MADV_DONTNEED)``), so a quantised model costs its float32 weights
 and not also its file. F32 tensors are served straight from the mapping (no copy at all).
 """
 
 from __future__ import annotations
 
+import functools
 import mmap
-import struct
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_crossval.crossval.engine import i2s
+from bitnet_crossval.crossval.engine.gguf_header import (
+    MetadataField,
+    StringArray,
+    StringRef,
+    TensorEntry,
+    Value,
+    read_header,
+)
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util import i2s
 
 F32Array = npt.NDArray[np.float32]
 
@@ -41,6 +55,11 @@ BITNET_FORK_ARCHITECTURES = frozenset({"bitnet-b1.58", "bitnet-25"})
 # makes (its whole-tensor path builds every block's result before concatenating them, which
 # doubles the peak for the 262144-row embedding of a Gemma model).
 _DEQUANT_CHUNK_ELEMENTS = 1 << 22
+
+_STRINGS_PER_SLICE = 4096
+_FOUND_CHARS = 80  # of a wrong value quoted in an error
+
+_NOT_READABLE_NEXT = "check that the file is a complete GGUF model (re-download or re-convert it)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,111 +82,6 @@ class TensorInfo:
         return int(np.prod(self.ne, dtype=np.int64))
 
 
-def _reader_class() -> type[Any]:
-    """A :class:`gguf.GGUFReader` fit for big real models and for microsoft/BitNet's files.
-
-    Two departures from gguf-py, both in private hooks of its reader (pinned by the unit tests):
-
-    * tensors of a type gguf-py does not know (I2_S = 36, TL1/TL2) are kept aside in
-      ``foreign`` instead of failing the whole file;
-    * array metadata is read as one array, not one numpy object per element: gguf-py's own
-      parse of a 262144-token vocabulary took 9 s and 680 MB here. Numeric arrays become a
-      single part (so ``ReaderField.contents()`` still returns the list); string arrays are
-      walked once for their offsets (``string_arrays``) and decoded only on demand.
-    """
-    import sys
-
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
-    from gguf.gguf_reader import ReaderField
-
-    known_ids = {int(t) for t in GGMLQuantizationType}
-
-    class TolerantReader(GGUFReader):  # type: ignore[misc,unused-ignore]  # Any when gguf ships no types
-        foreign: list[tuple[str, int, tuple[int, ...], int]]
-        string_arrays: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]
-
-        def _build_fields(self, offs: int, count: int) -> int:
-            self.string_arrays = {}
-            for _ in range(count):
-                orig_offs = offs
-                kv_klen, kv_kdata = self._get_str(offs)
-                offs += int(kv_klen.nbytes + kv_kdata.nbytes)
-                raw_kv_type = self._get(offs, np.uint32)
-                offs += int(raw_kv_type.nbytes)
-                key = str(bytes(kv_kdata), encoding="utf-8")
-                head: list[npt.NDArray[Any]] = [kv_klen, kv_kdata, raw_kv_type]
-                if int(raw_kv_type[0]) == GGUFValueType.ARRAY:
-                    raw_itype = self._get(offs, np.uint32)
-                    alen = self._get(offs + 4, np.uint64)
-                    body = offs + 12
-                    n = int(alen[0])
-                    sub_type = GGUFValueType(int(raw_itype[0]))
-                    nptype = self.gguf_scalar_to_np.get(sub_type)
-                    if nptype is not None:
-                        values = self._get(body, nptype, n)
-                        parts = [*head, raw_itype, alen, values]
-                        self._push_field(
-                            ReaderField(orig_offs, key, parts, [len(parts) - 1], [GGUFValueType.ARRAY, sub_type]),
-                            skip_sum=True,
-                        )
-                        offs = body + int(values.nbytes)
-                        continue
-                    if sub_type == GGUFValueType.STRING:
-                        starts, lengths, end = self._walk_strings(body, n)
-                        self.string_arrays[key] = (starts, lengths)
-                        parts = [*head, raw_itype, alen]
-                        self._push_field(
-                            ReaderField(orig_offs, key, parts, [], [GGUFValueType.ARRAY, GGUFValueType.STRING]),
-                            skip_sum=True,
-                        )
-                        offs = end
-                        continue
-                field_size, field_parts, field_idxs, field_types = self._get_field_parts(offs, raw_kv_type[0])
-                parts = head + field_parts
-                self._push_field(
-                    ReaderField(orig_offs, key, parts, [i + len(head) for i in field_idxs], field_types),
-                    skip_sum=True,
-                )
-                offs += field_size
-            return offs
-
-        def _walk_strings(self, offs: int, n: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
-            little = (self.byte_order == "I") == (sys.byteorder == "little")
-            unpack = struct.Struct("<Q" if little else ">Q").unpack_from
-            view = self.data.data  # the mapping's buffer: struct reads it without copies
-            starts = np.empty(n, dtype=np.int64)
-            lengths = np.empty(n, dtype=np.int64)
-            for i in range(n):
-                (length,) = unpack(view, offs)
-                starts[i] = offs + 8
-                lengths[i] = length
-                offs += 8 + length
-            return starts, lengths, offs
-
-        def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
-            architecture_field = self.fields.get("general.architecture")
-            architecture = architecture_field.contents() if architecture_field is not None else ""
-            known: list[Any] = []
-            self.foreign = []
-            for field in fields:
-                _name_len, name_data, _n_dims, dims, raw_dtype, offset_tensor = field.parts
-                type_id = int(raw_dtype[0])
-                name = bytes(name_data).decode("utf-8")
-                ne = tuple(int(d) for d in dims.tolist())
-                if type_id in known_ids and not (type_id == TL2 and architecture in BITNET_FORK_ARCHITECTURES):
-                    block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
-                    n_bytes = int(np.prod(ne, dtype=np.int64)) * type_size // block_size
-                    if start_offs + int(offset_tensor[0]) + n_bytes > len(self.data):
-                        # gguf-py would fail reshaping a short view; say what happened instead.
-                        raise ValueError(f"the tensor {name} extends past the end of the file (truncated download?)")
-                    known.append(field)
-                    continue
-                self.foreign.append((name, type_id, ne, int(start_offs + int(offset_tensor[0]))))
-            super()._build_tensors(start_offs, known)
-
-    return TolerantReader
-
-
 class GGUFModelFile:
     """A GGUF file opened for the engine: metadata, tensor directory, lazy float32 weights."""
 
@@ -179,48 +93,49 @@ class GGUFModelFile:
                 next_step="check the path passed as the model",
             )
         try:
-            self._reader = _reader_class()(self.path, "r")
-        except (ValueError, OSError, IndexError, KeyError, UnicodeDecodeError, struct.error) as exc:
-            # gguf-py reports a corrupt header as any of these (a short read, a bad enum value, a
-            # duplicated key); all mean the same thing to a user.
-            raise BadInput(
-                f"{self.path} is not a readable GGUF file ({exc})",
-                next_step="check that the file is a complete GGUF model (re-download or re-convert it)",
-            ) from exc
-        self.architecture = self.get_str("general.architecture", default="")
-        self.tensors: dict[str, TensorInfo] = {}
-        for t in self._reader.tensors:
-            self.tensors[t.name] = TensorInfo(
-                name=t.name,
-                type_id=int(t.tensor_type),
-                type_name=t.tensor_type.name,
-                ne=tuple(int(d) for d in t.shape.tolist()),
-                offset=int(t.data_offset),
-                n_bytes=int(t.n_bytes),
-            )
-        for name, type_id, ne, offset in self._reader.foreign:
-            n_elements = int(np.prod(ne, dtype=np.int64))
-            n_bytes = i2s.tensor_nbytes(n_elements) if type_id == I2_S else None
-            self.tensors[name] = TensorInfo(
-                name=name, type_id=type_id, type_name=_foreign_type_name(type_id), ne=ne, offset=offset, n_bytes=n_bytes
-            )
+            self._mapping = _map(self.path)
+            self._header = read_header(self._mapping)
+            self.architecture = self.get_str("general.architecture", default="")
+            tensors = [_tensor_info(entry, self.architecture) for entry in self._header.tensors.values()]
+            for info in tensors:
+                if info.n_bytes is not None and info.offset + info.n_bytes > len(self._mapping):
+                    raise ValueError(f"the tensor {info.name} extends past the end of the file (truncated download?)")
+        except (ValueError, OSError) as exc:
+            # The parser's reasons (a short read, a count the file cannot hold, a repeated key)
+            # and the system's (unreadable, empty) all mean the same thing to a user.
+            raise BadInput(f"{self.path} is not a readable GGUF file ({exc})", next_step=_NOT_READABLE_NEXT) from exc
+        self.byte_order = self._header.byte_order
+        self._data: npt.NDArray[np.uint8] = np.frombuffer(self._mapping, dtype=np.uint8)
+        self.tensors: dict[str, TensorInfo] = {info.name: info for info in tensors}
         self._cache: dict[str, F32Array] = {}
-        self._file_size = self.path.stat().st_size
+        self._file_size = len(self._mapping)
 
     # --- metadata ---
 
     def get(self, key: str, default: Any = None) -> Any:
-        field = self._reader.fields.get(key)
+        """The value of ``key`` as Python: a number, a string, or a list (``default`` when absent)."""
+        field = self._header.fields.get(key)
         if field is None:
             return default
-        if key in self._reader.string_arrays:
-            return self.string_array(key)
+        return self._python(key, field.value)
+
+    def _python(self, key: str, value: Value) -> Any:
+        if isinstance(value, StringRef):
+            return self._decode(key, value)
+        if isinstance(value, StringArray):
+            return self._strings(value)
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, list):
+            return [self._python(key, item) for item in value]
+        return value
+
+    def _decode(self, key: str, ref: StringRef) -> str:
         try:
-            return field.contents()
-        except (ValueError, IndexError, UnicodeDecodeError) as exc:
+            return self._mapping[ref.start : ref.start + ref.length].decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise BadInput(
-                f"the metadata key {key} of {self.path} cannot be read ({exc})",
-                next_step="check that the file is a complete GGUF model (re-download or re-convert it)",
+                f"the metadata key {key} of {self.path} cannot be read ({exc})", next_step=_NOT_READABLE_NEXT
             ) from exc
 
     def get_str(self, key: str, *, default: str | None = None) -> str:
@@ -255,36 +170,59 @@ class GGUFModelFile:
 
     def array_length(self, key: str) -> int | None:
         """Length of an array-valued key without decoding its elements (vocabularies are big)."""
-        field = self._reader.fields.get(key)
-        if field is None or len(field.parts) < 5:
+        field = self._header.fields.get(key)
+        if field is None or not isinstance(field.value, (StringArray, np.ndarray, list)):
             return None
-        return int(field.parts[4][0])
+        return len(field.value)
 
     def string_array(self, key: str) -> list[str]:
         """An array-of-strings key, decoded (invalid UTF-8 replaced, as llama.cpp keeps bytes)."""
-        starts, lengths = self._reader.string_arrays[key]
-        data = self._reader.data.data
-        return [bytes(data[s : s + n]).decode("utf-8", errors="replace") for s, n in zip(starts, lengths, strict=True)]
+        return self._strings(self._string_array(key))
 
     def string_array_bytes(self, key: str) -> list[bytes]:
         """An array-of-strings key as the exact bytes stored (for copying it into another file)."""
-        starts, lengths = self._reader.string_arrays[key]
-        data = self._reader.data.data
-        return [bytes(data[s : s + n]) for s, n in zip(starts, lengths, strict=True)]
+        return list(self._string_bytes(self._string_array(key)))
+
+    def _string_array(self, key: str) -> StringArray:
+        field = self._header.fields.get(key)
+        if field is None:
+            raise _missing_key(self.path, key)
+        if not isinstance(field.value, StringArray):
+            raise _bad_key(self.path, key, "an array of strings", self.get(key))
+        return field.value
+
+    def _strings(self, array: StringArray) -> list[str]:
+        return [s.decode("utf-8", errors="replace") for s in self._string_bytes(array)]
+
+    def _string_bytes(self, array: StringArray) -> Iterator[bytes]:
+        # Offsets become Python ints a slice at a time: the whole vocabulary's at once would add
+        # two lists of 262144 ints to the peak while the strings are being made.
+        mapping = self._mapping
+        for first in range(0, len(array), _STRINGS_PER_SLICE):
+            last = first + _STRINGS_PER_SLICE
+            starts, lengths = array.starts[first:last].tolist(), array.lengths[first:last].tolist()
+            for start, length in zip(starts, lengths, strict=True):
+                yield mapping[start : start + length]
 
     def numeric_array(self, key: str) -> npt.NDArray[Any] | None:
-        """An array-of-numbers key as one numpy array (a view of the file)."""
-        field = self._reader.fields.get(key)
-        if field is None or key in self._reader.string_arrays or len(field.parts) != 6:
+        """An array-of-numbers key as one numpy array (a view of the file, in its byte order)."""
+        field = self._header.fields.get(key)
+        if field is None or not isinstance(field.value, np.ndarray):
             return None
-        return np.asarray(field.parts[5])
+        return field.value
 
     def metadata_keys(self) -> Iterator[str]:
-        return iter(self._reader.fields.keys())
+        return iter(self._header.fields.keys())
 
-    def raw_field(self, key: str) -> Any:
-        """gguf-py's ``ReaderField`` for ``key`` (for copying arrays without decoding them)."""
-        return self._reader.fields.get(key)
+    def raw_field(self, key: str) -> MetadataField:
+        """The key as the file stores it, its ``types`` as gguf-py's ``GGUFValueType`` (the
+        value's type, then an array's element type): for copying it into a ``GGUFWriter``."""
+        from gguf import GGUFValueType
+
+        field = self._header.fields.get(key)
+        if field is None:
+            raise _missing_key(self.path, key)
+        return replace(field, types=tuple(GGUFValueType(t) for t in field.types))
 
     # --- tensors ---
 
@@ -304,7 +242,7 @@ class GGUFModelFile:
         """Fail now, naming the tensor, if any of ``names`` has a type that cannot be decoded."""
         for name in names:
             info = self.info(name)
-            _decoder_for(info, self.path)
+            _decoder_for(info, self.path, self.byte_order)
             if info.n_bytes is not None and info.offset + info.n_bytes > self._file_size:
                 raise BadInput(
                     f"the tensor {name} of {self.path} extends past the end of the file (truncated download?)",
@@ -317,7 +255,7 @@ class GGUFModelFile:
         if cached is not None:
             return cached
         info = self.info(name)
-        decoder = _decoder_for(info, self.path)
+        decoder = _decoder_for(info, self.path, self.byte_order)
         array = decoder(self._raw(info), info)
         if info.type_id != 0:  # F32 stays a view of the mapping: nothing to give back
             self._release(info)
@@ -335,7 +273,7 @@ class GGUFModelFile:
         if cached is not None:
             return np.asarray(cached[index], dtype=np.float32)
         info = self.info(name)
-        decoder = _decoder_for(info, self.path)
+        decoder = _decoder_for(info, self.path, self.byte_order)
         if info.type_id == I2_S or len(info.ne) != 2 or info.n_bytes is None:
             return np.asarray(self.weight(name)[index], dtype=np.float32)
         n_rows = info.ne[1]
@@ -355,7 +293,7 @@ class GGUFModelFile:
         whole vocabulary is never dequantised at once). Raises :class:`BadInput` for a type
         that cannot be decoded."""
         info = self.info(name)
-        decoder = _decoder_for(info, self.path)
+        decoder = _decoder_for(info, self.path, self.byte_order)
         if info.n_bytes is None or info.n_elements == 0:
             return 0
         if info.type_id == I2_S or len(info.ne) < 2:  # one scale for the whole tensor: decode it whole
@@ -383,12 +321,12 @@ class GGUFModelFile:
         return count
 
     def cached_bytes(self) -> int:
-        return sum(int(a.nbytes) for a in self._cache.values() if not isinstance(a, np.memmap))
+        """Bytes of the float32 weights held in the cache (F32 tensors, views of the file, excluded)."""
+        return sum(int(a.nbytes) for a in self._cache.values() if not np.may_share_memory(a, self._data))
 
     def _raw(self, info: TensorInfo) -> npt.NDArray[np.uint8]:
-        data: np.memmap[Any, Any] = self._reader.data
         assert info.n_bytes is not None  # _decoder_for refused unknown sizes
-        return np.asarray(data[info.offset : info.offset + info.n_bytes])
+        return self._data[info.offset : info.offset + info.n_bytes]
 
     def release_file_pages(self, name: str, rows: tuple[int, int] | None = None) -> None:
         """Hand the file pages of ``name`` (or of its rows ``[start, stop)``) back to the kernel,
@@ -407,15 +345,14 @@ class GGUFModelFile:
             self._release_range(info.offset, info.n_bytes)
 
     def _release_range(self, offset: int, n_bytes: int) -> None:
-        mapping = getattr(self._reader.data, "_mmap", None)
-        if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+        if not hasattr(mmap, "MADV_DONTNEED"):
             return
         page = mmap.PAGESIZE
         start = (offset + page - 1) // page * page  # whole pages only: neighbours may share one
         end = (offset + n_bytes) // page * page
         if end > start:
             try:
-                mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
+                self._mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
             except (OSError, ValueError):  # an optimisation only; a refusal costs memory, not results
                 return
 
@@ -423,12 +360,13 @@ class GGUFModelFile:
 Decoder = Callable[[npt.NDArray[np.uint8], TensorInfo], F32Array]
 
 
-def _decode_f32(raw: npt.NDArray[np.uint8], info: TensorInfo) -> F32Array:
-    return raw.view(np.float32).reshape(info.shape)
-
-
-def _decode_f16(raw: npt.NDArray[np.uint8], info: TensorInfo) -> F32Array:
-    return raw.view(np.float16).astype(np.float32).reshape(info.shape)
+def _decode_elements(raw: npt.NDArray[np.uint8], info: TensorInfo, *, dtype: str) -> F32Array:
+    # F32 and F16 are stored element by element in the file's byte order (gguf-py's writer swaps
+    # them for a big-endian file); little-endian F32 on a little-endian host stays a view.
+    values = raw.view(np.dtype(dtype))
+    if values.dtype != np.dtype(np.float32):
+        values = values.astype(np.float32)
+    return values.reshape(info.shape)
 
 
 def _decode_i2s(raw: npt.NDArray[np.uint8], info: TensorInfo) -> F32Array:
@@ -436,28 +374,44 @@ def _decode_i2s(raw: npt.NDArray[np.uint8], info: TensorInfo) -> F32Array:
 
 
 def _decode_with_gguf(raw: npt.NDArray[np.uint8], info: TensorInfo) -> F32Array:
+    # Block types are stored as gguf-py writes and reads them, whatever the file's byte order.
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     from gguf.quants import dequantize
 
     qtype = GGMLQuantizationType(info.type_id)
     block_size, type_size = GGML_QUANT_SIZES[qtype]
-    row_len = info.ne[0]
-    n_rows = info.n_elements // row_len
-    row_bytes = row_len // block_size * type_size
-    rows = raw.reshape(n_rows, row_bytes)
-    out = np.empty((n_rows, row_len), dtype=np.float32)
-    step = max(1, _DEQUANT_CHUNK_ELEMENTS // row_len)
-    for start in range(0, n_rows, step):
-        stop = min(n_rows, start + step)
+    row_len = info.ne[0] if info.ne else 1
+    out = np.empty((info.n_elements // row_len if row_len else 0, row_len), dtype=np.float32)
+    rows = raw.reshape(out.shape[0], row_len // block_size * type_size)
+    step = max(1, _DEQUANT_CHUNK_ELEMENTS // max(row_len, 1))
+    for start in range(0, out.shape[0], step):
+        stop = min(out.shape[0], start + step)
         out[start:stop] = dequantize(rows[start:stop], qtype)
     return out.reshape(info.shape)
 
 
-def _decoder_for(info: TensorInfo, path: Path) -> Decoder:
+@functools.cache
+def gguf_dequantizes(type_id: int) -> bool:
+    """Whether gguf-py's public ``gguf.quants.dequantize`` decodes this ggml type: asked of the
+    function itself, with one block of zeros (it raises ``NotImplementedError`` for a type it
+    knows the size of but cannot decode)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    qtype = GGMLQuantizationType(type_id)
+    _block_size, type_size = GGML_QUANT_SIZES[qtype]
+    try:
+        dequantize(np.zeros((1, type_size), dtype=np.uint8), qtype)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _decoder_for(info: TensorInfo, path: Path, byte_order: str) -> Decoder:
     if info.type_id == 0:
-        return _decode_f32
+        return functools.partial(_decode_elements, dtype=byte_order + "f4")
     if info.type_id == 1:
-        return _decode_f16
+        return functools.partial(_decode_elements, dtype=byte_order + "f2")
     if info.type_id == I2_S:
         return _decode_i2s
     if info.type_name in {"TL1", "TL2"}:
@@ -471,26 +425,65 @@ def _decoder_for(info: TensorInfo, path: Path) -> Decoder:
             f"the tensor {info.name} of {path} has ggml type id {info.type_id}, which this engine does not know",
             next_step="convert the model to a type gguf-py decodes (F32, F16, BF16, Q8_0, Q4_K, ...)",
         )
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-    from gguf.quants import _type_traits
-
-    qtype = GGMLQuantizationType(info.type_id)
-    if qtype not in _type_traits:
+    if not gguf_dequantizes(info.type_id):
         raise BadInput(
             f"the tensor {info.name} of {path} has type {info.type_name}, which gguf-py cannot dequantise",
             next_step="convert the model to a type gguf-py decodes (F32, F16, BF16, Q8_0, Q4_K, ...)",
         )
-    block_size, _type_size = GGML_QUANT_SIZES[qtype]
-    if info.ne[0] % block_size != 0:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block_size, _type_size = GGML_QUANT_SIZES[GGMLQuantizationType(info.type_id)]
+    row_len = info.ne[0] if info.ne else 1
+    if row_len % block_size != 0:
         raise BadInput(
-            f"the tensor {info.name} of {path} has rows of {info.ne[0]} values, not a multiple of the "
+            f"the tensor {info.name} of {path} has rows of {row_len} values, not a multiple of the "
             f"{info.type_name} block size {block_size} (corrupt file?)",
             next_step="re-download or re-convert the model",
         )
     return _decode_with_gguf
 
 
-def _foreign_type_name(type_id: int) -> str:
+def _map(path: Path) -> mmap.mmap:
+    """The whole file, mapped read-only (an empty file cannot be mapped: say so)."""
+    with path.open("rb") as file:
+        if path.stat().st_size == 0:
+            raise ValueError("it is empty")
+        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _tensor_info(entry: TensorEntry, architecture: str) -> TensorInfo:
+    """The entry with its type's name and byte size (``None`` for a type nobody here knows)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    known = entry.type_id in _gguf_type_ids() and not (
+        entry.type_id == TL2 and architecture in BITNET_FORK_ARCHITECTURES
+    )
+    n_elements = 1
+    for dim in entry.ne:
+        n_elements *= dim
+    n_bytes: int | None
+    if known:
+        qtype = GGMLQuantizationType(entry.type_id)
+        block_size, type_size = GGML_QUANT_SIZES[qtype]
+        type_name, n_bytes = qtype.name, n_elements * type_size // block_size
+    else:
+        type_name = _foreign_type_name(entry.type_id, architecture)
+        n_bytes = i2s.tensor_nbytes(n_elements) if entry.type_id == I2_S else None
+    return TensorInfo(
+        name=entry.name, type_id=entry.type_id, type_name=type_name, ne=entry.ne, offset=entry.offset, n_bytes=n_bytes
+    )
+
+
+@functools.cache
+def _gguf_type_ids() -> frozenset[int]:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return frozenset(int(t) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES)
+
+
+def _foreign_type_name(type_id: int, architecture: str) -> str:
+    if type_id == TL2 and architecture not in BITNET_FORK_ARCHITECTURES:
+        return "MXFP4"  # upstream's 39, in a gguf-py release older than it
     return {I2_S: "I2_S", I8_S: "I8_S", TL1: "TL1", TL2: "TL2"}.get(type_id, f"type{type_id}")
 
 
@@ -502,7 +495,10 @@ def _missing_key(path: Path, key: str) -> BadInput:
 
 
 def _bad_key(path: Path, key: str, expected: str, value: Any) -> BadInput:
+    found = repr(value)
+    if len(found) > _FOUND_CHARS:  # a whole vocabulary is no part of a sentence
+        found = found[:_FOUND_CHARS] + "…"
     return BadInput(
-        f"the metadata key {key} of {path} should be {expected}, found {value!r}",
+        f"the metadata key {key} of {path} should be {expected}, found {found}",
         next_step="check that the file is a complete model (re-convert it with a current converter)",
     )

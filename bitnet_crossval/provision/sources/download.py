@@ -42,10 +42,21 @@ _JSON_TYPES = frozenset({"application/vnd.pypi.simple.v1+json", "application/jso
 
 
 def index_url(env: Mapping[str, str]) -> str:
-    """The simple index to ask: the suite's own variable, then pip's, then PyPI."""
+    """The simple index to ask: the suite's own variable, then pip's, then PyPI. A value that is
+    not an http(s) or file URL is bad input naming its variable (not the command's arguments)."""
     for name in (INDEX_ENV, PIP_INDEX_ENV):
         value = env.get(name, "").strip()
         if value:
+            try:
+                parts = urlsplit(value)
+                scheme, host, shown = parts.scheme.lower(), parts.hostname, redact_url(value)
+            except ValueError:  # "http://[::1": an unbalanced IPv6 bracket
+                scheme, host, shown = "", None, value
+            if scheme not in {"http", "https", "file"} or (scheme != "file" and not host):
+                raise BadInput(
+                    f"{name}={shown!r} is not an http, https or file URL of a package index",
+                    next_step=f"set {name} to a simple index such as {DEFAULT_INDEX_URL}, or unset it",
+                )
             return value
     return DEFAULT_INDEX_URL
 

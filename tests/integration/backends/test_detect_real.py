@@ -15,7 +15,7 @@ from bitnet_crossval.backends.specs import LLAMA
 from bitnet_crossval.provision.cmake import preferred_generator
 from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.store.marker import MARKER_NAME as INSTALL_MARKER
-from tests.helpers import FAKE_LLAMA
+from tests.helpers import FAKE_LLAMA, HANG_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +30,11 @@ def fake_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["cmake", "-S", str(FAKE_LLAMA), "-B", str(build), *chosen, "-DCMAKE_INSTALL_RPATH=$ORIGIN"],
         check=True,
         capture_output=True,
+        timeout=HANG_SECONDS,
     )
-    subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True)
-    subprocess.run(["cmake", "--install", str(build), "--prefix", str(prefix)], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True, timeout=HANG_SECONDS)
+    install = ["cmake", "--install", str(build), "--prefix", str(prefix)]
+    subprocess.run(install, check=True, capture_output=True, timeout=HANG_SECONDS)
     (prefix / INSTALL_MARKER).write_text(json.dumps({"backend": "llama", "source": {"kind": "local"}}))
     return prefix
 

@@ -31,7 +31,7 @@ import invoke
 import pytest
 
 from tests.conftest import child_env
-from tests.helpers import REPO_ROOT, copy_fake_llama, tool_only_path, wait_for
+from tests.helpers import HANG_SECONDS, REPO_ROOT, copy_fake_llama, tool_only_path, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -40,7 +40,7 @@ pytestmark = [
 ]
 
 PROGRAM = "bitnet-crossval"
-WAIT = 120  # seconds; every child is bounded by this
+WAIT = HANG_SECONDS  # every child is bounded by this, for a hang
 # Where this interpreter finds invoke and the suite's other dependencies.
 DEPS_SITE = Path(invoke.__file__).resolve().parent.parent
 # What a copy of the tree leaves behind: VCS data, caches, build output, local venvs.

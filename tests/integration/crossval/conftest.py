@@ -1,9 +1,10 @@
 """Fixtures of the crossval-per-token tests: a cache with a shim built against the real pinned
 llama.cpp, a way to run the command as a user would, and checks of what a user sees.
 
-The cache is built once per test session (`invoke rebuild` with LLAMA_CPP_DIR pointing at the
-session's llama.cpp install: about 40 s for the shim), not once per module: the tests only read
-its constants and add synthetic models to it, and the shim build is most of their run time.
+The cache is a shared build (tests/shared_builds.py), made once per test session before the first
+test (`invoke rebuild` with LLAMA_CPP_DIR pointing at the session's llama.cpp install: about 40 s
+for the shim), not once per module: the tests only read its constants and add synthetic models to
+it, and the shim build is most of their run time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from bitnet_crossval.store.constants import read_constants
 from tests.conftest import child_env
 from tests.helpers import run_invoke
+from tests.shared_builds import SharedBuildFailed, Workshop, shared_build, shared_result
 
 VOCAB_NAME = "ggml-vocab-llama-spm.gguf"
 
@@ -42,21 +44,34 @@ class CrossvalCache:
         return run_invoke(["crossval-per-token", "--repair", "never", *args], env=env or self.env, timeout=timeout)
 
 
-@pytest.fixture(scope="session")
-def crossval_cache(tmp_path_factory: pytest.TempPathFactory, llama_install: Path, llama_source: Path) -> CrossvalCache:
-    root = tmp_path_factory.mktemp("crossval") / "cache"
+@shared_build(
+    "crossval_cache",
+    title="a cache whose constants list a shim built against the real llama.cpp: invoke rebuild",
+    bound=900,
+    needs=("llama_install", "llama_source"),
+)
+def build_crossval_cache(shop: Workshop) -> CrossvalCache:
+    llama_install = shop.result("llama_install", Path)
+    root = shop.mktemp("crossval") / "cache"
     env = child_env(root)
     env["LLAMA_CPP_DIR"] = str(llama_install)
     # models.find_vocabulary looks for a llama.cpp tree under <cache>/sources: give it one that
     # holds only the vocabulary file the synthetic models take their tokenizer from.
     vocab = root / "sources" / "llama-vocab" / "models" / VOCAB_NAME
     vocab.parent.mkdir(parents=True)
-    shutil.copyfile(llama_source / "models" / VOCAB_NAME, vocab)
-    built = run_invoke(["rebuild"], env=env, timeout=900)
-    assert built.returncode == 0, built.stderr[-3000:]
+    shutil.copyfile(shop.result("llama_source", Path) / "models" / VOCAB_NAME, vocab)
+    built = shop.run_invoke(["rebuild"], env=env)
+    if built.returncode != 0:
+        raise SharedBuildFailed(f"`invoke rebuild` exited with code {built.returncode}")
     record = read_constants(root / "constants.json").record("llama")
-    assert record is not None and record.available and record.shim, built.stderr[-3000:]
+    if record is None or not record.available or not record.shim:
+        raise SharedBuildFailed(f"`invoke rebuild` listed no shim for llama.cpp: {record}")
     return CrossvalCache(root=root, env=env, llama_install=llama_install, vocab=vocab)
+
+
+@pytest.fixture(scope="session")
+def crossval_cache(request: pytest.FixtureRequest) -> CrossvalCache:
+    return shared_result(request, "crossval_cache", CrossvalCache)
 
 
 # --- what a user sees ---------------------------------------------------------------------------

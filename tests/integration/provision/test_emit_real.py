@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bitnet_crossval.provision.emit import emit_lines
+from tests.helpers import HANG_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def shell_env(base_env: dict[str, str], initial: str | None) -> dict[str, str]:
 
 
 def read_env(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, str | None]:
-    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=HANG_SECONDS, check=False)
     assert done.returncode == 0, done.stderr
     result: dict[str, str | None] = json.loads(done.stdout)
     return result

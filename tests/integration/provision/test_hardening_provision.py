@@ -26,7 +26,7 @@ from bitnet_crossval.provision.sources import MARKER_NAME as SOURCE_MARKER
 from bitnet_crossval.provision.sources import pypi_identity
 from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.store.marker import MARKER_NAME as INSTALL_MARKER
-from tests.helpers import REPO_ROOT, copy_fake_llama, run_invoke, wait_for
+from tests.helpers import HANG_SECONDS, REPO_ROOT, copy_fake_llama, run_invoke, wait_for
 from tests.integration.hardening_support import (
     FinishedCache,
     assert_one_sentence,
@@ -42,8 +42,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedCache]:
-    yield from fresh_finished_cache(tmp_path_factory)
+def finished(finished_cache: FinishedCache) -> Iterator[FinishedCache]:
+    yield from fresh_finished_cache(finished_cache)
 
 
 # Nothing in these tests may reach a real host: an index on a closed port, one attempt.
@@ -172,7 +172,7 @@ def test_ctrl_c_during_a_build_is_130_keeps_the_old_install_and_leaves_nothing_r
         gates = processes_mentioning(str(source / "gate.sh"))
         assert gates, "the held build is not running"
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground group
-        proc.wait(timeout=60)
+        proc.wait(timeout=HANG_SECONDS)  # its exit, however long the interrupted build takes to stop
         result = _completed(proc, err)
         assert_one_sentence(result, 130, says=["interrupted (Ctrl-C)"], next_says=["rerun the command"])
         assert install_snapshot(install) == before
@@ -198,7 +198,7 @@ def test_a_sigkilled_setup_leaves_its_build_running_and_the_next_setup_stops_it(
     try:
         wait_for(started, proc=proc)
         os.kill(proc.pid, signal.SIGKILL)  # only the Python process
-        proc.wait(timeout=30)
+        proc.wait(timeout=HANG_SECONDS)
         gates = processes_mentioning(str(source / "gate.sh"))
         assert gates, "the build's process group did not outlive its parent"
         assert [p for p in (cache_dir / "builds").glob(f"*/{BUILD_GROUP_FILE}")], "no record of the build's group"
@@ -208,7 +208,7 @@ def test_a_sigkilled_setup_leaves_its_build_running_and_the_next_setup_stops_it(
         assert again.returncode == 0, again.stderr
         assert "stopping the processes (group" in again.stderr
         assert "llama.cpp rebuilt at" in again.stderr
-        assert wait_until_gone(gates, timeout=5) == []
+        assert wait_until_gone(gates) == []
         assert (install / INSTALL_MARKER).is_file()
     finally:
         release.touch()
@@ -305,11 +305,11 @@ def test_a_long_build_prints_a_progress_line_every_interval_without_a_terminal(
         time.sleep(1.5)
         held_until = time.monotonic()
         release.touch()
-        assert proc.wait(timeout=120) == 0, lines
+        assert proc.wait(timeout=HANG_SECONDS) == 0, lines
     finally:
         release.touch()
         proc.kill()
-    reader.join(timeout=10)
+    reader.join(timeout=HANG_SECONDS)  # it ends at the end of the output
     beats = [at for at, line in lines if "still running" in line and held_from <= at <= held_until + 0.5]
     assert len(beats) >= 3, lines
     gaps = [later - earlier for earlier, later in zip([held_from, *beats], [*beats, held_until], strict=True)]
@@ -335,3 +335,20 @@ def test_a_pypi_tree_already_in_the_cache_is_built_without_trying_the_git_host(
     assert not calls.exists(), calls.read_text()
     marker = json.loads((cache_dir / "installs" / "llama" / INSTALL_MARKER).read_text())
     assert marker["source"] == pypi_identity()
+
+
+@pytest.mark.parametrize("variable", ["BITNET_PYPI_INDEX_URL", "PIP_INDEX_URL"])
+@pytest.mark.parametrize("value", ["not a url", "ftp://example.invalid/simple", "https:///simple"])
+def test_an_index_url_that_is_not_one_names_its_variable(base_env: dict[str, str], variable: str, value: str) -> None:
+    """`BITNET_PYPI_INDEX_URL='not a url'`: the next step said "check the arguments" for an
+    environment variable."""
+    env = {**base_env, variable: value, "LLAMA_CPP_SOURCE": "pypi"}
+    env.pop("BITNET_PYPI_INDEX_URL" if variable == "PIP_INDEX_URL" else "PIP_INDEX_URL", None)
+    result = run_invoke(_setup(), env=env, timeout=120)
+    assert_one_sentence(
+        result,
+        6,
+        says=[f"{variable}='{value}' is not an http, https or file URL of a package index"],
+        next_says=[f"set {variable} to a simple index such as https://pypi.org/simple, or unset it"],
+    )
+    assert "check the arguments" not in result.stderr

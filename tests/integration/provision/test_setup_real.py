@@ -16,7 +16,7 @@ import pytest
 
 from bitnet_crossval.store.lock import exclusive_lock
 from bitnet_crossval.store.marker import MARKER_NAME as INSTALL_MARKER
-from tests.helpers import REPO_ROOT, copy_fake_llama, fake_llama_git_repo, run_invoke, wait_for
+from tests.helpers import HANG_SECONDS, REPO_ROOT, copy_fake_llama, fake_llama_git_repo, run_invoke, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -97,13 +97,13 @@ def test_four_concurrent_setups_build_once_and_all_succeed(
 
     try:
         wait_for(started)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_SECONDS
         while waiting() < 3:
             assert time.monotonic() < deadline, [path.read_text(encoding="utf-8") for path in err_paths]
             time.sleep(0.05)
         release.touch()
         for p in procs:
-            p.wait(timeout=300)
+            p.wait(timeout=HANG_SECONDS)
     finally:
         for p in procs:
             p.kill()
@@ -133,7 +133,7 @@ def test_setup_killed_mid_build_leaves_no_install_and_the_next_run_completes(
     )
     wait_for(started)
     os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait(timeout=30)
+    victim.wait(timeout=HANG_SECONDS)
 
     install = cache_dir / "installs" / "llama"
     assert not (install / INSTALL_MARKER).exists()

@@ -1,5 +1,7 @@
 """Shims built once per session for the reference tests: against the real pinned llama.cpp
-(`current` API) and against the stub of the 2024 API (`legacy`), plus the tiny models they run."""
+(`current` API) and against the stub of the 2024 API (`legacy`), plus the tiny models they run.
+The builds are shared builds (tests/shared_builds.py): done before the first test, outside any
+per-test time limit."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 from bitnet_crossval.reference.build import ShimBuild, build_shim
 from bitnet_crossval.reference.client import Shim
 from tests.gguf_models import BOS_ID, TinyLlamaSpec, write_llama_model
-from tests.helpers import DATA
+from tests.helpers import DATA, HANG_SECONDS
+from tests.shared_builds import SharedBuildFailed, Workshop, shared_build, shared_result
 
 LEGACY_API_DIR = DATA / "legacy_llama_api"
 BUILD_FLAGS = '-DGGML_NATIVE=OFF;-DLLAMA_CURL=OFF "quoted value"'
@@ -23,6 +26,7 @@ WIDE_SPEC = TinyLlamaSpec(n_embd=256, n_head=4, n_head_kv=2, n_ff=512, seed=3)
 
 
 def build_against(install: Path, work: Path, env: dict[str, str], *, name: str, backend: str) -> ShimBuild:
+    """The shim built in ``work`` against ``install`` (again: incrementally)."""
     return build_shim(
         include_dirs=[install / "include"],
         lib_dir=install / "lib",
@@ -35,21 +39,45 @@ def build_against(install: Path, work: Path, env: dict[str, str], *, name: str, 
     )
 
 
-@pytest.fixture(scope="session")
-def shim_env() -> dict[str, str]:
+def shim_environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BITNET_", "LLAMA_CPP_"))}
     env["NO_COLOR"] = "1"
     return env
 
 
 @pytest.fixture(scope="session")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("shim")
+def shim_env() -> dict[str, str]:
+    return shim_environment()
+
+
+WORK = "reference-shims"
+"""The directory, under the test session's base temporary directory, where the shims are built
+(the shared builds below; a test rebuilds one in place) and the tiny models written."""
 
 
 @pytest.fixture(scope="session")
-def current_build(llama_install: Path, work: Path, shim_env: dict[str, str]) -> ShimBuild:
-    return build_against(llama_install, work, shim_env, name="current", backend="llama")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.getbasetemp() / WORK
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@shared_build(
+    "current_build",
+    title="the shim against the real pinned llama.cpp, with build flags to record",
+    bound=900,
+    needs=("llama_install",),
+)
+def build_current(shop: Workshop) -> ShimBuild:
+    install = shop.result("llama_install", Path)
+    work = shop.directory(WORK)
+    with shop.follow(work / "build-current.log"):
+        return build_against(install, work, shim_environment(), name="current", backend="llama")
+
+
+@pytest.fixture(scope="session")
+def current_build(request: pytest.FixtureRequest) -> ShimBuild:
+    return shared_result(request, "current_build", ShimBuild)
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +108,10 @@ def prompt(shim: Shim, tiny_model: Path) -> tuple[int, ...]:
     return tokens
 
 
-@pytest.fixture(scope="session")
-def legacy_install(work: Path, shim_env: dict[str, str]) -> Path:
-    """The stub of the 2024 C API, built and installed as <prefix>/include + <prefix>/lib."""
+@shared_build("legacy_install", title="the stub of the 2024 C API, built and installed", bound=600)
+def build_legacy_install(shop: Workshop) -> Path:
+    """The stub installed as <prefix>/include + <prefix>/lib."""
+    work = shop.directory(WORK)
     prefix = work / "legacy-prefix"
     build = work / "legacy-stub-build"
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
@@ -91,13 +120,28 @@ def legacy_install(work: Path, shim_env: dict[str, str]) -> Path:
         ["cmake", "--build", str(build)],
         ["cmake", "--install", str(build)],
     ):
-        subprocess.run(argv, env=shim_env, check=True, capture_output=True)
+        done = shop.run(argv, env=shim_environment(), merge_output=True)
+        if done.returncode != 0:
+            raise SharedBuildFailed(f"`{' '.join(argv[:2])}` exited with code {done.returncode}")
     return prefix
 
 
 @pytest.fixture(scope="session")
-def legacy_build(legacy_install: Path, work: Path, shim_env: dict[str, str]) -> ShimBuild:
-    return build_against(legacy_install, work, shim_env, name="legacy", backend="bitnet")
+def legacy_install(request: pytest.FixtureRequest) -> Path:
+    return shared_result(request, "legacy_install", Path)
+
+
+@shared_build("legacy_build", title="the shim against the stub of the 2024 C API", bound=900, needs=("legacy_install",))
+def build_legacy(shop: Workshop) -> ShimBuild:
+    install = shop.result("legacy_install", Path)
+    work = shop.directory(WORK)
+    with shop.follow(work / "build-legacy.log"):
+        return build_against(install, work, shim_environment(), name="legacy", backend="bitnet")
+
+
+@pytest.fixture(scope="session")
+def legacy_build(request: pytest.FixtureRequest) -> ShimBuild:
+    return shared_result(request, "legacy_build", ShimBuild)
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +150,7 @@ def legacy(legacy_build: ShimBuild, shim_env: dict[str, str]) -> Shim:
 
 
 def run_shim(
-    executable: Path, *args: str, env: dict[str, str], timeout: float = 60
+    executable: Path, *args: str, env: dict[str, str], timeout: float = HANG_SECONDS
 ) -> subprocess.CompletedProcess[str]:
     """The shim run directly, for its exit code and stderr line (the client maps both away)."""
     return subprocess.run(

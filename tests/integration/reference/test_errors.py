@@ -114,7 +114,7 @@ def test_outputs_that_are_not_regular_files_are_refused_with_exit_2(
         ["quantize", "--model", str(tiny_model), "--out", str(target), "--type", "Q8_0"],
         ["info", "--log-file", str(target)],
     ):
-        result = run_shim(current_build.executable, *args, env=shim_env, timeout=30)
+        result = run_shim(current_build.executable, *args, env=shim_env)
         assert result.returncode == 2, args
         (line,) = result.stderr.splitlines()
         assert f"{target} exists and is {KINDS[kind]}, not a regular file; refusing to write to it" in line
@@ -131,7 +131,7 @@ def test_a_trace_directory_that_is_a_node_is_refused(
     target = nodes[kind]
     result = run_shim(
         current_build.executable, "trace", "--model", str(tiny_model), "--tokens", "1,2", "--out-dir", str(target),
-        env=shim_env, timeout=30,
+        env=shim_env,
     )  # fmt: skip
     assert result.returncode == 2
     assert f"exists and is {KINDS[kind]}, not a directory" in result.stderr
@@ -153,7 +153,7 @@ def test_inputs_that_are_not_regular_files_are_refused_without_blocking(
         (["quantize", "--model", str(source), "--out", quantized, "--type", "Q8_0"], 3, "model file"),
     ]  # fmt: skip
     for args, code, what in cases:
-        result = run_shim(current_build.executable, *args, env=shim_env, timeout=30)  # a FIFO would block: timeout
+        result = run_shim(current_build.executable, *args, env=shim_env)  # a FIFO would block: run_shim's bound
         assert result.returncode == code, args
         assert f"{what} {source} is {KINDS[kind]}, not a regular file" in result.stderr
 

@@ -37,7 +37,7 @@ def test_repair_from_empty_cache_builds_the_pinned_commit_and_reexecs(real_llama
 
 def test_next_preflight_exits_0_without_building(real_llama: RealLlamaRun) -> None:
     assert real_llama.first is not None and real_llama.first.returncode == 0
-    again = run_invoke(["preflight", "--backend", "llama", "--json"], env=real_llama.env, timeout=120)
+    again = run_invoke(["preflight", "--backend", "llama", "--json"], env=real_llama.env)
     assert again.returncode == 0, again.stderr
     assert "repairing" not in again.stderr and "building" not in again.stderr
     document = json.loads(again.stdout)
@@ -47,6 +47,6 @@ def test_next_preflight_exits_0_without_building(real_llama: RealLlamaRun) -> No
 
 def test_setup_again_is_a_no_op(real_llama: RealLlamaRun) -> None:
     assert real_llama.first is not None and real_llama.first.returncode == 0
-    again = run_invoke(["setup-cpp-auto", "--backend", "llama"], env=real_llama.env, timeout=120)
+    again = run_invoke(["setup-cpp-auto", "--backend", "llama"], env=real_llama.env)
     assert again.returncode == 0, again.stderr
     assert "nothing to do" in again.stderr

@@ -17,11 +17,10 @@ import pytest
 
 from bitnet_crossval.store.constants import read_constants
 from bitnet_crossval.store.marker import MARKER_NAME as INSTALL_MARKER
-from tests.helpers import DATA, copy_fake_llama, run_invoke, wait_for
+from tests.helpers import DATA, HANG_SECONDS, copy_fake_llama, run_invoke, wait_for
 from tests.integration.hardening_support import (
     FinishedCache,
     assert_one_sentence,
-    finished_cache,
     fresh_finished_cache,
     install_snapshot,
     shim_runs,
@@ -33,8 +32,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedCache]:
-    yield from fresh_finished_cache(tmp_path_factory)
+def finished(finished_cache: FinishedCache) -> Iterator[FinishedCache]:
+    yield from fresh_finished_cache(finished_cache)
 
 
 PREFLIGHT = ["preflight", "--backend", "llama"]
@@ -102,10 +101,10 @@ def test_concurrent_shim_builds_take_turns_and_all_succeed(finished: FinishedCac
             wait_for_text(err, f"waiting for the lock {lock}: held by pid {holder.pid}", proc)
         release.touch()
         for proc in procs:
-            proc.wait(timeout=300)
+            proc.wait(timeout=HANG_SECONDS)
     finally:
         release.touch()
-        holder.wait(timeout=30)
+        holder.wait(timeout=HANG_SECONDS)
         for proc in procs:
             proc.kill()
     texts = [err.read_text() for err in errs]
@@ -160,10 +159,18 @@ def _truncate_shim(constants: Path) -> None:
     os.truncate(record.shim, 1000)
 
 
+def _chmod_minus_x_shim(constants: Path) -> None:
+    record = read_constants(constants).record("llama")
+    assert record is not None and record.shim is not None
+    os.chmod(record.shim, 0o644)
+
+
 DEAD_SHIMS: dict[str, tuple[Callable[[Path], object], str]] = {
     "bin-false": (lambda c: _point_shim_at(c, "/bin/false"), "is not the file that was built"),
     "missing": (lambda c: _point_shim_at(c, "/nonexistent/bitnet-shim"), "does not exist"),
     "truncated": (_truncate_shim, "is not the file that was built"),
+    # `chmod -x`: the repair ran the old file to check it and ended in "unexpected PermissionError".
+    "not-executable": (_chmod_minus_x_shim, "is not executable"),
 }
 
 
@@ -192,8 +199,8 @@ def test_a_dead_shim_is_noticed_and_repaired(
 # --------------------------------------------------------------------------- 7. a moved cache
 
 
-def test_a_moved_cache_without_its_marker_is_repaired(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    original = finished_cache(tmp_path_factory)
+def test_a_moved_cache_without_its_marker_is_repaired(finished_cache: FinishedCache, tmp_path: Path) -> None:
+    original = finished_cache
     moved = original.copy_to(tmp_path / "moved-cache")
     (moved / "installs" / "llama" / INSTALL_MARKER).unlink()
     env = {**original.env, "BITNET_CACHE_DIR": str(moved)}

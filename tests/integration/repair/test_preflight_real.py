@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bitnet_crossval.store.constants import read_constants
-from tests.helpers import REPO_ROOT, copy_fake_llama, run_invoke, wait_for
+from tests.helpers import HANG_SECONDS, REPO_ROOT, copy_fake_llama, run_invoke, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -116,11 +116,11 @@ def test_repair_falls_back_to_an_invoke_subprocess_when_the_interpreter_is_gone(
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(started, 120, proc=proc)
+    wait_for(started, proc=proc)
     for entry in (venv / "bin").iterdir():  # the environment disappears mid-repair
         entry.unlink()
     release.touch()
-    _out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=HANG_SECONDS)
     assert proc.returncode == 0, err
     assert "[reexec] exe exists: false" in err
     assert "[reexec] Trying invoke fallback..." in err

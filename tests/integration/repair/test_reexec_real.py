@@ -23,7 +23,7 @@ from typing import Any, Literal
 import invoke
 import pytest
 
-from tests.helpers import REPO_ROOT, wait_for
+from tests.helpers import HANG_SECONDS, REPO_ROOT, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -35,7 +35,7 @@ DATA = REPO_ROOT / "tests" / "data" / "reexec"
 # Where this interpreter finds invoke: a venv python or a bare symlink to this interpreter may
 # not see the same site-packages, so the children get it on PYTHONPATH.
 INVOKE_SITE = Path(invoke.__file__).resolve().parent.parent
-WAIT = 60  # seconds; every child is bounded by this
+WAIT = HANG_SECONDS  # every child is bounded by this, for a hang
 
 Tier = Literal["exec", "fallback"]
 

@@ -10,7 +10,6 @@ import json
 import os
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,8 +29,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedCache]:
-    yield from fresh_finished_cache(tmp_path_factory)
+def finished(finished_cache: FinishedCache) -> Iterator[FinishedCache]:
+    yield from fresh_finished_cache(finished_cache)
 
 
 PREFLIGHT = ["preflight", "--backend", "llama"]
@@ -83,12 +82,11 @@ def test_a_fifo_as_constants_file_never_hangs(args: list[str], finished: Finishe
     os.mkfifo(fifo)
     install = install_snapshot(finished.install)
 
-    started = time.monotonic()
-    result = run_invoke(args, env={**finished.env, "BITNET_CONSTANTS_FILE": str(fifo)}, timeout=30)
-    elapsed = time.monotonic() - started
+    # Nothing ever opens the FIFO for writing, so a command that opened it to read would wait for
+    # ever: that it ends at all (run_invoke's bound is for a hang) is the proof it never did.
+    result = run_invoke(args, env={**finished.env, "BITNET_CONSTANTS_FILE": str(fifo)})
 
     assert_one_sentence(result, 6, says=[str(fifo), "is a FIFO (named pipe)"], next_says=["regular file"])
-    assert elapsed < 10
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
     assert install_snapshot(finished.install) == install
 

@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bitnet_crossval.crossval.engine import i2s
-from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
+from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile, gguf_dequantizes
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util import i2s
+from tests.unit.crossval import gguf_bytes as gb
+from tests.unit.crossval.test_gguf_header import MALFORMED, write_every_type
 
 
 def write_gguf(path: Path, architecture: str, tensors: list[tuple[str, np.ndarray, dict[str, Any]]]) -> Path:
@@ -69,6 +71,13 @@ def test_bitnet_lookup_table_formats_are_bad_input(tmp_path: Path, type_id: int,
     assert "I2_S" in caught.value.next_step
 
 
+def _gguf_knows(type_name: str) -> bool:
+    import gguf
+
+    return type_name in gguf.GGMLQuantizationType.__members__
+
+
+@pytest.mark.skipif(not _gguf_knows("MXFP4"), reason="this gguf release predates MXFP4 (type 39)")
 def test_type_39_outside_bitnet_files_is_upstream_mxfp4(tmp_path: Path) -> None:
     import gguf
 
@@ -81,6 +90,16 @@ def test_type_39_outside_bitnet_files_is_upstream_mxfp4(tmp_path: Path) -> None:
     assert model.info("w.weight").type_name == "MXFP4"
     expected = gguf.quants.dequantize(quantized, gguf.GGMLQuantizationType.MXFP4)
     np.testing.assert_array_equal(model.weight("w.weight"), expected)
+
+
+@pytest.mark.skipif(_gguf_knows("MXFP4"), reason="this gguf release knows MXFP4 (type 39)")
+def test_type_39_outside_bitnet_files_is_unknown_to_a_gguf_without_mxfp4(tmp_path: Path) -> None:
+    data, kwargs = raw_tensor(39, (2, 32), 2 * 17)
+    path = write_gguf(tmp_path / "mxfp4.gguf", "llama", [("w.weight", data, kwargs)])
+    model = GGUFModelFile(path)
+    assert model.info("w.weight").type_name == "MXFP4"
+    with pytest.raises(BadInput, match=r"w\.weight .*type id 39, which this engine does not know"):
+        model.check_decodable(["w.weight"])
 
 
 def test_unknown_type_id_is_bad_input_naming_the_tensor(tmp_path: Path) -> None:
@@ -159,3 +178,155 @@ def test_missing_tensor_and_key_name_themselves(model_factory: Any) -> None:
         model.info("blk.9.attn_q.weight")
     with pytest.raises(BadInput, match=r"lacks the metadata key llama\.nothing"):
         model.get_int("llama.nothing")
+
+
+def test_a_big_endian_file_reads_like_the_little_endian_one(tmp_path: Path) -> None:
+    little = GGUFModelFile(write_every_type(tmp_path / "le.gguf"))
+    big = GGUFModelFile(write_every_type(tmp_path / "be.gguf", big_endian=True))
+    assert (little.byte_order, big.byte_order) == ("<", ">")
+    assert list(big.metadata_keys()) == list(little.metadata_keys())
+    for key in little.metadata_keys():
+        assert big.get(key) == little.get(key), key
+    for name in ("w.f32", "w.f16", "w.q8"):
+        got = big.weight(name)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, little.weight(name), err_msg=name)
+    np.testing.assert_array_equal(big.weight("w.f32"), np.arange(8, dtype=np.float32).reshape(2, 4))
+
+
+def test_raw_fields_carry_gguf_py_value_types_a_writer_takes(tmp_path: Path) -> None:
+    import gguf
+
+    model = GGUFModelFile(write_every_type(tmp_path / "all.gguf"))
+    field = model.raw_field("t.strings")
+    assert field.types == (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
+    assert all(type(t) is gguf.GGUFValueType for t in field.types)
+    with pytest.raises(BadInput, match=r"lacks the metadata key t\.nothing"):
+        model.raw_field("t.nothing")
+
+
+def test_string_array_of_a_key_that_is_not_one_names_it(tmp_path: Path) -> None:
+    model = GGUFModelFile(write_every_type(tmp_path / "all.gguf"))
+    with pytest.raises(BadInput, match=r"t\.f32s .* should be an array of strings, found \[0\.5, -1\.25\]"):
+        model.string_array("t.f32s")
+    with pytest.raises(BadInput, match=r"t\.u8s .* should be a string, found \[0, 255, 7\]$"):
+        model.get_str("t.u8s")
+    assert model.array_length("t.str") is None and model.array_length("t.strings") == 4
+    assert model.numeric_array("t.strings") is None
+
+
+def _every_gguf_type() -> list[str]:
+    import gguf
+
+    return [t.name for t in gguf.GGMLQuantizationType if t in gguf.GGML_QUANT_SIZES and t.name not in {"F32", "F16"}]
+
+
+@pytest.mark.parametrize("type_name", _every_gguf_type())
+def test_every_type_gguf_py_knows_decodes_as_its_public_dequantize_does_or_is_bad_input(
+    tmp_path: Path, type_name: str
+) -> None:
+    """Whether gguf-py can dequantise a type is asked of its public dequantize; the engine then
+    decodes exactly what that function returns, or names the tensor and the type."""
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[type_name]
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    n_rows, row_len = 3, block_size * 2
+    raw = np.random.default_rng(int(qtype)).integers(0, 256, n_rows * (row_len // block_size) * type_size, np.uint8)
+    architecture = "llama"
+    path = write_gguf(
+        tmp_path / "t.gguf", architecture, [("w.weight", *raw_tensor(int(qtype), (n_rows, row_len), raw.size))]
+    )
+    path.write_bytes(path.read_bytes()[: -raw.size - (-raw.size % 32)] + raw.tobytes() + b"\0" * (-raw.size % 32))
+    model = GGUFModelFile(path)
+    assert model.info("w.weight").type_name == type_name
+    try:
+        with np.errstate(all="ignore"):  # random bytes make NaN and infinite scales
+            expected = gguf.quants.dequantize(raw.reshape(n_rows, -1), qtype)
+    except NotImplementedError:
+        assert not gguf_dequantizes(int(qtype))
+        with pytest.raises(BadInput, match=rf"w\.weight .* has type {type_name}, which gguf-py cannot dequantise"):
+            model.check_decodable(["w.weight"])
+        return
+    assert gguf_dequantizes(int(qtype))
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(
+            model.weight("w.weight"), np.asarray(expected, np.float32).reshape(n_rows, row_len)
+        )
+
+
+def test_the_probe_knows_the_common_types_and_refuses_plain_integers() -> None:
+    import gguf
+
+    types = gguf.GGMLQuantizationType
+    assert all(gguf_dequantizes(int(types[n])) for n in ("BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K", "TQ2_0"))
+    assert not any(gguf_dequantizes(int(types[n])) for n in ("I8", "I32", "F64"))
+
+
+MALFORMED_MODELS = [
+    *MALFORMED,
+    (
+        "tensor-offset-past-the-end",
+        gb.gguf(
+            [gb.string_key("general.architecture", "llama")], [gb.tensor_entry("w", (8,), 0, 2**40)], data=b"\0" * 32
+        ),
+        "the tensor w extends past the end of the file (truncated download?)",
+    ),
+    (
+        "tensor-longer-than-the-file",
+        gb.gguf(
+            [gb.string_key("general.architecture", "llama")], [gb.tensor_entry("w", (2**40,), 0, 0)], data=b"\0" * 32
+        ),
+        "the tensor w extends past the end of the file (truncated download?)",
+    ),
+    (
+        "i2s-tensor-past-the-end",
+        gb.gguf(
+            [gb.string_key("general.architecture", "bitnet-b1.58")],
+            [gb.tensor_entry("w", (128, 4), 36, 0)],
+            data=b"\0" * 32,
+        ),
+        "the tensor w extends past the end of the file (truncated download?)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "fragment"), [m[1:] for m in MALFORMED_MODELS], ids=[m[0] for m in MALFORMED_MODELS])
+def test_a_malformed_model_is_exit_6_in_one_sentence(tmp_path: Path, data: bytes, fragment: str) -> None:
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(data)
+    with pytest.raises(BadInput) as caught:
+        GGUFModelFile(path)
+    error = caught.value
+    assert error.exit_code == 6
+    if not data:
+        fragment = "it is empty"
+    assert error.message == f"{path} is not a readable GGUF file ({error.message.split(' file (', 1)[1]}"
+    assert fragment in error.message and "\n" not in error.message
+    assert error.next_step
+
+
+def test_the_small_hand_packed_model_reads(tmp_path: Path) -> None:
+    for order in "<>":
+        path = tmp_path / "small.gguf"
+        path.write_bytes(gb.small_model(order=order))
+        model = GGUFModelFile(path)
+        assert model.architecture == "llama" and model.get("test.strings") == ["a", "héllo", ""]
+        np.testing.assert_array_equal(model.weight("a.weight"), np.arange(8, dtype=np.float32).reshape(2, 4))
+        np.testing.assert_array_equal(model.weight("b.weight"), np.arange(8, 12, dtype=np.float32))
+
+
+def test_an_architecture_that_is_not_a_string_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "arch.gguf"
+    path.write_bytes(gb.gguf([gb.uint32_key("general.architecture", 5)]))
+    with pytest.raises(BadInput, match=r"general\.architecture of .* should be a string, found 5"):
+        GGUFModelFile(path)
+    path.write_bytes(gb.gguf([gb.key_value("general.architecture", gb.STRING, gb.string(b"\xff\xfe"))]))
+    with pytest.raises(BadInput, match=r"the metadata key general\.architecture of .* cannot be read \('utf-8'"):
+        GGUFModelFile(path)
+
+
+def test_a_long_wrong_value_is_cut_in_the_sentence(tiny_vocab: Path) -> None:
+    with pytest.raises(BadInput) as caught:
+        GGUFModelFile(tiny_vocab).get_int("tokenizer.ggml.scores")
+    assert caught.value.message.endswith("…") and len(caught.value.message.split("found ", 1)[1]) == 81

@@ -13,8 +13,8 @@ import struct
 import numpy as np
 import pytest
 
-from bitnet_crossval.crossval.engine import i2s
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util import i2s
 
 
 def reference_quantize_i2_s(src: list[float]) -> bytes:

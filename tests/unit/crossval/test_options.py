@@ -180,3 +180,16 @@ def test_the_task_declares_exactly_the_table() -> None:
         assert arguments[option.name].help == option.help_text()
     assert arguments["max_tokens"].kind is int and arguments["kl_max"].kind is str
     assert arguments["trace"].kind is bool
+
+
+@pytest.mark.parametrize(
+    ("prompt", "offset"),
+    [("\udcff\udcfe hi", 0), ("caf\udcc3", 3), ("é\udcff", 2), ("ok \ud800", 3)],
+    ids=["first-byte", "after-ascii", "after-two-byte-char", "lone-surrogate"],
+)
+def test_a_prompt_that_is_not_utf8_is_bad_input_naming_the_offset(prompt: str, offset: int) -> None:
+    """Bytes that are not UTF-8 reach Python's argv as surrogate escapes (`--prompt $'\\xff\\xfe hi'`)."""
+    with pytest.raises(BadInput) as caught:
+        request(prompt=prompt)
+    assert caught.value.message == f"--prompt is not UTF-8 text: the byte at offset {offset} does not decode"
+    assert "--tokens-file" in caught.value.next_step

@@ -3,8 +3,10 @@ from results built here out of known logits (no backend, no engine)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -22,12 +24,13 @@ from bitnet_crossval.crossval.report import (
     print_table,
     rows_to_show,
     write_junit,
+    write_outputs,
     write_plot,
     write_report,
 )
 from bitnet_crossval.crossval.result import CrossvalResult
 from bitnet_crossval.crossval.tokens import TokenMismatch
-from bitnet_crossval.errors import BadInput
+from bitnet_crossval.errors import BadInput, PermissionDenied, SuiteError, UnclassifiedError
 from bitnet_crossval.util.files import dump_json
 
 N_VOCAB = 64
@@ -250,3 +253,61 @@ def test_plot_without_matplotlib_is_bad_input(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(BadInput, match="--plot needs matplotlib") as caught:
         check_plot_available()
     assert caught.value.exit_code == 6 and "pip install" in caught.value.next_step
+
+
+@pytest.mark.parametrize("planted", ["symlink", "directory", "fifo"])
+def test_the_plot_never_uses_a_fixed_temporary_name(tmp_path: Path, planted: str) -> None:
+    """A link, a directory or a FIFO at the plot's old temporary name (`.NAME.tmp.png`) is left
+    alone: the plot goes through a fresh, exclusive temporary file."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    trap = tmp_path / ".plot.png.tmp.png"
+    {"symlink": lambda: trap.symlink_to(victim), "directory": trap.mkdir, "fifo": lambda: os.mkfifo(trap)}[planted]()
+    write_plot(result(4), tmp_path / "plot.png")
+    assert victim.read_text() == "mine\n"
+    assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".plot.png.tmp.png", "plot.png", "victim.txt"]
+
+
+def test_a_read_only_output_is_refused_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    existing = tmp_path / "r.json"
+    existing.write_text("{}")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != existing)
+    with pytest.raises(PermissionDenied) as caught:
+        check_output_path(existing, what="the --report file")
+    assert (
+        caught.value.message
+        == f"the --report file {existing} is read-only or immutable, so the suite will not replace it"
+    )
+    assert str(existing) in caught.value.next_step and "BITNET_CACHE_DIR" not in caught.value.next_step
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "next_fragment"),
+    [
+        (
+            errno.EPERM,
+            PermissionDenied,
+            "make {path} and its directory writable (chattr -i, or -a, when it is immutable or append-only)",
+        ),
+        (errno.ENOSPC, UnclassifiedError, "free space on the file system that holds {path}"),
+        (errno.EIO, UnclassifiedError, "rerun with --verbose"),
+    ],
+)
+def test_an_output_that_cannot_be_written_names_the_file_and_its_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, kind: type[SuiteError], next_fragment: str
+) -> None:
+    path = tmp_path / "r.json"
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(SuiteError) as caught:
+        write_outputs(result(3), {"report": path})
+    assert type(caught.value) is kind
+    assert caught.value.message == f"cannot write to {path}: {os.strerror(code)}"
+    assert next_fragment.format(path=path) in caught.value.next_step
+    assert caught.value.next_step.endswith("or name another file with --report")
+    assert "BITNET_CACHE_DIR" not in caught.value.next_step
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

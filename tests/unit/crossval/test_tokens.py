@@ -60,11 +60,11 @@ def test_negative_and_large_ids_are_read_for_the_range_check_to_refuse(tmp_path:
         ("", "holds no token ids"),
         ("  \n\t ", "holds no token ids"),
         ("[]", "holds no token ids"),
-        ("1 2 x", "holds 'x', which is not a token id"),
-        ("1 2.0", "holds '2.0', which is not a token id"),
-        ("1 1234567890123", "holds '1234567890123', which is not a token id"),
-        ('{"ids": [1]}', "which is not a token id"),
-        ("[1, 2", "is not valid JSON"),
+        ("1 2 x", "holds a word of 1 character at line 1, column 5 that is not a token id"),
+        ("1 2.0", "holds a word of 3 characters at line 1, column 3 that is not a token id"),
+        ("1\n 1234567890123", "holds a word of 13 characters at line 2, column 2 that is not a token id"),
+        ('{"ids": [1]}', "holds a word of 7 characters at line 1, column 1 that is not a token id"),
+        ("[1, 2", "is not valid JSON (line 1, column 6)"),
         ("[1, true]", "is not a JSON list of integers"),
         ("[1, 2.5]", "is not a JSON list of integers"),
         ("[[1, 2]]", "is not a JSON list of integers"),
@@ -84,6 +84,33 @@ def test_a_long_bad_word_is_cut_short_in_the_message(tmp_path: Path) -> None:
     with pytest.raises(BadInput) as info:
         read_tokens_file(tokens_file(tmp_path, "x" * 10_000))
     assert len(info.value.message) < 300
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "root:$6$saltsalt$hashhashhash:19000:0:99999:7:::\n",
+        "1 2 3\nsecret-word 4\n",
+        '[1, 2, "secret-word"]',
+        '{"secret-word": 1}',
+    ],
+    ids=["shadow-line", "second-line", "json-string", "json-object"],
+)
+def test_the_message_never_quotes_the_file(tmp_path: Path, content: str) -> None:
+    """A tokens file may be anything the user can read (--tokens-file /etc/shadow): the error gives
+    a length and a position, never the content."""
+    with pytest.raises(BadInput) as info:
+        read_tokens_file(tokens_file(tmp_path, content))
+    for secret in ("root", "hash", "salt", "secret"):
+        assert secret not in info.value.message.replace(str(tmp_path), "")
+    assert secret not in info.value.next_step
+
+
+def test_a_broken_npy_header_is_not_quoted(tmp_path: Path) -> None:
+    path = tokens_file(tmp_path, b"\x93NUMPY\x01\x00\x20\x00{'descr': 'secret-header-text'}   \n", "ids.npy")
+    with pytest.raises(BadInput, match=r"is not a readable \.npy file") as info:
+        read_tokens_file(path)
+    assert "secret" not in info.value.message.replace(str(tmp_path), "")
 
 
 @pytest.mark.parametrize(
@@ -150,8 +177,27 @@ def test_a_huge_file_is_refused(tmp_path: Path) -> None:
     with path.open("wb") as f:
         f.write(b"1 ")
         f.truncate(MAX_TOKENS_FILE_BYTES + 1)
-    with pytest.raises(BadInput, match="is larger than 64 MB"):
+    with pytest.raises(BadInput, match=rf"is larger than 64 MB \({MAX_TOKENS_FILE_BYTES + 1} bytes\)"):
         read_tokens_file(path)
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size is checked first: a 3 GB sparse file is never read (reading it whole took 6 GB)."""
+    from bitnet_crossval.crossval import tokens
+
+    path = tmp_path / "sparse.txt"
+    with path.open("wb") as f:
+        f.truncate(3 << 30)
+    limits: list[int | None] = []
+
+    def bounded(path: Path, *, limit: int | None = None) -> bytes | None:
+        limits.append(limit)
+        return b""
+
+    monkeypatch.setattr(tokens, "read_regular_file", bounded)
+    with pytest.raises(BadInput, match=rf"is larger than 64 MB \({3 << 30} bytes\)"):
+        read_tokens_file(path)
+    assert limits == []
 
 
 # --- check_token_ids, first_difference ------------------------------------------------------------

@@ -462,3 +462,25 @@ def test_explicit_source_wins_and_never_falls_back(monkeypatch: pytest.MonkeyPat
     assert calls == [SourceSpec(kind="local", location=str(tmp_path.resolve()))]
     with pytest.raises(NetworkError):
         chain(monkeypatch, {"git": NetworkError("down")}, text=f"https://example.com/x.git@{SHA}")
+
+
+@pytest.mark.parametrize("variable", ["BITNET_PYPI_INDEX_URL", "PIP_INDEX_URL"])
+@pytest.mark.parametrize(
+    "value", ["not a url", "ftp://example.invalid/simple", "https:///simple", "http://[::1/simple"]
+)
+def test_an_index_url_that_is_not_one_is_bad_input_naming_its_variable(variable: str, value: str) -> None:
+    from bitnet_crossval.provision.sources.download import index_url
+
+    with pytest.raises(BadInput) as caught:
+        index_url({variable: value})
+    assert caught.value.message == f"{variable}={value!r} is not an http, https or file URL of a package index"
+    assert caught.value.next_step == f"set {variable} to a simple index such as https://pypi.org/simple, or unset it"
+
+
+def test_index_urls_that_are_urls_are_taken() -> None:
+    from bitnet_crossval.provision.sources.download import index_url
+
+    assert index_url({}) == "https://pypi.org/simple"
+    assert index_url({"PIP_INDEX_URL": "http://127.0.0.1:9/simple"}) == "http://127.0.0.1:9/simple"
+    assert index_url({"BITNET_PYPI_INDEX_URL": "file:///srv/index", "PIP_INDEX_URL": "x"}) == "file:///srv/index"
+    assert index_url({"BITNET_PYPI_INDEX_URL": "https://u:p@example.invalid/simple"}).startswith("https://u:p@")

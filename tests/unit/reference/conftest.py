@@ -1,4 +1,5 @@
-"""Fixtures for the shim client's and build_shim's unit tests: a fake ``bitnet-shim``."""
+"""Fixtures for the shim client's and build_shim's unit tests (a fake ``bitnet-shim``), and the synthetic
+models of the float copy's."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bitnet_crossval.crossval.synthetic import Arch, write_synthetic_model
 from bitnet_crossval.reference.client import Shim
 from tests.unit.reference.fakes import FAKE_SHIM, Plan
 
@@ -37,3 +40,31 @@ def plan(fake_shim: Path, tmp_path: Path) -> Plan:
         return Shim(fake_shim, env=env, log_dir=log_dir)
 
     return configure
+
+
+# --- synthetic models for the float copy's unit tests --------------------------------------
+
+ModelMaker = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> ModelMaker:
+    """``make(arch, tensor_type)``: a synthetic model with a tiny vocabulary, written once per session."""
+    from tests.unit.crossval.conftest import write_vocab
+
+    directory = tmp_path_factory.mktemp("float-copy-models")
+    vocab = write_vocab(directory / "vocab.gguf")
+    made: dict[tuple[str, str], Path] = {}
+
+    def make(arch: Arch, tensor_type: str = "F32") -> Path:
+        key = (arch, tensor_type)
+        if key not in made:
+            made[key] = write_synthetic_model(
+                directory / f"{arch}-{tensor_type}.gguf",
+                arch=arch,
+                tensor_type=tensor_type,
+                vocab=vocab,
+            )
+        return made[key]
+
+    return make

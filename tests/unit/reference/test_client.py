@@ -320,6 +320,9 @@ def test_quantize_passes_the_type_and_reports_the_file(plan: Plan, tmp_path: Pat
     assert (option(argv, "--model"), option(argv, "--out"), option(argv, "--type")) == ("m.gguf", str(out), "Q4_K_M")
     assert (result.out, result.type, result.size_bytes) == (out, "Q4_K_M", 10)
     assert out.read_bytes().startswith(b"GGUF")
+    assert option(argv, "--allow-requantize") == "0"  # llama.cpp's own default, stated
+    client.quantize(Path("m.gguf"), out, "F32", allow_requantize=True)
+    assert option(calls(tmp_path)[1]["argv"], "--allow-requantize") == "1"
 
 
 def test_run_report_reads_old_documents_too() -> None:

@@ -145,9 +145,10 @@ def test_label_prefers_the_commit_then_the_location(source: dict[str, str], labe
     assert InstallMarker(backend="llama", source=source).label() == label
 
 
-def _unblock_fifo_reader(fn, fifo: Path, *, patience: float = 0.5) -> tuple[bool, list[object]]:
+def _unblock_fifo_reader(fn, fifo: Path, *, patience: float = 5.0) -> tuple[bool, list[object]]:
     """Run ``fn`` in a thread; if it is still running after ``patience`` seconds (blocked opening
-    ``fifo`` for reading), open the FIFO for writing so it can go on. Returns (blocked, [result])."""
+    ``fifo`` for reading), open the FIFO for writing so it can go on. Returns (blocked, [result]).
+    The patience costs nothing unless the call blocks, so it can be long enough for a loaded machine."""
     outcome: list[object] = []
     thread = threading.Thread(target=lambda: outcome.append(fn()), daemon=True)
     thread.start()
@@ -165,6 +166,6 @@ def _unblock_fifo_reader(fn, fifo: Path, *, patience: float = 0.5) -> tuple[bool
 def test_a_fifo_in_place_of_the_marker_reads_as_none_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / MARKER_NAME
     os.mkfifo(fifo)
-    blocked, outcome = _unblock_fifo_reader(lambda: read_marker(tmp_path), fifo, patience=5)
+    blocked, outcome = _unblock_fifo_reader(lambda: read_marker(tmp_path), fifo)
     assert outcome == [None]
     assert not blocked, "read_marker blocked on a FIFO"

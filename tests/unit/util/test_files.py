@@ -277,9 +277,11 @@ def test_remove_tree_removes_a_symlink_but_not_what_it_points_at(tmp_path: Path)
     assert (target / "keep").read_text() == "x"
 
 
-def call_unblocking_fifo(fn, fifo: Path, *, patience: float = 0.5) -> tuple[bool, BaseException | None]:
+def call_unblocking_fifo(fn, fifo: Path, *, patience: float = 5.0) -> tuple[bool, BaseException | None]:
     """Run ``fn`` in a thread; if it is still running after ``patience`` seconds (blocked opening
-    ``fifo`` for reading), open the FIFO for writing so it can go on. Returns (blocked, error)."""
+    ``fifo`` for reading), open the FIFO for writing so it can go on. Returns (blocked, error).
+    The patience costs nothing unless the call blocks (the join ends with the thread), so it can be
+    long enough for a loaded machine."""
     outcome: list[BaseException | None] = []
 
     def target() -> None:
@@ -351,7 +353,7 @@ def test_read_regular_file_refuses_a_directory_and_a_fifo_without_blocking(tmp_p
     assert read_regular_file(tmp_path / "dir") is None
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    blocked, error = call_unblocking_fifo(lambda: read_regular_file(fifo), fifo, patience=5)
+    blocked, error = call_unblocking_fifo(lambda: read_regular_file(fifo), fifo)
     assert not blocked and error is None
 
 
@@ -383,7 +385,7 @@ def test_read_json_file_of_what_is_not_a_file_is_none(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     result: list[object] = []
-    blocked, error = call_unblocking_fifo(lambda: result.append(read_json_file(fifo)), fifo, patience=5)
+    blocked, error = call_unblocking_fifo(lambda: result.append(read_json_file(fifo)), fifo)
     assert not blocked and error is None and result == [None]
 
 
@@ -473,3 +475,40 @@ def test_file_sha256_matches_hashlib(tmp_path: Path, size: int) -> None:
 def test_file_sha256_of_a_missing_file_raises_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         file_sha256(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
+def test_a_full_file_system_says_to_free_space_there(code: int, tmp_path: Path) -> None:
+    error = os_error(OSError(code, os.strerror(code)), tmp_path / "x")
+    assert type(error) is UnclassifiedError
+    assert error.message == f"cannot write to {tmp_path / 'x'}: {os.strerror(code)}"
+    assert error.next_step.startswith(f"free space on the file system that holds {tmp_path / 'x'}")
+
+
+# --- write_atomic never follows what sits at a name it did not create ------------------------------
+
+
+def test_write_atomic_sets_the_mode_on_its_own_descriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod by name would follow a link swapped in for the temporary file; fchmod cannot."""
+    by_name: list[object] = []
+    monkeypatch.setattr(os, "chmod", lambda *args, **kwargs: by_name.append(args))
+    write_atomic(tmp_path / "out.json", b"{}\n")
+    assert by_name == []
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o644
+
+
+def test_write_atomic_creates_its_temporary_file_exclusively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever name the temporary file gets, it did not exist: a link planted there would make the
+    exclusive create fail rather than be followed."""
+    opened: list[int] = []
+    real_open = os.open
+
+    def spy(path: str, flags: int, mode: int = 0o777, **kwargs: object) -> int:
+        if Path(path).parent == tmp_path:
+            opened.append(flags)
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", spy)
+    write_atomic(tmp_path / "out.json", b"{}\n")
+    creates = [flags for flags in opened if flags & os.O_CREAT]
+    assert creates and all(flags & os.O_EXCL for flags in creates)

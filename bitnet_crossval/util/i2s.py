@@ -7,7 +7,8 @@ tensor's values in storage order, flattened:
   positions ``g``, ``g + 32``, ``g + 64`` and ``g + 96`` of that group, in bits 7-6, 5-4, 3-2
   and 1-0 respectively;
 * a 2-bit code ``c`` means ``c - 1``: 0 -> -1, 1 -> 0, 2 -> +1 (3 is never written; the
-  reference decoder reads it as 0, and so does this one);
+  reference decoder reads it as 0, and so does this one, while the 2024 bitnet.cpp kernel,
+  which multiplies by ``c - 1``, would count it as +2);
 * after the packed bytes (``n / 4`` of them) a 32-byte tail whose first four bytes are the
   float32 scale shared by the whole tensor. A value is ``scale * (c - 1)``.
 
