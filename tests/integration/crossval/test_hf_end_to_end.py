@@ -122,3 +122,32 @@ def test_a_broken_hf_layer_is_caught_and_traced(crossval_cache: CrossvalCache) -
         f"{doc['summary']['first_failure']}, max KL {doc['summary']['max_kl']:.3g}; "
         f"trace: first departure {trace['first_departure']['name']}"
     )
+
+
+@pytest.mark.slow  # measured about 80 s per architecture transformers reads
+@pytest.mark.timeout(1800)
+def test_the_selfcheck_runs_hf_and_lists_what_transformers_cannot_load(crossval_cache: CrossvalCache) -> None:
+    """`invoke crossval-selfcheck --candidate hf`: transformers as it is reaches parity on every
+    synthetic architecture it reads from a GGUF; bitnet, which it does not read, is listed with
+    the reason, in the JSON and in the table, and is no failure."""
+    from bitnet_crossval.crossval.selfcheck import ARCHITECTURES
+    from tests.helpers import run_invoke
+
+    result = run_invoke(
+        ["crossval-selfcheck", "--repair", "never", "--candidate", "hf", "--format", "json"],
+        env=crossval_cache.env,
+        timeout=1800,
+    )
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    assert result.returncode == 0, result.stderr[-4000:]
+    document = strict_json(result.stdout)
+    assert document["ok"] is True
+    cases = {case["architecture"]: case for case in document["cases"]}
+    assert list(cases) == list(ARCHITECTURES) and all(c["candidate"] == "hf" for c in cases.values())
+    assert cases["bitnet"]["verdict"] == "not run" and cases["bitnet"]["ok"] is True
+    assert "cannot read GGUF models of architecture 'bitnet'" in cases["bitnet"]["not_run"]
+    ran = [case for case in cases.values() if case["not_run"] is None]
+    assert {case["architecture"] for case in ran} >= {"llama", "gemma3"}
+    assert all(case["verdict"] == "parity" and case["ok"] for case in ran), ran
+    assert "not run" in result.stderr and "crossval self-check" in result.stderr  # the table, on stderr
+    print("\n" + "; ".join(f"{c['architecture']}: {c['verdict']} ({c['seconds']:.1f} s)" for c in cases.values()))

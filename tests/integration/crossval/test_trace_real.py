@@ -127,8 +127,8 @@ def applies(model: Path, fault: str) -> bool:
 
 @pytest.fixture(scope="module")
 def selfcheck(cache: TraceCache) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """`invoke crossval-selfcheck --format json`, all three architectures, once per module."""
-    result = cache.invoke("crossval-selfcheck", "--format", "json", timeout=900)
+    """`invoke crossval-selfcheck --candidate numpy --format json`, all three architectures, once per module."""
+    result = cache.invoke("crossval-selfcheck", "--candidate", "numpy", "--format", "json", timeout=900)
     return result, strict_json(result.stdout) if result.stdout.strip() else {}
 
 
