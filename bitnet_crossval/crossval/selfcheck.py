@@ -29,6 +29,7 @@ from bitnet_crossval.errors import BadInput
 if TYPE_CHECKING:
     from bitnet_crossval.backends.specs import BackendName
     from bitnet_crossval.context import SuiteContext
+    from bitnet_crossval.crossval.result import CrossvalResult
 
 ARCHITECTURES = SYNTHETIC_ARCHS
 """The architectures the self-check covers: every registered one with a synthetic model (a live view)."""
@@ -148,22 +149,9 @@ def _numpy_cases(ctx: SuiteContext, backend: BackendName, architectures: Sequenc
                 model = resolve_model(choice, cache=ctx.cache, env=ctx.env, source_dirs=[])
                 site = load_engine(model, EngineOptions(fault=Fault(name=FaultName(fault)))).fault_site()
                 expected = site.key if site is not None else None
-            summary = result.summary
-            first = summary.first_failure if summary else None
-            departure = result.trace.first_departure if result.trace else None
-            results.append(
-                SelfcheckCase(
-                    architecture=arch,
-                    fault=fault,
-                    description=FAULTS[FaultName(fault)].description if fault else "the engine as it is",
-                    verdict=result.verdict,
-                    first_failure=first,
-                    kl_at_first_failure=result.rows[first].kl if first is not None else None,
-                    expected_site=expected,
-                    found_site=departure.name if departure else None,
-                    seconds=result.timings.get("total", 0.0),
-                )
-            )
+            description = FAULTS[FaultName(fault)].description if fault else "the engine as it is"
+            case = _case(result, architecture=arch, candidate="numpy", fault=fault, description=description)
+            results.append(replace(case, expected_site=expected))
     return results
 
 
@@ -195,24 +183,28 @@ def _hf_cases(ctx: SuiteContext, backend: BackendName, architectures: Sequence[s
             model=parse_model(f"synthetic:{arch}"), backend=backend, trace=True, candidate=parse_candidate("hf")
         )
         result = run_crossval(request, ctx)
-        summary = result.summary
-        first = summary.first_failure if summary else None
-        departure = result.trace.first_departure if result.trace else None
-        results.append(
-            SelfcheckCase(
-                architecture=arch,
-                candidate="hf",
-                fault=None,
-                description=description,
-                verdict=result.verdict,
-                first_failure=first,
-                kl_at_first_failure=result.rows[first].kl if first is not None else None,
-                expected_site=None,
-                found_site=departure.name if departure else None,
-                seconds=result.timings.get("total", 0.0),
-            )
-        )
+        results.append(_case(result, architecture=arch, candidate="hf", fault=None, description=description))
     return results
+
+
+def _case(
+    result: CrossvalResult, *, architecture: str, candidate: str, fault: str | None, description: str
+) -> SelfcheckCase:
+    summary = result.summary
+    first = summary.first_failure if summary else None
+    departure = result.trace.first_departure if result.trace else None
+    return SelfcheckCase(
+        architecture=architecture,
+        candidate=candidate,
+        fault=fault,
+        description=description,
+        verdict=result.verdict,
+        first_failure=first,
+        kl_at_first_failure=result.rows[first].kl if first is not None else None,
+        expected_site=None,
+        found_site=departure.name if departure else None,
+        seconds=result.timings.get("total", 0.0),
+    )
 
 
 def print_selfcheck(cases: list[SelfcheckCase]) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-BROKEN_LAYER = 1
-
 
 def scale_up_proj(model: Any) -> None:
     """Layer 1's FFN up projection returns 1.25 times its output (llama.cpp's ``ffn_up-1``)."""
-    module = model.model.layers[BROKEN_LAYER].mlp.up_proj
+    module = model.model.layers[1].mlp.up_proj
     original = module.forward
     module.forward = lambda x: original(x) * 1.25
+
+
+def skip_q_norm(model: Any) -> None:
+    """Layer 2's per-head Q norm (gemma3) is skipped (llama.cpp's ``Qcur_normed-2``)."""
+    model.model.layers[2].self_attn.q_norm.forward = lambda x: x

@@ -29,7 +29,7 @@ from tests.integration.crossval.test_hf_real_models import TEXT, fetch_smollm2, 
 pytestmark = [pytest.mark.integration, pytest.mark.hf]
 
 N_PROMPT, N_GENERATED = 32, 16
-FAULTS = Path(__file__).parents[2] / "data" / "hf_broken"
+FAULTS = Path(__file__).parents[2] / "data" / "hf_broken"  # hf_faults.py
 
 
 def reference_args(model: Path, cache: CrossvalCache) -> tuple[str, ...]:
