@@ -68,7 +68,7 @@ def crossval_hf(cache: CrossvalCache, model: Path, tmp_path: Path, name: str) ->
     assert result.returncode == 0, result.stderr[-4000:]
     assert doc["verdict"] == "parity" and s["n_failed"] == 0
     assert doc["n_prompt"] == N_PROMPT and len(doc["rows"]) == N_PROMPT + N_GENERATED
-    assert doc["model"]["precision"] == "float"
+    assert doc["model"]["precision"] == "float"  # the float copy (with a reference mode: the model as given)
     assert doc["candidate"]["details"]["engine"] == "transformers"
     assert doc["candidate"]["details"]["patched_by"] is None
     return doc  # type: ignore[no-any-return]
