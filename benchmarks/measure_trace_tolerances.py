@@ -53,8 +53,11 @@ from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MA
 from bitnet_crossval.crossval.models import resolve_model  # noqa: E402
 from bitnet_crossval.crossval.trace import RefTensor, TensorComparison, compare_tensor  # noqa: E402
 from bitnet_crossval.crossval.trace_tolerance import (  # noqa: E402
+    ANY_KIND,
+    TOLERANCES,
     TracePrecision,
     judged_by_kl,
+    tensor_band,
     tensor_kind,
     tolerance_for,
     trace_precision,
@@ -137,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     ctx = load_context(dict(os.environ))
     shim = Shim(args.shim) if args.shim else recorded_shim(ctx.constants, "llama", env=ctx.env)
-    worst: dict[tuple[TracePrecision, str], Worst] = {}  # (precision, kind) -> worst correct error
+    worst: dict[tuple[TracePrecision, str, str], Worst] = {}  # (precision, kind) -> worst correct error
     fault_rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for spec in args.model or DEFAULT_MODELS:
@@ -192,7 +195,7 @@ def main() -> None:
                     continue
                 for row in rows:
                     value = row.max_kl if row.max_kl is not None else row.max_rel_error
-                    key = (precision, tensor_kind(row.name))
+                    key = (precision, tensor_band(row.name), tensor_kind(row.name))
                     if key not in worst or value > worst[key].value:
                         worst[key] = Worst(
                             value, f"{label} on {spec}, prompt {index}, {row.name} pos {row.worst_position}"
@@ -202,18 +205,27 @@ def main() -> None:
                 flush=True,
             )
 
-    print("\nworst error of a correct engine, per precision and tensor kind (logits: KL)")
-    print(f"{'precision':9} {'kind':16} {'worst':>10} {'limit':>8} {'margin':>8}  where")
+    print("\nworst error of a correct engine, per precision, depth band and tensor kind (logits: KL)")
+    print(f"{'precision':9} {'band':11} {'kind':16} {'worst':>10} {'limit':>8} {'margin':>9}  where")
     figures: list[dict[str, Any]] = []
-    for (kind_precision, kind), w in sorted(worst.items()):
+    for (kind_precision, band, kind), w in sorted(worst.items()):
         if kind == "result_output":
             limit = DEFAULT_KL_MAX_QUANTIZED if kind_precision == "quantized" else DEFAULT_KL_MAX_FLOAT
         else:
-            limit = tolerance_for(kind, kind_precision)
+            table_row = TOLERANCES[kind_precision][band]  # type: ignore[index]
+            limit = table_row.get(kind, table_row[ANY_KIND])
         margin = limit / w.value if w.value > 0 else math.inf
-        print(f"{kind_precision:9} {kind:16} {w.value:10.3g} {limit:8.3g} {margin:8.3g}x  {w.where}")
+        print(f"{kind_precision:9} {band:11} {kind:16} {w.value:10.3g} {limit:8.3g} {margin:8.3g}x  {w.where}")
         figures.append(
-            {"precision": precision, "kind": kind, "worst": w.value, "limit": limit, "margin": margin, "where": w.where}
+            {
+                "precision": kind_precision,
+                "band": band,
+                "kind": kind,
+                "worst": w.value,
+                "limit": limit,
+                "margin": margin,
+                "where": w.where,
+            }
         )
     if fault_rows:
         print(

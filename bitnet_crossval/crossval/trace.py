@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from bitnet_crossval.crossval.engine.trace import split_key
 from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED, Thresholds, compare_row
-from bitnet_crossval.crossval.trace_tolerance import TOLERANCES, TracePrecision, judged_by_kl, tolerance_for
+from bitnet_crossval.crossval.trace_tolerance import BANDS, TOLERANCES, TracePrecision, judged_by_kl, tolerance_for
 from bitnet_crossval.errors import BadInput, CandidateFailed, UnreadableArray
 from bitnet_crossval.util.jsonsafe import finite_or_none
 from bitnet_crossval.util.npy import read_npy
@@ -122,11 +122,11 @@ class TraceComparison:
     """One relative-error tolerance for every kind, when the caller overrode the table."""
 
     @property
-    def tolerances(self) -> dict[str, float]:
-        """The relative-error tolerances used, by kind (``*``: every kind not named)."""
+    def tolerances(self) -> dict[str, dict[str, float]]:
+        """The relative-error tolerances used, by depth band and kind (``*``: every kind not named)."""
         if self.rel_tol is not None:
-            return {"*": self.rel_tol}
-        return dict(TOLERANCES[self.precision])
+            return {band: {"*": self.rel_tol} for band in BANDS}
+        return {band: dict(row) for band, row in TOLERANCES[self.precision].items()}
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -13,9 +13,11 @@ from bitnet_crossval.crossval.result import CrossvalResult
 from bitnet_crossval.crossval.trace import TraceComparison, compare_traces
 from bitnet_crossval.crossval.trace_tolerance import (
     ANY_KIND,
+    BANDS,
     TOLERANCES,
     TRACE_PRECISIONS,
     judged_by_kl,
+    tensor_band,
     tensor_kind,
     tolerance_for,
     trace_precision,
@@ -41,23 +43,37 @@ def test_the_precision_class_of_a_model(types: list[str], expected: str) -> None
     assert trace_precision(types) == expected
 
 
-def test_each_precision_has_a_row_for_any_kind_and_looser_precisions_have_looser_tolerances() -> None:
+def test_each_precision_and_band_has_an_entry_for_any_kind_and_looser_classes_are_looser() -> None:
     assert set(TOLERANCES) == set(TRACE_PRECISIONS)
+    kinds = set()
     for precision in TRACE_PRECISIONS:
-        assert ANY_KIND in TOLERANCES[precision]
-    for kind in {k for row in TOLERANCES.values() for k in row}:
-        f32, f16, quantized = (tolerance_for(f"{kind}-0", p) for p in TRACE_PRECISIONS)
-        assert f32 <= f16 <= quantized, kind
+        assert set(TOLERANCES[precision]) == set(BANDS)
+        for band in BANDS:
+            assert ANY_KIND in TOLERANCES[precision][band]
+            kinds |= set(TOLERANCES[precision][band])
+    for kind in kinds - {ANY_KIND}:
+        for layer in (0, 5):
+            f32, f16, quantized = (tolerance_for(f"{kind}-{layer}", p) for p in TRACE_PRECISIONS)
+            assert f32 <= f16 <= quantized, (kind, layer)
+        for precision in TRACE_PRECISIONS:
+            assert tolerance_for(f"{kind}-0", precision) <= tolerance_for(f"{kind}-5", precision), (kind, precision)
+
+
+def test_the_first_layer_and_the_tensors_before_it_have_their_own_band() -> None:
+    assert [tensor_band(n) for n in ("embd", "inp_scaled", "attn_norm-0", "l_out-0")] == ["first layer"] * 4
+    deeper = ("attn_norm-1", "l_out-17", "norm", "result_norm", "result_output")
+    assert [tensor_band(n) for n in deeper] == ["deeper"] * 5
 
 
 def test_a_kind_is_its_name_without_the_layer_and_unknown_kinds_take_the_default() -> None:
     assert tensor_kind("attn_norm-12") == "attn_norm"
     assert tensor_kind("result_norm") == "result_norm"
-    row = TOLERANCES["F32"]
-    for kind, value in row.items():
-        if kind != ANY_KIND:
-            assert tolerance_for(f"{kind}-3", "F32") == value
-    assert tolerance_for("some_architectures_own_tensor-0", "F32") == row[ANY_KIND]
+    for band, layer in (("first layer", 0), ("deeper", 3)):
+        row = TOLERANCES["F32"][band]  # type: ignore[index]
+        for kind, value in row.items():
+            if kind != ANY_KIND:
+                assert tolerance_for(f"{kind}-{layer}", "F32") == value
+        assert tolerance_for(f"some_architectures_own_tensor-{layer}", "F32") == row[ANY_KIND]
     assert judged_by_kl("result_output") and not judged_by_kl("result_norm") and not judged_by_kl("ffn_out-0")
 
 
@@ -68,7 +84,7 @@ def test_each_tensor_is_held_to_its_own_kinds_tolerance() -> None:
     for tensor in result.compared:
         if tensor.name != "result_output":
             assert tensor.tolerance == tolerance_for(tensor.name, "F16")
-    assert result.to_json()["tolerances"] == dict(TOLERANCES["F16"])
+    assert result.to_json()["tolerances"] == {band: dict(row) for band, row in TOLERANCES["F16"].items()}
 
 
 # --- first and worst position ------------------------------------------------------------------
