@@ -85,6 +85,12 @@ MASK_NO_SELF_FAULT = FaultSpec(
     description="causal mask off by one: a position does not attend to itself "
     "(position 0 then sees nothing and gets a zero attention output)",
 )
+ATTN_SCALE_FAULT = FaultSpec(
+    name=FaultName("attn_scale"),
+    description="the attention scale (of Q.K before the softmax) multiplied by a factor",
+    default_value=1.25,
+    value_meaning="factor applied to the attention scale",
+)
 SLIDING_WINDOW_FAULT = FaultSpec(
     name=FaultName("sliding_window"),
     description="sliding-window layers use a wrong window",
@@ -289,6 +295,9 @@ class Run:
                 include_self=not self.faulty(MASK_NO_SELF_FAULT.name),
             )
             self._mask_cache[window] = allowed
+        if self.fault is not None and self.faulty(ATTN_SCALE_FAULT.name):
+            assert self.fault.magnitude is not None
+            kq_scale = float(np.float32(kq_scale) * np.float32(self.fault.magnitude))
         heads = np.arange(hp.n_head, dtype=np.int64)
         kv_head = heads % hp.n_head_kv if self.faulty(GQA_MAPPING_FAULT.name) else heads // hp.n_group
         return ops.attention(

@@ -29,6 +29,7 @@ from bitnet_crossval.crossval.engine.archs.synthetic_model import (
 from bitnet_crossval.crossval.engine.faults import FaultName, FaultSpec, LocatedFault, at
 from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
 from bitnet_crossval.crossval.engine.graph import (
+    ATTN_SCALE_FAULT,
     GQA_MAPPING_FAULT,
     MASK_AHEAD_FAULT,
     MASK_NO_SELF_FAULT,
@@ -54,6 +55,12 @@ MISSING_QK_NORM_FAULT = FaultSpec(
     name=FaultName("missing_qk_norm"),
     description="gemma3's per-head RMSNorm of Q and K is skipped",
 )
+FINAL_SOFTCAP_FAULT = FaultSpec(
+    name=FaultName("final_softcap"),
+    description="the final logits are soft-capped at a wrong value (a model without a cap gets one)",
+    default_value=15.0,
+    value_meaning="the cap used instead of the model's",
+)
 
 
 def _first_sliding_layer(hp: HParams) -> TraceSite:
@@ -70,8 +77,10 @@ FAULTS = (
     LocatedFault(GQA_MAPPING_FAULT, at("kqv_out")),
     LocatedFault(MASK_AHEAD_FAULT, at("kqv_out")),
     LocatedFault(MASK_NO_SELF_FAULT, at("kqv_out")),
+    LocatedFault(ATTN_SCALE_FAULT, at("kqv_out")),
     LocatedFault(MISSING_QK_NORM_FAULT, at("Qcur_normed")),
     LocatedFault(SLIDING_WINDOW_FAULT, _first_sliding_layer),
+    LocatedFault(FINAL_SOFTCAP_FAULT, at("result_output", -1)),
 )
 
 describe = no_facts
@@ -161,6 +170,8 @@ def forward(run: Run) -> F32Array:
     run.rec("result_norm", -1, cur)
     logits = run.output(cur)
     cap = hp.final_logit_softcap
+    if run.fault is not None and run.faulty(FINAL_SOFTCAP_FAULT.name):
+        cap = float(run.fault.magnitude or 0.0)
     if cap:
         logits = np.multiply(logits, np.float32(1.0) / np.float32(cap), dtype=np.float32)
         logits = np.tanh(logits.astype(np.float64)).astype(np.float32)
