@@ -33,6 +33,7 @@ Float models have one reference, the model itself.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -174,7 +175,7 @@ class ReferenceChoice:
             if name in self.distances
         ]
         copy = f" ({self.float_copy.float_type})" if self.float_copy is not None else ""
-        distance = f"; mean KL to {', to '.join(parts)}" if len(parts) > 1 else ""
+        distance = f"; mean KL to {', to '.join(parts)}" if len(parts) > 1 and self.mode != "auto" else ""
         what = names[self.followed] + (copy if self.followed == "dequantized" else "")
         return f"reference: {self.followed} ({what}), {self.why}{distance}"
 
@@ -261,7 +262,7 @@ def choose(
             other: ReferenceName = "dequantized" if followed == "native" else "native"
             why = (
                 f"the candidate is closer to it over the whole run (mean KL {distances[followed].mean_kl:.3g} "
-                f"against {distances[other].mean_kl:.3g})"
+                f"against {distances[other].mean_kl:.3g} to {other})"
             )
         else:
             followed = "dequantized"
@@ -302,5 +303,5 @@ def judge(
     followed = evaluated.logits[choice.followed]
     if choice.limits is None:
         return choice, thresholds, compare_logits(followed, candidate, evaluated.tokens, thresholds=thresholds)
-    loose = compare_logits(followed, candidate, evaluated.tokens, thresholds=replace(thresholds, kl_max=math.inf))
+    loose = compare_logits(followed, candidate, evaluated.tokens, thresholds=replace(thresholds, kl_max=sys.float_info.max))
     return choice, thresholds, rejudge(loose, choice.limits)
