@@ -303,5 +303,6 @@ def judge(
     followed = evaluated.logits[choice.followed]
     if choice.limits is None:
         return choice, thresholds, compare_logits(followed, candidate, evaluated.tokens, thresholds=thresholds)
-    loose = compare_logits(followed, candidate, evaluated.tokens, thresholds=replace(thresholds, kl_max=sys.float_info.max))
+    unbounded = replace(thresholds, kl_max=sys.float_info.max)  # the KL is judged per position below
+    loose = compare_logits(followed, candidate, evaluated.tokens, thresholds=unbounded)
     return choice, thresholds, rejudge(loose, choice.limits)

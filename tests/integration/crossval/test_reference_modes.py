@@ -34,9 +34,7 @@ def _run(cache: CrossvalCache, *args: str, timeout: float = 300) -> tuple[Any, d
 
 def _distances(doc: dict[str, Any]) -> str:
     refs = doc["references"]
-    return ", ".join(
-        f"{name} mean {d['mean_kl']:.3g} max {d['max_kl']:.3g}" for name, d in refs["distances"].items()
-    )
+    return ", ".join(f"{name} mean {d['mean_kl']:.3g} max {d['max_kl']:.3g}" for name, d in refs["distances"].items())
 
 
 def test_the_numpy_engine_follows_the_float_copy_and_is_parity(crossval_cache: CrossvalCache) -> None:

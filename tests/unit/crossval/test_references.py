@@ -18,8 +18,8 @@ from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MA
 from bitnet_crossval.crossval.references import (
     NOISE_FACTOR,
     Distance,
-    ReferenceChoice,
     Evaluated,
+    ReferenceChoice,
     ReferenceMode,
     decide,
     judge,
