@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_crossval.crossval.metrics import PositionMetrics, Thresholds, compare_logits, kl_divergence, kl_reason
+from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.jsonsafe import finite_or_none
 
 if TYPE_CHECKING:
@@ -206,6 +207,8 @@ class Evaluated:
     settings: dict[str, Any]
     """The facts of the model as given's run (settings, generated tokens)."""
     float_copy: FloatCopy | None
+    no_copy: str | None = None
+    """Why ``auto`` runs without the float copy: the sentence of the error that refused it."""
 
 
 ReferenceRun = Callable[[int, Path, list[int]], tuple[list[int], F32Rows, dict[str, Any]]]
@@ -221,10 +224,12 @@ def evaluate(
     run_reference: ReferenceRun,
     make_copy: Callable[[], FloatCopy],
     phase: Callable[[str], Any],
+    copy_optional: bool = False,
 ) -> Evaluated:
     """Run each reference on the same ids: the model as given generates the continuation and
     evaluates every position, then the float copy evaluates those ids with the same backend and
-    settings."""
+    settings. ``copy_optional`` (``auto``): a copy that cannot be made (a split model, a type no
+    dequantiser knows, too little disk) leaves the model as given alone, and says why."""
     logits: dict[ReferenceName, F32Rows] = {}
     models: dict[ReferenceName, Path] = {"native": model}
     copy: FloatCopy | None = None
@@ -232,7 +237,14 @@ def evaluate(
         tokens, logits["native"], settings = run_reference(max_tokens, model, prompt)
     if "dequantized" in references:
         with phase("float_copy"):
-            copy = make_copy()
+            try:
+                copy = make_copy()
+            except BadInput as exc:
+                if not copy_optional:
+                    raise
+                return Evaluated(
+                    tokens=tokens, logits=logits, models=models, settings=settings, float_copy=None, no_copy=exc.message
+                )
         with phase("reference_dequantized"):
             _, logits["dequantized"], _ = run_reference(0, copy.path, tokens)
         models["dequantized"] = copy.path
@@ -254,7 +266,12 @@ def choose(
     noise = None
     if len(names) == 1:
         followed: ReferenceName = names[0]
-        why = "as asked" if mode == "native" else "the model has no quantised weights, so it is its own float reference"
+        if evaluated.no_copy is not None:
+            why = f"the float copy could not be made ({evaluated.no_copy}), so the model as given judges alone"
+        elif mode == "native":
+            why = "as asked"
+        else:
+            why = "the model has no quantised weights, so it is its own float reference"
     else:
         noise = kl_per_position(evaluated.logits["native"], evaluated.logits["dequantized"])
         if mode == "auto":

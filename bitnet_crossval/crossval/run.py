@@ -150,6 +150,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
             ),
             make_copy=lambda: _float_copy(request, ctx, shim, model, sha256=str(model_facts["sha256"])),
             phase=timer.phase,
+            copy_optional=request.reference == "auto",
         )
         tokens = evaluated.tokens
         reference.update(evaluated.settings)

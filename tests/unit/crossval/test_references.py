@@ -8,8 +8,10 @@ bug that the choice of reference must not hide.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,10 +24,13 @@ from bitnet_crossval.crossval.references import (
     ReferenceChoice,
     ReferenceMode,
     decide,
+    evaluate,
     judge,
     kl_per_position,
     references_to_run,
 )
+from bitnet_crossval.errors import BadInput
+from bitnet_crossval.reference.dequantize import FloatCopy
 
 N_POSITIONS, N_VOCAB = 24, 64
 FLOAT = Thresholds(kl_max=DEFAULT_KL_MAX_FLOAT, tie_margin=0.5)
@@ -187,3 +192,38 @@ def test_the_choice_in_json_names_the_limits_and_distances() -> None:
     assert set(document["distances"]) == {"native", "dequantized"}
     assert document["distances"]["native"]["mean_kl"] == 0.0
     assert "reference: native (the model as given)" in choice.sentence()
+
+
+def _evaluate_without_copy(*, optional: bool) -> Evaluated:
+    native, _ = _references()
+
+    def run_reference(n: int, model: Path, prompt: list[int]) -> tuple[list[int], np.ndarray, dict[str, Any]]:
+        return list(range(N_POSITIONS)), native, {"settings": {}}
+
+    def refuse() -> FloatCopy:
+        raise BadInput("model.gguf is one part of a model split into 2 files", next_step="merge the parts")
+
+    return evaluate(
+        ("native", "dequantized"),
+        model=Path("/models/model.gguf"),
+        prompt=[0],
+        max_tokens=4,
+        run_reference=run_reference,
+        make_copy=refuse,
+        phase=lambda name: contextlib.nullcontext(),
+        copy_optional=optional,
+    )
+
+
+def test_auto_without_a_float_copy_judges_with_the_model_as_given_and_says_why() -> None:
+    evaluated = _evaluate_without_copy(optional=True)
+    assert tuple(evaluated.logits) == ("native",) and evaluated.float_copy is None
+    native, _ = _references()
+    choice, thresholds, _ = judge("auto", evaluated, native, base=QUANTIZED, float_limit=DEFAULT_KL_MAX_FLOAT)
+    assert choice.followed == "native" and "split into 2 files" in choice.why
+    assert thresholds.kl_max == DEFAULT_KL_MAX_QUANTIZED
+
+
+def test_asked_for_the_float_copy_a_copy_that_cannot_be_made_is_the_error() -> None:
+    with pytest.raises(BadInput, match="split into 2 files"):
+        _evaluate_without_copy(optional=False)
