@@ -14,7 +14,7 @@ from typing import Any, Literal
 from bitnet_crossval.backends.specs import BACKEND
 from bitnet_crossval.crossval.candidates import DEFAULT_CANDIDATE_TIMEOUT, parse_candidate, syntaxes
 from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED, DEFAULT_TIE_MARGIN
-from bitnet_crossval.crossval.models import DEFAULT_MODEL, parse_model
+from bitnet_crossval.crossval.models import DEFAULT_MODEL, SYNTHETIC_TYPES, parse_model
 from bitnet_crossval.crossval.references import (
     FLOAT_TYPE_CHOICES,
     REFERENCE_MODES,
@@ -176,6 +176,18 @@ ARCH = Text(
     name="arch",
     help="check only this synthetic architecture (a name from --model synthetic:ARCH)",
     default_text="every one",
+)
+SELFCHECK_WEIGHTS: Choice[str] = Choice(
+    name="weights",
+    help="the type of the synthetic models' weight matrices (a quantised type is judged against its float copy)",
+    choices=SYNTHETIC_TYPES,
+    default="F32",
+)
+SELFCHECK_MODEL = Text(
+    name="model",
+    help="check on this model instead of the synthetic ones: gemma3-270m or a GGUF file of an architecture the "
+    "NumPy engine runs",
+    default_text="the synthetic models",
 )
 
 

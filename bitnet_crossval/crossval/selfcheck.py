@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bitnet_crossval.crossval.candidates import parse_candidate
-from bitnet_crossval.crossval.models import SYNTHETIC_ARCHS, parse_model, resolve_model
+from bitnet_crossval.crossval.models import SYNTHETIC_ARCHS, ModelChoice, parse_model, resolve_model
 from bitnet_crossval.crossval.request import CrossvalRequest
 from bitnet_crossval.crossval.run import run_crossval
 from bitnet_crossval.errors import BadInput
@@ -95,22 +95,29 @@ def cases_for(architecture: str) -> list[str | None]:
 
 
 def run_selfcheck(
-    ctx: SuiteContext, *, backend: BackendName = "llama", architectures: Sequence[str] | None = None
+    ctx: SuiteContext,
+    *,
+    backend: BackendName = "llama",
+    architectures: Sequence[str] | None = None,
+    weights: str = "F32",
+    model: ModelChoice | None = None,
 ) -> list[SelfcheckCase]:
-    """Every case of ``architectures`` (default: every one the self-check covers), in order."""
+    """Every case of ``architectures`` (default: every one the self-check covers), in order, on
+    synthetic models with ``weights`` matrices; or every case of ``model``'s architecture on it.
+    On a quantised model the run's default ``--reference auto`` judges the engine against the
+    model's float copy, at the float limit, and the trace follows the copy."""
     from bitnet_crossval.crossval.engine import FAULTS, EngineOptions, Fault, FaultName, load_engine
 
     results: list[SelfcheckCase] = []
-    for arch in ARCHITECTURES if architectures is None else architectures:
-        choice = parse_model(f"synthetic:{arch}")
+    for arch, choice in _models(ctx, architectures, weights, model):
         base = CrossvalRequest(model=choice, backend=backend, trace=True)
         for fault in cases_for(arch):
             candidate = parse_candidate(f"numpy:{fault}" if fault else "numpy")
             result = run_crossval(replace(base, candidate=candidate), ctx)
             expected = None
             if fault is not None:
-                model = resolve_model(choice, cache=ctx.cache, env=ctx.env, source_dirs=[])
-                site = load_engine(model, EngineOptions(fault=Fault(name=FaultName(fault)))).fault_site()
+                path = resolve_model(choice, cache=ctx.cache, env=ctx.env, source_dirs=[])
+                site = load_engine(path, EngineOptions(fault=Fault(name=FaultName(fault)))).fault_site()
                 expected = site.key if site is not None else None
             summary = result.summary
             first = summary.first_failure if summary else None
@@ -129,6 +136,28 @@ def run_selfcheck(
                 )
             )
     return results
+
+
+def _models(
+    ctx: SuiteContext, architectures: Sequence[str] | None, weights: str, model: ModelChoice | None
+) -> list[tuple[str, ModelChoice]]:
+    """(architecture, model) of every model checked."""
+    if model is None:
+        return [
+            (arch, parse_model(f"synthetic:{arch}:{weights}"))
+            for arch in (ARCHITECTURES if architectures is None else architectures)
+        ]
+    from bitnet_crossval.crossval.engine import GGUFModelFile
+    from bitnet_crossval.crossval.engine.archs import find_architecture
+
+    path = resolve_model(model, cache=ctx.cache, env=ctx.env, source_dirs=[])
+    arch = GGUFModelFile(path).architecture
+    if find_architecture(arch) is None:
+        raise BadInput(
+            f"{path.name} is a {arch or 'model without an architecture'} model, which the NumPy engine does not run",
+            next_step=f"use a model of one of: {', '.join(ARCHITECTURES)} (or gemma3-270m)",
+        )
+    return [(arch, model)]
 
 
 def print_selfcheck(cases: list[SelfcheckCase]) -> None:

@@ -43,3 +43,23 @@ def test_a_fault_that_changes_nothing_is_not_caught(fake_cache: FakeCache, monke
     assert case.expected_site == "attn_norm-0"
     assert not case.caught and not case.ok
     assert case.to_json()["ok"] is False
+
+
+@pytest.mark.parametrize("weights", ["Q4_0", "Q8_0"])
+def test_every_fault_is_caught_and_located_on_quantised_weights(fake_cache: FakeCache, weights: str) -> None:
+    cases = run_selfcheck(fake_cache.context(), architectures=("llama",), weights=weights)
+
+    assert [c.fault for c in cases] == cases_for("llama")
+    assert [(c.fault, c.verdict, c.found_site) for c in cases if not c.ok] == []
+
+
+def test_a_model_of_ones_own_is_checked_with_its_architecture_faults(fake_cache: FakeCache) -> None:
+    from bitnet_crossval.crossval.models import parse_model, resolve_model
+
+    ctx = fake_cache.context()
+    path = resolve_model(parse_model("synthetic:gemma3:Q4_0"), cache=ctx.cache, env=ctx.env, source_dirs=[])
+    cases = run_selfcheck(ctx, model=parse_model(str(path)))
+
+    assert {c.architecture for c in cases} == {"gemma3"}
+    assert [c.fault for c in cases] == cases_for("gemma3")
+    assert all(c.ok for c in cases)
