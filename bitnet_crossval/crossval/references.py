@@ -9,7 +9,8 @@ product, so there are two references worth comparing with (docs/explanation/verd
   rounding of the activations: what an exact float engine computes.
 
 ``auto`` (the default) runs both on the same token ids and decides **from the whole run** which
-one the candidate follows: the one it is closer to by the mean KL over every position. Deciding
+one the candidate follows: the model as given when the candidate is clearly nearer it
+(:data:`NATIVE_MARGIN` times, by the mean KL over every position), else the float copy. Deciding
 position by position would let a small bug hide, at each position, under whichever reference is
 nearer there; one decision for the run cannot be steered that way. Every position is then
 judged against the followed reference:
@@ -59,6 +60,10 @@ NOISE_FACTOR = 4.0
 """How many times the native reference's own rounding noise at a position a candidate that
 follows the native arithmetic may differ by there (on top of the float limit); the measurements
 behind it are in docs/explanation/verdict.md."""
+
+NATIVE_MARGIN = 2.0
+"""How many times nearer the model as given than its float copy a candidate must be, by mean KL,
+to be judged as following the native arithmetic."""
 
 F32Rows = npt.NDArray[np.float32]
 
@@ -111,11 +116,14 @@ class Distance:
 
 
 def decide(distances: dict[ReferenceName, Distance]) -> ReferenceName:
-    """The reference the candidate follows over the whole run: the nearer by mean KL (the float
-    copy when no distance is a number: a candidate that is nowhere near either is judged at
-    the stricter limit)."""
+    """The reference the candidate follows over the whole run: the model as given when it is
+    clearly the nearer by mean KL (:data:`NATIVE_MARGIN` times), else the float copy. A candidate
+    about as far from both (a bug much larger than the rounding) or nowhere near either is
+    judged at the stricter limit, and traced against the float copy at the float tolerance."""
     native, dequantized = distances["native"].mean_kl, distances["dequantized"].mean_kl
-    if math.isfinite(native) and (not math.isfinite(dequantized) or native < dequantized):
+    if not math.isfinite(native):
+        return "dequantized"
+    if not math.isfinite(dequantized) or native * NATIVE_MARGIN < dequantized:
         return "native"
     return "dequantized"
 
@@ -277,9 +285,11 @@ def choose(
         if mode == "auto":
             followed = decide(distances)
             other: ReferenceName = "dequantized" if followed == "native" else "native"
+            verb = "is" if followed == "native" else "is not"
             why = (
-                f"the candidate is closer to it over the whole run (mean KL {distances[followed].mean_kl:.3g} "
-                f"against {distances[other].mean_kl:.3g} to {other})"
+                f"the candidate {verb} at least {NATIVE_MARGIN:g} times nearer the model as given than its float "
+                f"copy over the whole run (mean KL {distances[followed].mean_kl:.3g} to {followed}, "
+                f"{distances[other].mean_kl:.3g} to {other})"
             )
         else:
             followed = "dequantized"

@@ -142,12 +142,15 @@ def test_a_bug_that_moves_a_candidate_nearer_native_is_still_held_to_per_positio
 
 def test_the_decision_is_one_for_the_whole_run() -> None:
     # Nearer native at most positions but farther at one: the mean decides, not each position.
-    native = Distance.of(np.array([0.0, 0.0, 0.2]))
+    native = Distance.of(np.array([0.0, 0.0, 0.12]))
     dequantized = Distance.of(np.array([0.1, 0.1, 0.1]))
     assert decide({"native": native, "dequantized": dequantized}) == "native"
     assert decide({"native": dequantized, "dequantized": native}) == "dequantized"
     # Equal distances (an exact float engine where the rounding changes nothing): the stricter one.
     assert decide({"native": dequantized, "dequantized": dequantized}) == "dequantized"
+    # Nearer native, but not clearly (a bug much larger than the rounding): the stricter one too.
+    slightly_nearer = Distance.of(np.array([0.07, 0.07, 0.07]))
+    assert decide({"native": slightly_nearer, "dequantized": dequantized}) == "dequantized"
     nowhere = Distance.of(np.array([math.nan]))
     assert decide({"native": nowhere, "dequantized": nowhere}) == "dequantized"
 
