@@ -63,3 +63,24 @@ def test_a_model_of_ones_own_is_checked_with_its_architecture_faults(fake_cache:
     assert {c.architecture for c in cases} == {"gemma3"}
     assert [c.fault for c in cases] == cases_for("gemma3")
     assert all(c.ok for c in cases)
+
+
+def test_a_fault_that_cannot_apply_to_a_model_of_ones_own_is_reported_not_run(
+    fake_cache: FakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bitnet_crossval.crossval.models import parse_model, resolve_model
+    from bitnet_crossval.errors import BadInput
+
+    ctx = fake_cache.context()
+    path = resolve_model(parse_model("synthetic:llama"), cache=ctx.cache, env=ctx.env, source_dirs=[])
+    monkeypatch.setattr(selfcheck, "cases_for", lambda arch: [None, "missing_qk_norm"])  # a gemma3 fault
+
+    clean, foreign = run_selfcheck(ctx, model=parse_model(str(path)))
+
+    assert clean.ok and clean.verdict == "parity"
+    assert foreign.fault == "missing_qk_norm" and not foreign.applies and foreign.ok
+    assert foreign.verdict == "does not apply" and "gemma3" in foreign.description
+    assert foreign.to_json()["applies"] is False
+    # On the synthetic models every fault listed must apply: one that does not is the checker's error.
+    with pytest.raises(BadInput, match="missing_qk_norm"):
+        run_selfcheck(ctx, architectures=("llama",))
