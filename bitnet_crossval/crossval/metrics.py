@@ -162,10 +162,7 @@ def compare_row(
     logp_r = _log_softmax(r)
     logp_c = _log_softmax(c)
     p_r = np.exp(logp_r)
-    with np.errstate(invalid="ignore", over="ignore"):
-        terms = np.where(p_r > 0.0, p_r * (logp_r - logp_c), 0.0)
-    kl = float(np.sum(terms))
-    kl = max(0.0, kl) if math.isfinite(kl) else math.inf  # rounding makes a tiny negative KL
+    kl = _kl(p_r, logp_r, logp_c)
     top1_r, top1_c = int(np.argmax(r)), int(np.argmax(c))
     agree = top1_r == top1_c
     near_tie = not agree and bool(
@@ -174,8 +171,9 @@ def compare_row(
     )
     top5 = len(set(_top_k(r, TOP_K)) & set(_top_k(c, TOP_K)))
     reasons: list[str] = []
-    if not kl <= thresholds.kl_max:
-        reasons.append(f"KL {kl:.3g} > {thresholds.kl_max:g}")
+    too_far = kl_reason(kl, thresholds.kl_max)
+    if too_far:
+        reasons.append(too_far)
     if not agree and not near_tie:
         reasons.append(f"top-1 differs ({top1_r} vs {top1_c}) and is no near tie")
     for side, x in (("reference", r), ("candidate", c)):
@@ -199,6 +197,24 @@ def compare_row(
         passed=not reasons,
         reasons=tuple(reasons),
     )
+
+
+def kl_divergence(r: npt.NDArray[np.float64], c: npt.NDArray[np.float64]) -> float:
+    """KL(P_r || P_c) of two finite rows of logits, in nats, as a position's row computes it."""
+    logp_r = _log_softmax(r)
+    return _kl(np.exp(logp_r), logp_r, _log_softmax(c))
+
+
+def _kl(p_r: npt.NDArray[np.float64], logp_r: npt.NDArray[np.float64], logp_c: npt.NDArray[np.float64]) -> float:
+    with np.errstate(invalid="ignore", over="ignore"):
+        terms = np.where(p_r > 0.0, p_r * (logp_r - logp_c), 0.0)
+    kl = float(np.sum(terms))
+    return max(0.0, kl) if math.isfinite(kl) else math.inf  # rounding makes a tiny negative KL
+
+
+def kl_reason(kl: float, kl_max: float) -> str | None:
+    """Why a position's KL fails its limit, or None when it does not (NaN never passes)."""
+    return None if kl <= kl_max else f"KL {kl:.3g} > {kl_max:.3g}"
 
 
 def _not_finite(

@@ -14,7 +14,13 @@ from typing import Any, Literal
 from bitnet_crossval.backends.specs import BACKEND
 from bitnet_crossval.crossval.candidates import DEFAULT_CANDIDATE_TIMEOUT, parse_candidate, syntaxes
 from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED, DEFAULT_TIE_MARGIN
-from bitnet_crossval.crossval.models import DEFAULT_MODEL, parse_model
+from bitnet_crossval.crossval.models import DEFAULT_MODEL, SYNTHETIC_TYPES, parse_model
+from bitnet_crossval.crossval.references import (
+    FLOAT_TYPE_CHOICES,
+    REFERENCE_MODES,
+    FloatTypeChoice,
+    ReferenceMode,
+)
 from bitnet_crossval.crossval.request import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, CrossvalRequest
 from bitnet_crossval.crossval.trace import parse_layers, parse_names
 from bitnet_crossval.errors import BadInput
@@ -78,10 +84,13 @@ ADD_BOS: Choice[AddBos] = Choice(
 PARSE_SPECIAL = Flag(name="parse_special", help="let the prompt contain special tokens such as <s>")
 KL_MAX = OptionalNumber(
     name="kl_max",
-    help="largest KL(ref||cand) per position",
+    help="largest KL(ref||cand) per position; following the native arithmetic of a quantised model, "
+    "the base that its rounding noise is added to",
     unit="nats",
     example=0.05,
-    default_text=f"{DEFAULT_KL_MAX_FLOAT:g} for float weights, {DEFAULT_KL_MAX_QUANTIZED:g} quantised",
+    default_text=(
+        f"{DEFAULT_KL_MAX_FLOAT:g}, or {DEFAULT_KL_MAX_QUANTIZED:g} with --reference native on a quantised model"
+    ),
 )
 TIE_MARGIN = Number(
     name="tie_margin",
@@ -110,6 +119,21 @@ BITNET_ACTIVATION: Choice[ActivationChoice] = Choice(
     default="auto",
     default_text="auto, as the reference's source does",
 )
+REFERENCE: Choice[ReferenceMode] = Choice(
+    name="reference",
+    help="what judges a quantised model: the model as given (native), its float copy (dequantized), "
+    "or both, following the one the candidate is closer to over the whole run (auto)",
+    choices=REFERENCE_MODES,
+    default="auto",
+    default_text="auto; a float model is its own reference",
+)
+DEQUANTIZE_TO: Choice[FloatTypeChoice] = Choice(
+    name="dequantize_to",
+    help="the float type of the dequantised copy",
+    choices=FLOAT_TYPE_CHOICES,
+    default="auto",
+    default_text="auto: F32, or F16 when F32 does not fit on the disk",
+)
 TRACE = Flag(
     name="trace", help="on a divergence, compare both sides' intermediates and name the first tensor that departs"
 )
@@ -133,6 +157,8 @@ REQUEST_OPTIONS: tuple[Option[Any], ...] = (
     CANDIDATE,
     ADD_BOS,
     PARSE_SPECIAL,
+    REFERENCE,
+    DEQUANTIZE_TO,
     KL_MAX,
     TIE_MARGIN,
     CANDIDATE_TIMEOUT,
@@ -157,6 +183,18 @@ SELFCHECK_CANDIDATE: OptionalChoice[str] = OptionalChoice(
     help="check only this candidate: numpy (the NumPy engine, as it is and with each fault) or hf (transformers)",
     choices=("numpy", "hf"),
     default_text="both; hf only when its extra is installed",
+)
+SELFCHECK_WEIGHTS: Choice[str] = Choice(
+    name="weights",
+    help="the type of the synthetic models' weight matrices (a quantised type is judged against its float copy)",
+    choices=SYNTHETIC_TYPES,
+    default="F32",
+)
+SELFCHECK_MODEL = Text(
+    name="model",
+    help="check on this model instead of the synthetic ones: gemma3-270m or a GGUF file of an architecture the "
+    "NumPy engine runs",
+    default_text="the synthetic models",
 )
 
 
@@ -191,6 +229,8 @@ def build_request(values: OptionValues) -> CrossvalRequest:
         add_bos=None if add_bos == "auto" else add_bos == "yes",
         parse_special=values[PARSE_SPECIAL],
         candidate=parse_candidate(values[CANDIDATE] or ""),
+        reference=values[REFERENCE],
+        dequantize_to=values[DEQUANTIZE_TO],
         kl_max=values[KL_MAX],
         tie_margin=values[TIE_MARGIN],
         candidate_timeout=values[CANDIDATE_TIMEOUT],

@@ -91,10 +91,12 @@ def print_table(result: CrossvalResult) -> None:
     table = Table(
         title=f"{result.candidate['label']} vs {result.reference['backend']} ({Path(result.model['path']).name})"
     )
+    per_position = result.references is not None and result.references.per_position
     for column, justify in (
         ("pos", "right"),
         ("token", "left"),
         ("KL", "right"),
+        *((("KL limit", "right"),) if per_position else ()),
         ("cosine", "right"),
         ("NMSE", "right"),
         ("max |Δ|", "right"),
@@ -103,10 +105,10 @@ def print_table(result: CrossvalResult) -> None:
         ("p(next) ref/cand", "right"),
         ("verdict", "left"),
     ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify)
     for row in rows_to_show(result.rows):
         if row is None:
-            table.add_row("…", "", "", "", "", "", "", "", "", "")
+            table.add_row(*(["…"] + [""] * (len(table.columns) - 1)))
             continue
         piece = result.pieces[row.position] if row.position < len(result.pieces) else ""
         marker = " (gen)" if row.position >= result.n_prompt else ""
@@ -119,6 +121,7 @@ def print_table(result: CrossvalResult) -> None:
             str(row.position),
             f"{row.token} {piece!r}{marker}",
             f"{row.kl:.2e}",
+            *([f"{result.kl_limit(row.position):.2e}"] if per_position else []),
             f"{row.cosine:.6f}",
             f"{row.nmse:.2e}",
             f"{row.max_abs_diff:.3g}",
@@ -129,10 +132,17 @@ def print_table(result: CrossvalResult) -> None:
         )
     con.print(table)
     thresholds = result.thresholds
+    if result.references is not None:
+        con.print(result.references.sentence())
+    limit = (
+        result.references.limit_words()
+        if result.references is not None and result.references.per_position
+        else f"{thresholds.kl_max:g}"
+    )
     con.print(
         f"{summary.n_positions} positions ({result.n_prompt} prompt + "
         f"{summary.n_positions - result.n_prompt} generated); "
-        f"max KL {summary.max_kl:.3g} (limit {thresholds.kl_max:g}, {result.model['precision']} weights), "
+        f"max KL {summary.max_kl:.3g} (limit {limit}, {result.model['precision']} weights), "
         f"mean KL {summary.mean_kl:.3g}, min cosine {summary.min_cosine:.6f}, max NMSE {summary.max_nmse:.3g}, "
         f"top-1 agreement {summary.top1_agreement:.0%} ({summary.n_near_ties} near ties)"
     )
@@ -295,13 +305,23 @@ def write_plot(result: CrossvalResult, path: Path) -> None:
     ax.plot(positions, series([r.kl for r in result.rows]), marker="o", markersize=3, label="KL(ref || cand)")
     ax.plot(positions, series([1.0 - r.cosine for r in result.rows]), marker=".", markersize=3, label="1 - cosine")
     ax.plot(positions, series([r.nmse for r in result.rows]), marker=".", markersize=3, label="NMSE")
-    ax.axhline(
-        result.thresholds.kl_max,
-        color="tab:red",
-        linestyle="--",
-        linewidth=1,
-        label=f"KL limit {result.thresholds.kl_max:g}",
-    )
+    if result.references is not None and result.references.per_position:
+        ax.plot(
+            positions,
+            [result.kl_limit(p) for p in positions],
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label="KL limit per position",
+        )
+    else:
+        ax.axhline(
+            result.thresholds.kl_max,
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label=f"KL limit {result.thresholds.kl_max:g}",
+        )
     ax.axvline(result.n_prompt - 0.5, color="grey", linestyle=":", linewidth=1, label="generated from here")
     if result.summary is not None and result.summary.first_failure is not None:
         ax.axvline(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 from bitnet_crossval.crossval.candidates import DEFAULT_CANDIDATE_TIMEOUT, CandidateSpec, parse_candidate
 from bitnet_crossval.crossval.metrics import DEFAULT_TIE_MARGIN
 from bitnet_crossval.crossval.models import ModelChoice, parse_model
+from bitnet_crossval.crossval.references import FloatTypeChoice, ReferenceMode
 
 if TYPE_CHECKING:
     from bitnet_crossval.backends.specs import BackendName
@@ -34,8 +35,12 @@ class CrossvalRequest:
     """None: as the model's metadata says (``tokenizer.ggml.add_bos_token``)."""
     parse_special: bool = False
     candidate: CandidateSpec = field(default_factory=lambda: parse_candidate("numpy"))
+    reference: ReferenceMode = "auto"
+    """On a quantised model: the model as given, its float copy, or both (the candidate follows one)."""
+    dequantize_to: FloatTypeChoice = "auto"
+    """The float type of the copy (auto: F32, F16 when F32 does not fit)."""
     kl_max: float | None = None
-    """None: by the model's weight types (float or quantised)."""
+    """None: by the reference followed (float limit), or the model's weight types with ``native``."""
     tie_margin: float = DEFAULT_TIE_MARGIN
     candidate_timeout: float = DEFAULT_CANDIDATE_TIMEOUT
     threads: int = 1

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from bitnet_crossval.crossval.metrics import PositionMetrics, Summary, Thresholds
 from bitnet_crossval.crossval.nonfinite import NonFinite
+from bitnet_crossval.crossval.references import ReferenceChoice
 from bitnet_crossval.crossval.tokens import TokenMismatch
 from bitnet_crossval.crossval.trace import TraceComparison
 from bitnet_crossval.util.jsonsafe import jsonable
@@ -36,6 +37,15 @@ class CrossvalResult:
     """Whether --trace-layers or --trace-names narrowed the trace."""
     non_finite: NonFinite | None = None
     """With the verdict ``non-finite``: which side's logits hold NaN or infinity, and where."""
+    references: ReferenceChoice | None = None
+    """Which reference judged the candidate (the model as given or its float copy), the distance
+    to each evaluated, and the limit of every position; None when no candidate was compared."""
+
+    def kl_limit(self, position: int) -> float:
+        """The KL limit the row at ``position`` was judged at."""
+        if self.references is not None and self.references.limits is not None:
+            return self.references.limits[position]
+        return self.thresholds.kl_max
 
     @property
     def passed(self) -> bool:
@@ -102,12 +112,13 @@ class CrossvalResult:
                 "n_prompt": self.n_prompt,
                 "pieces": self.pieces,
                 "thresholds": self.thresholds.to_json(),
-                "rows": [row.to_json() for row in self.rows],
+                "rows": [{**row.to_json(), "kl_max": self.kl_limit(row.position)} for row in self.rows],
                 "summary": self.summary.to_json() if self.summary else None,
                 "token_mismatch": self.token_mismatch.to_json() if self.token_mismatch else None,
                 "timings": self.timings,
                 "trace": self.trace.to_json() if self.trace else None,
                 "non_finite": self.non_finite.to_json() if self.non_finite else None,
+                "references": self.references.to_json() if self.references else None,
             }
         )
         return document

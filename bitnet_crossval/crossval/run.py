@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bitnet_crossval.crossval import nonfinite
+from bitnet_crossval.crossval import nonfinite, references
 from bitnet_crossval.crossval.candidates import (
     Candidate,
     CandidateOutput,
@@ -40,7 +40,6 @@ from bitnet_crossval.crossval.metrics import (
     DEFAULT_KL_MAX_FLOAT,
     DEFAULT_KL_MAX_QUANTIZED,
     Thresholds,
-    compare_logits,
     summarize,
 )
 from bitnet_crossval.crossval.models import resolve_model
@@ -71,6 +70,7 @@ from bitnet_crossval.util.timefmt import file_stamp
 if TYPE_CHECKING:
     from bitnet_crossval.context import SuiteContext
     from bitnet_crossval.reference.client import Shim
+    from bitnet_crossval.reference.dequantize import FloatCopy
     from bitnet_crossval.store.constants import BackendRecord
 
 # Weight types whose matrices llama.cpp multiplies without quantising the activations: a model
@@ -138,28 +138,37 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         with timer.phase("candidate_load"):
             candidate = _load_candidate(request, ctx, model=model, n_vocab=n_vocab, info=info)
         bar.describe(f"cross-validation: the reference generates {request.max_tokens} tokens")
-        with timer.phase("reference"):
-            tokens, ref_logits, ref_doc = _reference_run(request, shim, model, prompt_tokens, work_dir)
-        reference.update(ref_doc)
+        names = references.references_to_run(request.reference, quantized=model_facts["precision"] != "float")
+        evaluated = references.evaluate(
+            names,
+            model=model,
+            prompt=prompt_tokens,
+            max_tokens=request.max_tokens,
+            run_reference=lambda n, path, prompt: _reference_run(
+                replace(request, max_tokens=n), shim, path, prompt, work_dir
+            ),
+            make_copy=lambda: _float_copy(request, ctx, shim, model, sha256=str(model_facts["sha256"])),
+            phase=timer.phase,
+            copy_optional=request.reference == "auto",
+        )
+        tokens = evaluated.tokens
+        reference.update(evaluated.settings)
+        if evaluated.float_copy is not None:
+            reference["float_copy"] = evaluated.float_copy.to_json()
         result = functools.partial(
             CrossvalResult,
             model=model_facts,
             reference=reference,
             n_prompt=len(prompt_tokens),
-            thresholds=thresholds,
             token_mismatch=None,
             trace_filtered=request.trace_layers is not None or request.trace_names is not None,
         )
-        reference_unreal = nonfinite.find(ref_logits, side="reference", label="the reference")
+        reference_unreal = _unreal_reference(request, shim, evaluated, work_dir=work_dir, timer=timer, bar=bar)
         if reference_unreal is not None:
             # No candidate is run: nothing could be judged against these logits.
-            bar.describe("cross-validation: looking for the reference's first NaN or infinity")
-            with timer.phase("non_finite"):
-                reference_unreal = _explain_reference(
-                    request, shim, reference_unreal, model=model, tokens=tokens, work_dir=work_dir
-                )
             return result(
                 verdict="non-finite",
+                thresholds=thresholds,
                 candidate={"label": candidate.label, "kind": request.candidate.kind},
                 tokens=list(tokens),
                 pieces=_pieces(shim, model, tokens),
@@ -168,9 +177,8 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                 timings={**timer.seconds, "total": timer.total()},
                 non_finite=reference_unreal,
             )
-        _check_ranks(ref_logits)
         check_token_ids(tokens, n_vocab=n_vocab, where="the reference's continuation")
-        candidate = candidate.follow(ReferenceFacts(kv_type_v=str(ref_doc["settings"]["kv_type_v"])))
+        candidate = candidate.follow(ReferenceFacts(kv_type_v=str(reference["settings"]["kv_type_v"])))
         bar.advance_to(3)
         bar.describe(f"cross-validation: the candidate ({candidate.label}) evaluates {len(tokens)} positions")
         with timer.phase("candidate"):
@@ -178,17 +186,31 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         bar.advance_to(4)
         bar.describe("cross-validation: comparing")
         with timer.phase("compare"):
-            rows = compare_logits(ref_logits, output.logits, tokens, thresholds=thresholds)
+            choice, thresholds, rows = references.judge(
+                request.reference,
+                evaluated,
+                output.logits,
+                base=thresholds,
+                float_limit=request.kl_max if request.kl_max is not None else DEFAULT_KL_MAX_FLOAT,
+            )
             summary = summarize(rows)
             candidate_unreal = nonfinite.find(output.logits, side="candidate", label=f"the candidate {candidate.label}")
         bar.advance_to(5)
         comparison = None
+        reference_model = evaluated.models[choice.followed]
         if candidate_unreal is not None:
             if request.trace:
                 bar.describe("cross-validation: looking for the candidate's first NaN or infinity")
                 with timer.phase("trace"):
                     candidate_unreal = _explain_candidate(
-                        request, shim, candidate, candidate_unreal, model=model, tokens=tokens, work_dir=work_dir
+                        request,
+                        shim,
+                        candidate,
+                        candidate_unreal,
+                        model=model,
+                        reference_model=reference_model,
+                        tokens=tokens,
+                        work_dir=work_dir,
                     )
         elif request.trace and summary.first_failure is not None:
             bar.describe(f"cross-validation: tracing both sides up to position {summary.first_failure}")
@@ -198,16 +220,18 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                     shim,
                     candidate,
                     model=model,
+                    reference_model=reference_model,
                     tokens=tokens,
                     first_failure=summary.first_failure,
                     work_dir=work_dir,
                     architecture=str(info.get("architecture")),
-                    precision=trace_precision(model_facts["weight_types"]),
+                    precision=trace_precision(_followed_weight_types(model_facts["weight_types"], choice)),
                     thresholds=thresholds,
                 )
     verdict: Verdict = "non-finite" if candidate_unreal is not None else ("parity" if summary.passed else "divergence")
     return result(
         verdict=verdict,
+        thresholds=thresholds,
         candidate={"label": candidate.label, "kind": request.candidate.kind, "details": dict(output.details)},
         tokens=list(tokens),
         pieces=_pieces(shim, model, tokens),
@@ -216,6 +240,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         timings={**timer.seconds, "candidate_compute": round(output.seconds, 4), "total": timer.total()},
         trace=comparison,
         non_finite=candidate_unreal,
+        references=choice,
     )
 
 
@@ -390,8 +415,49 @@ def _model_facts(model: Path, info: dict[str, Any]) -> tuple[dict[str, Any], lis
     return facts, weight_types
 
 
+def _followed_weight_types(weight_types: list[str], choice: references.ReferenceChoice) -> list[str]:
+    """The tensor types of the reference model the run followed: the float copy holds the float
+    type in place of every quantised type, and every other tensor as it was."""
+    if choice.followed != "dequantized" or choice.float_copy is None:
+        return weight_types
+    return sorted({choice.float_copy.float_type, *(t for t in weight_types if t in FLOAT_TYPES)})
+
+
 def _default_kl_max(weight_types: list[str]) -> float:
     return DEFAULT_KL_MAX_FLOAT if weight_types and set(weight_types) <= FLOAT_TYPES else DEFAULT_KL_MAX_QUANTIZED
+
+
+def _unreal_reference(
+    request: CrossvalRequest,
+    shim: Shim,
+    evaluated: references.Evaluated,
+    *,
+    work_dir: Path,
+    timer: Timer,
+    bar: ui.ProgressTask,
+) -> NonFinite | None:
+    """The first reference whose logits hold NaN or infinity, explained; every reference must
+    also rank the vocabulary."""
+    for name, ref_logits in evaluated.logits.items():
+        label = "the reference" if name == "native" else "the reference on the float copy"
+        found = nonfinite.find(ref_logits, side="reference", label=label)
+        if found is not None:
+            bar.describe("cross-validation: looking for the reference's first NaN or infinity")
+            with timer.phase("non_finite"):
+                return _explain_reference(
+                    request, shim, found, model=evaluated.models[name], tokens=evaluated.tokens, work_dir=work_dir
+                )
+        _check_ranks(ref_logits)
+    return None
+
+
+def _float_copy(request: CrossvalRequest, ctx: SuiteContext, shim: Shim, model: Path, *, sha256: str) -> FloatCopy:
+    """The model's float copy for this backend build (cached; written once under a lock)."""
+    from bitnet_crossval.reference.dequantize import float_copy
+
+    return float_copy(
+        model, shim, cache=ctx.cache, float_type=request.dequantize_to, model_sha256=sha256, threads=request.threads
+    )
 
 
 def _reference_run(
@@ -470,6 +536,7 @@ def _explain_candidate(
     found: NonFinite,
     *,
     model: Path,
+    reference_model: Path,
     tokens: list[int],
     work_dir: Path,
 ) -> NonFinite:
@@ -478,7 +545,7 @@ def _explain_candidate(
     positions = list(range(found.positions[0] + 1))
     trace_request = TraceRequest(positions=positions, layers=request.trace_layers, names=request.trace_names)
     reference = shim.trace(
-        model,
+        reference_model,
         tokens,
         out_dir=work_dir / "reference-trace",
         layers=request.trace_layers,
@@ -514,6 +581,7 @@ def _locate(
     candidate: Candidate,
     *,
     model: Path,
+    reference_model: Path,
     tokens: list[int],
     first_failure: int,
     work_dir: Path,
@@ -522,11 +590,13 @@ def _locate(
     thresholds: Thresholds,
 ) -> TraceComparison:
     """Trace both sides over positions 0..first_failure (the failing position depends on all of
-    them) in the same batch as the logits, and find the first tensor that departs."""
+    them) in the same batch as the logits, and find the first tensor that departs. The reference
+    traced is the one the candidate follows (``reference_model``: the model as given or its float
+    copy); the candidate always runs the model as given."""
     positions = list(range(first_failure + 1))
     trace_request = TraceRequest(positions=positions, layers=request.trace_layers, names=request.trace_names)
     reference = shim.trace(
-        model,
+        reference_model,
         tokens,
         out_dir=work_dir / "reference-trace",
         layers=request.trace_layers,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bitnet_crossval.crossval.candidates import parse_candidate
-from bitnet_crossval.crossval.models import SYNTHETIC_ARCHS, parse_model, resolve_model
+from bitnet_crossval.crossval.models import SYNTHETIC_ARCHS, ModelChoice, parse_model, resolve_model
 from bitnet_crossval.crossval.request import CrossvalRequest
 from bitnet_crossval.crossval.run import run_crossval
 from bitnet_crossval.errors import BadInput
@@ -53,16 +53,23 @@ class SelfcheckCase:
     seconds: float
     not_run: str | None = None
     """Why the candidate could not run on this architecture (the hf candidate only); not a failure."""
+    applies: bool = True
+    """False: the fault cannot change this model's results (its reason is ``description``), so it
+    was not run; only a model of one's own (``--model``) has such faults."""
 
     @property
     def caught(self) -> bool:
-        if self.not_run is not None:
+        if self.not_run is not None or not self.applies:
             return True
         return self.verdict == ("parity" if self.fault is None else "divergence")
 
     @property
     def located(self) -> bool:
-        return self.fault is None or (self.found_site is not None and self.found_site == self.expected_site)
+        return (
+            not self.applies
+            or self.fault is None
+            or (self.found_site is not None and self.found_site == self.expected_site)
+        )
 
     @property
     def ok(self) -> bool:
@@ -79,6 +86,7 @@ class SelfcheckCase:
             "kl_at_first_failure": self.kl_at_first_failure,
             "expected_site": self.expected_site,
             "found_site": self.found_site,
+            "applies": self.applies,
             "caught": self.caught,
             "located": self.located,
             "ok": self.ok,
@@ -115,15 +123,20 @@ def run_selfcheck(
     backend: BackendName = "llama",
     architectures: Sequence[str] | None = None,
     candidates: Sequence[str] = CANDIDATES,
+    weights: str = "F32",
+    model: ModelChoice | None = None,
 ) -> list[SelfcheckCase]:
-    """Every case of ``architectures`` (default: every one the self-check covers), in order: the
-    NumPy engine's cases, then the hf candidate's (when installed) for each architecture."""
+    """Every case of ``architectures`` (default: every one the self-check covers), in order, on
+    synthetic models with ``weights`` matrices, or every case of ``model``'s architecture on it:
+    the NumPy engine's cases, then the hf candidate's (when installed) on each model. On a
+    quantised model the run's default ``--reference auto`` judges the engine against the
+    model's float copy, at the float limit, and the trace follows the copy."""
     results: list[SelfcheckCase] = []
-    archs = tuple(ARCHITECTURES if architectures is None else architectures)
+    models = _models(ctx, architectures, weights, model)
     if "numpy" in candidates:
-        results += _numpy_cases(ctx, backend, archs)
+        results += _numpy_cases(ctx, backend, models, own_model=model is not None)
     if "hf" in candidates:
-        results += _hf_cases(ctx, backend, archs)
+        results += _hf_cases(ctx, backend, models)
     return results
 
 
@@ -134,29 +147,38 @@ def hf_skipped() -> str | None:
     return missing_requirement()
 
 
-def _numpy_cases(ctx: SuiteContext, backend: BackendName, architectures: Sequence[str]) -> list[SelfcheckCase]:
+def _numpy_cases(
+    ctx: SuiteContext, backend: BackendName, models: Sequence[tuple[str, ModelChoice]], *, own_model: bool
+) -> list[SelfcheckCase]:
     from bitnet_crossval.crossval.engine import FAULTS, EngineOptions, Fault, FaultName, load_engine
 
     results: list[SelfcheckCase] = []
-    for arch in architectures:
-        choice = parse_model(f"synthetic:{arch}")
+    for arch, choice in models:
         base = CrossvalRequest(model=choice, backend=backend, trace=True)
         for fault in cases_for(arch):
-            candidate = parse_candidate(f"numpy:{fault}" if fault else "numpy")
-            result = run_crossval(replace(base, candidate=candidate), ctx)
             expected = None
             if fault is not None:
-                model = resolve_model(choice, cache=ctx.cache, env=ctx.env, source_dirs=[])
-                site = load_engine(model, EngineOptions(fault=Fault(name=FaultName(fault)))).fault_site()
+                path = resolve_model(choice, cache=ctx.cache, env=ctx.env, source_dirs=[])
+                try:
+                    site = load_engine(path, EngineOptions(fault=Fault(name=FaultName(fault)))).fault_site()
+                except BadInput as exc:
+                    if not own_model:
+                        raise  # every fault an architecture lists applies to its synthetic model
+                    results.append(_not_applicable(arch, fault, exc.message))
+                    continue
                 expected = site.key if site is not None else None
+            candidate = parse_candidate(f"numpy:{fault}" if fault else "numpy")
+            result = run_crossval(replace(base, candidate=candidate), ctx)
             description = FAULTS[FaultName(fault)].description if fault else "the engine as it is"
             case = _case(result, architecture=arch, candidate="numpy", fault=fault, description=description)
             results.append(replace(case, expected_site=expected))
     return results
 
 
-def _hf_cases(ctx: SuiteContext, backend: BackendName, architectures: Sequence[str]) -> list[SelfcheckCase]:
-    """transformers as it is on each synthetic model: parity, or the reason it cannot load it."""
+def _hf_cases(
+    ctx: SuiteContext, backend: BackendName, models: Sequence[tuple[str, ModelChoice]]
+) -> list[SelfcheckCase]:
+    """transformers as it is on each model: parity, or the reason it cannot load it."""
     import tempfile
     from pathlib import Path
 
@@ -167,7 +189,7 @@ def _hf_cases(ctx: SuiteContext, backend: BackendName, architectures: Sequence[s
     with tempfile.TemporaryDirectory(prefix="bitnet-selfcheck-hf-") as tmp:
         support = gguf_support(env=ctx.env, work_dir=Path(tmp), timeout=600)
     results: list[SelfcheckCase] = []
-    for arch in architectures:
+    for arch, choice in models:
         description = f"transformers {support.transformers} as it is"
         reason = support.reason_unreadable(arch)
         if reason is not None:
@@ -179,9 +201,7 @@ def _hf_cases(ctx: SuiteContext, backend: BackendName, architectures: Sequence[s
                 )
             )  # fmt: skip
             continue
-        request = CrossvalRequest(
-            model=parse_model(f"synthetic:{arch}"), backend=backend, trace=True, candidate=parse_candidate("hf")
-        )
+        request = CrossvalRequest(model=choice, backend=backend, trace=True, candidate=parse_candidate("hf"))
         result = run_crossval(request, ctx)
         results.append(_case(result, architecture=arch, candidate="hf", fault=None, description=description))
     return results
@@ -205,6 +225,44 @@ def _case(
         found_site=departure.name if departure else None,
         seconds=result.timings.get("total", 0.0),
     )
+
+
+def _not_applicable(arch: str, fault: str, reason: str) -> SelfcheckCase:
+    return SelfcheckCase(
+        architecture=arch,
+        candidate="numpy",
+        fault=fault,
+        description=reason,
+        verdict="does not apply",
+        first_failure=None,
+        kl_at_first_failure=None,
+        expected_site=None,
+        found_site=None,
+        seconds=0.0,
+        applies=False,
+    )
+
+
+def _models(
+    ctx: SuiteContext, architectures: Sequence[str] | None, weights: str, model: ModelChoice | None
+) -> list[tuple[str, ModelChoice]]:
+    """(architecture, model) of every model checked."""
+    if model is None:
+        return [
+            (arch, parse_model(f"synthetic:{arch}:{weights}"))
+            for arch in (ARCHITECTURES if architectures is None else architectures)
+        ]
+    from bitnet_crossval.crossval.engine import GGUFModelFile
+    from bitnet_crossval.crossval.engine.archs import find_architecture
+
+    path = resolve_model(model, cache=ctx.cache, env=ctx.env, source_dirs=[])
+    arch = GGUFModelFile(path).architecture
+    if find_architecture(arch) is None:
+        raise BadInput(
+            f"{path.name} is a {arch or 'model without an architecture'} model, which the NumPy engine does not run",
+            next_step=f"use a model of one of: {', '.join(ARCHITECTURES)} (or gemma3-270m)",
+        )
+    return [(arch, model)]
 
 
 def print_selfcheck(cases: list[SelfcheckCase]) -> None:

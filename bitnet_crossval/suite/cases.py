@@ -54,7 +54,7 @@ from bitnet_crossval.crossval.options import MODEL, PROMPT, PROMPT_SET, REQUEST_
 from bitnet_crossval.crossval.texts import expand_prompt_set
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.files import read_regular_file
-from bitnet_crossval.util.options import Choice, Flag, Option, OptionValues, PathOption, RawValue
+from bitnet_crossval.util.options import Flag, Option, OptionValues, PathOption, RawValue
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,31 +68,12 @@ LABEL_CHARS = 32
 SUITE, DEFAULTS, MATRIX, EXCLUDE, CASE, NAME = "suite", "defaults", "matrix", "exclude", "case", "name"
 TOP_LEVEL = (SUITE, DEFAULTS, MATRIX, CASE)
 
-ReferenceMode = str
-REFERENCE_MODES = ("auto", "native", "dequantized")
-PENDING_REFERENCE: Choice[str] = Choice(
-    name="reference",
-    help="the reference: the model as given (native), its float copy (dequantized), or as the model suggests",
-    choices=REFERENCE_MODES,
-    default="auto",
-)
-"""The reference mode as a case dimension while ``crossval-per-token`` has no ``--reference``
-option of its own: recorded in the case (its id and key), not passed to the command, and only
-the reference the command runs today (the model as given) can be asked for."""
-
 RawCaseValue = str | bool
 
 
 def case_options() -> tuple[Option[Any], ...]:
-    """The options a case may set: ``crossval-per-token``'s request options, and the reference mode."""
-    if any(option.name == PENDING_REFERENCE.name for option in REQUEST_OPTIONS):
-        return REQUEST_OPTIONS
-    return (*REQUEST_OPTIONS, PENDING_REFERENCE)
-
-
-def command_takes(option: Option[Any]) -> bool:
-    """Whether ``crossval-per-token`` has this option (the pending reference mode it has not)."""
-    return option is not PENDING_REFERENCE
+    """The options a case may set: ``crossval-per-token``'s request options (``reference`` among them)."""
+    return REQUEST_OPTIONS
 
 
 def key_of(option: Option[Any]) -> str:
@@ -357,15 +338,7 @@ class _Reader:
                 option.parse(value)
             except BadInput as exc:
                 self.fail(f"has a bad case {case_id!r}: {exc.message}", next_step=exc.next_step)
-            if command_takes(option):
-                command_raw[option.name] = value
-        reference = merged.get(key_of(PENDING_REFERENCE))
-        if reference == "dequantized" and PENDING_REFERENCE in case_options():
-            self.fail(
-                f"has a case {case_id!r} that asks for reference = 'dequantized', which this crossval-per-token "
-                "cannot run: it has no --reference option, and its reference is the model as given",
-                next_step="drop reference = 'dequantized' (auto and native run the model as given)",
-            )
+            command_raw[option.name] = value
         try:
             build_request(OptionValues(REQUEST_OPTIONS, command_raw))
         except BadInput as exc:

@@ -28,7 +28,7 @@ from bitnet_crossval.crossval.candidates.backend import ShimSpec
 from bitnet_crossval.crossval.models import parse_model, resolve_model
 from bitnet_crossval.errors import CommandTimedOut, Interrupted, SuiteError
 from bitnet_crossval.store.sources import source_dirs
-from bitnet_crossval.suite.cases import Case, CasesFile, case_options, command_takes, key_of
+from bitnet_crossval.suite.cases import Case, CasesFile, case_options, key_of
 from bitnet_crossval.suite.keys import KeyInputs, backend_facts, case_files, passed_through, suite_version
 from bitnet_crossval.suite.outcome import CaseOutcome, not_run, outcome_from_child, timed_out
 from bitnet_crossval.suite.resources import available_memory, job_limit, usable_cores
@@ -225,8 +225,6 @@ def command_line(case: Case, *, program: tuple[str, ...], verbose: bool = False)
     argv += ["--format", "json"]
     for key, value in case.options:
         option = options[key]
-        if not command_takes(option):
-            continue
         if isinstance(option, Flag):
             if value is True:
                 argv.append(option.flag)

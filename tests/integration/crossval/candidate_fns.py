@@ -75,6 +75,12 @@ def norm_eps(model_path: str, tokens: Tokens) -> F32:
     return _faulty(model_path, tokens, "norm_eps")
 
 
+def slightly_wrong_rope_base(model_path: str, tokens: Tokens) -> F32:
+    """A bug too small for the quantised limit (0.1) against the model as given, but not for the
+    float limit against its float copy."""
+    return _faulty(model_path, tokens, "rope_base", float(os.environ.get("ROPE_BASE_FACTOR", "1.1")))
+
+
 def missing_sub_norm(model_path: str, tokens: Tokens) -> F32:
     return _faulty(model_path, tokens, "missing_sub_norm")
 

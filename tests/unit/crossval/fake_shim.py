@@ -25,8 +25,8 @@ what no piece covers), not llama.cpp's SPM or BPE algorithm; ``detokenize`` drop
 space. ``generate`` evaluates the whole sequence again for each new token instead of using a KV
 cache (the same logits, by causality). An F16 KV cache, and the 2024 fork's F32 K / F16 V, are
 the engine's ``kv_cache="f16"`` rounding. A traced tensor's ``op``/``ops`` are llama.cpp's names
-for it from a table, not a graph's, and no tensor is ever skipped. ``quantize`` is refused as by
-a llama.h without ``llama_model_quantize``. Build facts (commit, library directory, flags) are
+for it from a table, not a graph's, and no tensor is ever skipped. ``quantize`` only dequantises
+(to F32 or F16, by gguf-py's decoder: the float copy). Build facts (commit, library directory, flags) are
 placeholders.
 
 **Misbehaviours** for tests, from the environment: ``FAKE_SHIM_MISBEHAVE=COMMAND:MODE`` (COMMAND
@@ -138,7 +138,7 @@ commands:
              [--kv-type auto|f32|f16] [--seed S]
   trace      --model M (--tokens-file F | --tokens LIST) --out-dir DIR [--layers A-B]
              [--names REGEX] [--positions LIST] [--threads N] [--kv-type auto|f32|f16] [--seed S]
-  quantize   --model M --out X.gguf --type T [--threads N]
+  quantize   --model M --out X.gguf --type F32|F16|BF16 [--threads N] [--allow-requantize 0|1]
 """
 
 _RUN_OPTIONS = ("threads", "kv-type", "seed")
@@ -149,7 +149,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "logits": ("model", "tokens-file", "tokens", "out", *_RUN_OPTIONS),
     "generate": ("model", "tokens-file", "tokens", "n", "out-logits", *_RUN_OPTIONS),
     "trace": ("model", "tokens-file", "tokens", "out-dir", "layers", "names", "positions", *_RUN_OPTIONS),
-    "quantize": ("model", "out", "type", "threads"),
+    "quantize": ("model", "out", "type", "threads", "allow-requantize"),
 }
 
 
@@ -1018,11 +1018,32 @@ def _layer_of(name: str) -> int:
 
 
 def run_quantize(call: Call) -> dict[str, Any]:
-    raise ShimError(
-        EXIT_USAGE,
-        "this backend's llama.h declares no llama_model_quantize, so it cannot quantize to "
-        + call.opts.required("type"),
-    )
+    """Only the dequantisation the float copy asks for (type F32, F16 or BF16 with
+    ``--allow-requantize 1``): every tensor written as that float type by gguf-py's decoder,
+    the metadata not carried over (the float copy takes it from the model itself)."""
+    import gguf
+    import numpy as np
+
+    target = call.opts.required("type")
+    float_types = {"F32": gguf.GGMLQuantizationType.F32, "F16": gguf.GGMLQuantizationType.F16}
+    if target not in float_types or not (call.opts.has("allow-requantize") and call.opts.flag01("allow-requantize")):
+        raise ShimError(EXIT_USAGE, f"this fake backend only dequantises (to F32 or F16), not to {target}")
+    model = call.opts.required("model")
+    _file_key(model)  # a missing model is exit 3, as for every command
+    out = call.opts.required("out")
+    reader = gguf.GGUFReader(model)
+    writer = gguf.GGUFWriter(out + ".partial", str(reader.fields["general.architecture"].contents()))
+    for tensor in reader.tensors:
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(
+            np.float32 if target == "F32" else np.float16
+        )
+        writer.add_tensor(tensor.name, values.reshape([int(n) for n in reversed(tensor.shape)]))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(out + ".partial", out)
+    return {"type": target, "size_bytes_out": os.path.getsize(out)}
 
 
 HANDLERS: dict[str, Callable[[Call], dict[str, Any]]] = {

@@ -20,7 +20,7 @@ import pytest
 from bitnet_crossval.context import SuiteContext
 from bitnet_crossval.crossval import CrossvalRequest, CrossvalResult, parse_candidate, parse_model, run_crossval
 from bitnet_crossval.crossval.engine import EngineOptions, Fault, load_engine
-from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED
+from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT
 from bitnet_crossval.crossval.models import resolve_model
 from bitnet_crossval.errors import (
     BackendUnavailable,
@@ -94,8 +94,11 @@ def test_the_numpy_engine_agrees_exactly_with_the_reference(
     assert all(row.passed and row.kl == 0.0 and row.top1_agree for row in result.rows)
     assert result.trace is None  # nothing diverged, so nothing was traced
     assert result.model["precision"] == precision
-    expected_kl_max = DEFAULT_KL_MAX_FLOAT if precision == "float" else DEFAULT_KL_MAX_QUANTIZED
-    assert result.thresholds.kl_max == expected_kl_max
+    # The NumPy engine dequantises as the float copy is made: it follows the copy, at the float limit.
+    assert result.thresholds.kl_max == DEFAULT_KL_MAX_FLOAT
+    assert result.references is not None
+    assert result.references.followed == ("native" if precision == "float" else "dequantized")
+    assert result.references.references == (("native",) if precision == "float" else ("native", "dequantized"))
     assert result.model["architecture"] == model.split(":")[1]
     assert result.reference["shim"] == str(fake_cache.shim.script)
     assert result.reference["commit"] == fake_shim.BACKEND_COMMIT
@@ -461,12 +464,16 @@ def test_the_result_is_strict_json_of_the_documented_shape(ctx: SuiteContext) ->
 
     assert set(document) == {
         "schema", "version", "verdict", "passed", "model", "reference", "candidate", "tokens", "n_prompt",
-        "pieces", "thresholds", "rows", "summary", "token_mismatch", "timings", "trace", "non_finite",
+        "pieces", "thresholds", "rows", "summary", "token_mismatch", "timings", "trace", "non_finite", "references",
     }  # fmt: skip
     assert (document["schema"], document["version"]) == ("bitnet-crossval/report", 1)
     assert document["verdict"] == "divergence" and document["passed"] is False
     assert len(document["rows"]) == len(document["tokens"]) == len(document["pieces"])
     assert all(isinstance(row["kl"], float) and math.isfinite(row["kl"]) for row in document["rows"])
+    assert all(row["kl_max"] == DEFAULT_KL_MAX_FLOAT for row in document["rows"])
+    assert document["references"]["followed"] == "native"  # a float model is its own reference
+    assert document["references"]["references"] == ["native"]
+    assert document["references"]["kl_by_reference"]["native"] == [row["kl"] for row in document["rows"]]
     assert result.summary is not None and document["summary"]["first_failure"] == result.summary.first_failure == 0
     assert document["trace"]["first_departure"]["name"] == "attn_norm-0"
     assert document["reference"]["settings"]["kv_type_v"] == "f32"

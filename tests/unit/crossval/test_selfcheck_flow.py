@@ -93,3 +93,44 @@ def test_without_the_extra_hf_is_left_out_and_said(
     selfcheck.print_selfcheck(cases)
     err = capsys.readouterr().err
     assert "the hf candidate was not run: the hf candidate needs torch" in err
+
+
+@pytest.mark.parametrize("weights", ["Q4_0", "Q8_0"])
+def test_every_fault_is_caught_and_located_on_quantised_weights(fake_cache: FakeCache, weights: str) -> None:
+    cases = run_selfcheck(fake_cache.context(), architectures=("llama",), weights=weights, candidates=("numpy",))
+
+    assert [c.fault for c in cases] == cases_for("llama")
+    assert [(c.fault, c.verdict, c.found_site) for c in cases if not c.ok] == []
+
+
+def test_a_model_of_ones_own_is_checked_with_its_architecture_faults(fake_cache: FakeCache) -> None:
+    from bitnet_crossval.crossval.models import parse_model, resolve_model
+
+    ctx = fake_cache.context()
+    path = resolve_model(parse_model("synthetic:gemma3:Q4_0"), cache=ctx.cache, env=ctx.env, source_dirs=[])
+    cases = run_selfcheck(ctx, model=parse_model(str(path)), candidates=("numpy",))
+
+    assert {c.architecture for c in cases} == {"gemma3"}
+    assert [c.fault for c in cases] == cases_for("gemma3")
+    assert all(c.ok for c in cases)
+
+
+def test_a_fault_that_cannot_apply_to_a_model_of_ones_own_is_reported_not_run(
+    fake_cache: FakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bitnet_crossval.crossval.models import parse_model, resolve_model
+    from bitnet_crossval.errors import BadInput
+
+    ctx = fake_cache.context()
+    path = resolve_model(parse_model("synthetic:llama"), cache=ctx.cache, env=ctx.env, source_dirs=[])
+    monkeypatch.setattr(selfcheck, "cases_for", lambda arch: [None, "missing_qk_norm"])  # a gemma3 fault
+
+    clean, foreign = run_selfcheck(ctx, model=parse_model(str(path)), candidates=("numpy",))
+
+    assert clean.ok and clean.verdict == "parity"
+    assert foreign.fault == "missing_qk_norm" and not foreign.applies and foreign.ok
+    assert foreign.verdict == "does not apply" and "gemma3" in foreign.description
+    assert foreign.to_json()["applies"] is False
+    # On the synthetic models every fault listed must apply: one that does not is the checker's error.
+    with pytest.raises(BadInput, match="missing_qk_norm"):
+        run_selfcheck(ctx, architectures=("llama",), candidates=("numpy",))
