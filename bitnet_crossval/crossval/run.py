@@ -62,6 +62,7 @@ from bitnet_crossval.errors import BadInput, UnclassifiedError
 from bitnet_crossval.reference.lookup import recorded_shim
 from bitnet_crossval.store.sources import source_dirs
 from bitnet_crossval.util import ui
+from bitnet_crossval.util.npy_rows import rows_not_finite
 from bitnet_crossval.util.timefmt import file_stamp
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
             )
         bar.advance_to(2)
         bar.describe("cross-validation: loading the candidate")
+        candidate_progress = _Meter(bar)
         with timer.phase("candidate_load"):
             candidate = make_candidate(
                 request.candidate,
@@ -165,21 +167,24 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                     kv_type=request.kv_type,
                     bitnet_activation=request.bitnet_activation,
                     shim_for=lambda backend: recorded_shim(ctx.constants, backend, env=ctx.env),
+                    progress=candidate_progress,
                 ),
             )
-        bar.describe(f"cross-validation: the reference generates {request.max_tokens} tokens")
         with timer.phase("reference"):
-            tokens, ref_logits, ref_doc = _reference_run(request, shim, model, prompt_tokens, work_dir)
+            tokens, ref_logits, ref_doc = _reference_run(request, shim, model, prompt_tokens, work_dir, bar=bar)
         check_token_ids(tokens, n_vocab=n_vocab, where="the reference's continuation")
         candidate = candidate.follow(ReferenceFacts(kv_type_v=str(ref_doc["settings"]["kv_type_v"])))
         bar.advance_to(3)
         bar.describe(f"cross-validation: the candidate ({candidate.label}) evaluates {len(tokens)} positions")
         with timer.phase("candidate"):
+            candidate_progress.start(len(tokens))
             output = _run_candidate(candidate, model, tokens, work_dir)
         bar.advance_to(4)
-        bar.describe("cross-validation: comparing")
+        bar.describe(f"cross-validation: comparing {len(tokens)} positions")
         with timer.phase("compare"):
-            rows = compare_logits(ref_logits, output.logits, tokens, thresholds=thresholds)
+            rows = compare_logits(
+                ref_logits, output.logits, tokens, thresholds=thresholds, progress=ui.Rate(bar, len(tokens))
+            )
             summary = summarize(rows)
         bar.advance_to(5)
         comparison = None
@@ -197,7 +202,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                     architecture=str(info.get("architecture")),
                     precision=model_facts["precision"],
                 )
-    reference.update(ref_doc)
+    reference.update({key: value for key, value in ref_doc.items() if key != "pieces_hex"})
     return CrossvalResult(
         verdict="parity" if summary.passed else "divergence",
         model=model_facts,
@@ -205,7 +210,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         candidate={"label": candidate.label, "kind": request.candidate.kind, "details": dict(output.details)},
         tokens=list(tokens),
         n_prompt=len(prompt_tokens),
-        pieces=_pieces(shim, model, tokens),
+        pieces=_pieces(shim, model, tokens, ref_doc.get("pieces_hex")),
         thresholds=thresholds,
         rows=rows,
         summary=summary,
@@ -291,18 +296,45 @@ def _default_kl_max(weight_types: list[str]) -> float:
     return DEFAULT_KL_MAX_FLOAT if weight_types and set(weight_types) <= FLOAT_TYPES else DEFAULT_KL_MAX_QUANTIZED
 
 
+REFERENCE_BLOCK = 64
+"""Tokens per ``llama_decode`` call of the reference. llama.cpp's output buffer holds a row of
+logits for each of them (64 MiB for Gemma 3's vocabulary), and the rows of a long sequence were
+identical to a one-batch evaluation's with blocks of 64 and 256 (Gemma 3 270M Q4_K_M, 600
+tokens), at the same speed: docs/reference/benchmarks.md."""
+
+
 def _reference_run(
-    request: CrossvalRequest, shim: Shim, model: Path, prompt: list[int], work_dir: Path
+    request: CrossvalRequest,
+    shim: Shim,
+    model: Path,
+    prompt: list[int],
+    work_dir: Path,
+    *,
+    bar: ui.ProgressTask | None = None,
 ) -> tuple[list[int], np.ndarray[Any, Any], dict[str, Any]]:
+    """The reference's tokens (the prompt and its greedy continuation) and their logits, a
+    read-only memory map of a file in ``work_dir`` written a block of positions at a time."""
     from bitnet_crossval.reference.client import run_report
 
     continuation: list[int] = []
     if request.max_tokens > 0:
+        if bar is not None:
+            bar.describe(f"cross-validation: the reference generates {request.max_tokens} tokens")
         generated = shim.generate(model, prompt, n=request.max_tokens, threads=request.threads, kv_type=request.kv_type)
         continuation = list(generated.tokens)
     tokens = [*prompt, *continuation]
-    logits, doc = shim.logits(model, tokens, threads=request.threads, kv_type=request.kv_type, out_dir=work_dir)
-    _check_finite(logits)
+    if bar is not None:
+        bar.describe(f"cross-validation: the reference evaluates {len(tokens)} positions")
+    logits, doc = shim.logits(
+        model,
+        tokens,
+        threads=request.threads,
+        kv_type=request.kv_type,
+        out_dir=work_dir,
+        block=REFERENCE_BLOCK,
+        progress=ui.Rate(bar, len(tokens)) if bar is not None else None,
+    )
+    _check_finite(logits, doc)
     run = run_report(doc)
     settings = {
         "kv_type_k": run.kv_type_k,
@@ -316,16 +348,18 @@ def _reference_run(
         "causal": doc.get("causal", True),
         "generated": len(continuation),
     }
-    return tokens, np.asarray(logits), {"settings": settings}
+    return tokens, logits, {"settings": settings, "pieces_hex": doc.get("pieces_hex")}
 
 
-def _check_finite(logits: np.ndarray[Any, Any]) -> None:
+def _check_finite(logits: np.ndarray[Any, Any], doc: dict[str, Any]) -> None:
     """The reference's logits judge the candidate's only where they are finite: with a NaN or an
-    infinity in a row its KL is undefined, which the comparison would read as agreement."""
-    finite = np.isfinite(logits)
-    if finite.all():
+    infinity in a row its KL is undefined, which the comparison would read as agreement. The
+    shim counts them as it writes; only then are the rows looked for."""
+    if doc.get("n_nonfinite") == 0:
         return
-    rows = np.flatnonzero(~finite.all(axis=1))
+    rows = rows_not_finite(logits)
+    if not rows:
+        return
     more = f" and {len(rows) - 1} more" if len(rows) > 1 else ""
     raise UnclassifiedError(
         f"the reference's logits hold non-finite values (NaN or infinity) at position {int(rows[0])}{more}",
@@ -396,6 +430,27 @@ def _wanted(name: str, request: TraceRequest) -> bool:
     return request.names is None or re.fullmatch(request.names, name) is not None
 
 
-def _pieces(shim: Shim, model: Path, tokens: list[int]) -> list[str]:
-    detok = shim.detokenize(model, tokens)
-    return [piece.decode("utf-8", errors="replace") for piece in detok.pieces]
+def _pieces(shim: Shim, model: Path, tokens: list[int], pieces_hex: Any = None) -> list[str]:
+    """Each token's text for the table: as the reference's ``logits`` reported them, else from
+    its ``detokenize``."""
+    if isinstance(pieces_hex, list) and len(pieces_hex) == len(tokens):
+        raw = [bytes.fromhex(str(piece)) for piece in pieces_hex]
+    else:
+        raw = list(shim.detokenize(model, tokens).pieces)
+    return [piece.decode("utf-8", errors="replace") for piece in raw]
+
+
+class _Meter:
+    """The candidate's progress on the run's bar: built with the candidate (before the number of
+    positions is known), started when it evaluates."""
+
+    def __init__(self, bar: ui.ProgressTask) -> None:
+        self._bar = bar
+        self._rate: ui.Rate | None = None
+
+    def start(self, n_positions: int) -> None:
+        self._rate = ui.Rate(self._bar, n_positions)
+
+    def __call__(self, done: float) -> None:
+        if self._rate is not None:
+            self._rate(done)

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_crossval.errors import CandidateFailed
+from bitnet_crossval.util.npy_rows import rows_not_finite
 
 if TYPE_CHECKING:
     from bitnet_crossval.reference.client import KvType, Shim
@@ -58,6 +59,8 @@ class CandidateSetting:
     bitnet_activation: Literal["silu", "relu2"] | None = None
     shim_for: Callable[[str], Shim] | None = None
     """The shim of another backend, for a candidate that is one (``llama``, ``bitnet``)."""
+    progress: Callable[[float], None] | None = None
+    """Told how many positions a candidate that can say so has evaluated (the built-in engine)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +74,7 @@ class ReferenceFacts:
 @dataclass(frozen=True, kw_only=True)
 class CandidateOutput:
     logits: F32Array
+    """``[n_tokens, n_vocab]``: in memory, or a memory map of a file in the run's work directory."""
     seconds: float
     details: Mapping[str, Any] = field(default_factory=dict)
     trace_dir: Path | None = None
@@ -132,10 +136,9 @@ def check_logits(array: object, *, label: str, n_tokens: int, n_vocab: int) -> F
     if array.shape != (n_tokens, n_vocab):
         shape = "[" + ", ".join(str(d) for d in array.shape) + "]"
         raise CandidateFailed(f"the candidate {label} returned shape {shape}, expected {expected}")
-    logits = np.asarray(array, dtype=np.float32)
-    finite = np.isfinite(logits)
-    if not finite.all():
-        bad_rows = np.flatnonzero(~finite.all(axis=1))
+    logits = np.asarray(array, dtype=np.float32)  # a float32 memory map stays one
+    bad_rows = rows_not_finite(logits)
+    if bad_rows:
         raise CandidateFailed(
             f"the candidate {label} returned non-finite values (NaN or infinity) at position "
             f"{int(bad_rows[0])} and {len(bad_rows) - 1} more, expected {expected}"

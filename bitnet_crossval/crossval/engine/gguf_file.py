@@ -358,6 +358,24 @@ def _decode_with_gguf(raw: npt.NDArray[np.uint8], info: TensorInfo) -> F32Array:
     return out.reshape(info.shape)
 
 
+Q8_0 = 8
+_Q8_0_BLOCK_BYTES = 34  # an fp16 scale, then 32 int8 values
+_Q8_0_BLOCKS_PER_STEP = 1 << 15
+
+
+def _decode_q8_0(raw: npt.NDArray[np.uint8], info: TensorInfo) -> F32Array:
+    """Q8_0 as ggml's dequantize_row_q8_0 (and gguf-py) computes it, ``float(q) * float(d)`` in
+    float32, bit for bit; a few times faster than gguf-py's, which matters for the vocabulary-
+    sized embeddings of small models (Gemma 3's: 168M values in every run)."""
+    blocks = raw.reshape(-1, _Q8_0_BLOCK_BYTES)
+    out = np.empty((blocks.shape[0], 32), dtype=np.float32)
+    for start in range(0, blocks.shape[0], _Q8_0_BLOCKS_PER_STEP):
+        part = blocks[start : start + _Q8_0_BLOCKS_PER_STEP]
+        scale = np.ascontiguousarray(part[:, :2]).view(np.float16).astype(np.float32)
+        np.multiply(part[:, 2:].view(np.int8), scale, out=out[start : start + part.shape[0]], dtype=np.float32)
+    return out.reshape(info.shape)
+
+
 @functools.cache
 def gguf_dequantizes(type_id: int) -> bool:
     """Whether gguf-py's public ``gguf.quants.dequantize`` decodes this ggml type: asked of the
@@ -408,7 +426,7 @@ def _decoder_for(info: TensorInfo, path: Path, byte_order: str) -> Decoder:
             f"{info.type_name} block size {block_size} (corrupt file?)",
             next_step="re-download or re-convert the model",
         )
-    return _decode_with_gguf
+    return _decode_q8_0 if info.type_id == Q8_0 else _decode_with_gguf
 
 
 def _map(path: Path) -> mmap.mmap:
