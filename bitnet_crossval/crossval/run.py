@@ -112,8 +112,8 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         bar.advance_to(1)
         bar.describe("cross-validation: tokenizing")
         with timer.phase("tokenize"):
-            prompt_tokens = _prompt_tokens(request, shim, model, add_bos=add_bos, n_vocab=n_vocab)
-            mismatch = _tokenizer_mismatch(request, prompt_tokens, add_bos=add_bos)
+            prompt_tokens, prompt_text = prompt_ids(request, shim, model, add_bos=add_bos, n_vocab=n_vocab)
+            mismatch = _tokenizer_mismatch(request, prompt_tokens, prompt_text, add_bos=add_bos)
         _check_context(len(prompt_tokens) + request.max_tokens, info, model)
         model_facts, weight_types = _model_facts(model, info)
         thresholds = Thresholds(
@@ -129,6 +129,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
             "api": info.get("api"),
             "tokenization": {
                 "tokens_from": "tokens-file" if request.tokens_file is not None else "reference tokenizer",
+                "prompt_file": str(request.prompt_file) if request.prompt_file is not None else None,
                 "prompt_set": request.prompt_set,
                 "prompt_tokens": request.prompt_tokens,
                 "add_bos": add_bos,
@@ -221,29 +222,49 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
     )
 
 
-def _prompt_tokens(request: CrossvalRequest, shim: Shim, model: Path, *, add_bos: bool, n_vocab: int) -> list[int]:
+def prompt_ids(
+    request: CrossvalRequest, shim: Shim, model: Path, *, add_bos: bool, n_vocab: int
+) -> tuple[list[int], str]:
+    """The prompt's ids as the run evaluates them, and the text they came from ("" for ids)."""
     if request.tokens_file is not None:
         tokens = read_tokens_file(request.tokens_file)
         check_token_ids(tokens, n_vocab=n_vocab, where=f"the tokens file {request.tokens_file}")
-        return fit_prompt(tokens, request)
+        return fit_prompt(tokens, request), ""
     if not request.prompt:
         raise BadInput("the prompt is empty", next_step="pass --prompt TEXT or --tokens-file FILE")
-    tokens = list(shim.tokenize(model, request.prompt, add_bos=add_bos, parse_special=request.parse_special).tokens)
+
+    def tokenize(text: str) -> list[int]:
+        return list(shim.tokenize(model, text, add_bos=add_bos, parse_special=request.parse_special).tokens)
+
+    text = request.prompt
+    tokens = tokenize(text)
     if not tokens:
         raise BadInput("the prompt tokenizes to no tokens", next_step="pass a longer --prompt, or --add-bos")
-    return fit_prompt(tokens, request)
+    wanted = request.prompt_tokens or 0
+    if request.prompt_set is not None and len(tokens) < wanted:
+        from bitnet_crossval.crossval.texts import joined_text, parse_prompt_set
+
+        choice = parse_prompt_set(request.prompt_set)
+        while len(tokens) < wanted:
+            # Each round asks for more characters than the text has (wanted > tokens), so it ends.
+            chars_per_token = len(text) / len(tokens)
+            text = joined_text(choice, int(wanted * chars_per_token * 1.1) + 64)
+            tokens = tokenize(text)
+    return fit_prompt(tokens, request), text
 
 
 def fit_prompt(tokens: list[int], request: CrossvalRequest) -> list[int]:
     """The prompt's ids as the run evaluates them: the first ``--prompt-tokens`` of them.
 
     The one place the length of the prompt is decided; a prompt shorter than asked for is
-    evaluated whole.
+    evaluated whole (a prompt set is first joined up to the length asked for, by the caller).
     """
     return tokens[: request.prompt_tokens] if request.prompt_tokens else tokens
 
 
-def _tokenizer_mismatch(request: CrossvalRequest, reference: list[int], *, add_bos: bool) -> TokenMismatch | None:
+def _tokenizer_mismatch(
+    request: CrossvalRequest, reference: list[int], text: str, *, add_bos: bool
+) -> TokenMismatch | None:
     if request.tokenizer is None:
         return None
     if request.tokens_file is not None:
@@ -251,7 +272,7 @@ def _tokenizer_mismatch(request: CrossvalRequest, reference: list[int], *, add_b
             "--tokenizer compares tokenizations of --prompt, which --tokens-file replaces",
             next_step="pass one of --tokenizer and --tokens-file",
         )
-    own = tokenizer_json_tokens(request.tokenizer, request.prompt, add_special_tokens=add_bos)
+    own = tokenizer_json_tokens(request.tokenizer, text, add_special_tokens=add_bos)
     return first_difference(reference, fit_prompt(own, request))
 
 
