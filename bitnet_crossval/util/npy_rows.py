@@ -12,6 +12,7 @@ number of rows keeps about one block resident.
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,54 @@ def rows_not_finite(array: npt.NDArray[np.floating[Any]], *, block_bytes: int = 
         if not finite.all():
             bad += [start + int(i) for i in np.flatnonzero(~finite)]
     return bad
+
+
+class NpyWriter:
+    """A new float32 ``[n_rows, n_cols]`` ``.npy`` file filled by pieces with ``pwrite``.
+
+    Nothing is mapped, so what is written never counts in the resident set (it goes to the page
+    cache). Writing through a memory map instead, a narrow column range of every row (a slab of
+    the vocabulary at a time) made the kernel map far more than was written: with large page
+    cache folios a 16 KiB write into a row of 1 MiB mapped the whole row.
+    """
+
+    def __init__(self, path: Path, n_rows: int, n_cols: int) -> None:
+        self.path = path
+        self.shape = (n_rows, n_cols)
+        with path.open("wb") as file:
+            np.lib.format.write_array_header_1_0(
+                file,
+                {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": self.shape},
+            )
+            self._data_offset = file.tell()
+            file.truncate(self._data_offset + 4 * n_rows * n_cols)
+        self._fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def put(self, row: int, col: int, values: npt.NDArray[np.float32]) -> None:
+        """Write ``values`` (2-D) at rows ``row..`` and columns ``col..``."""
+        block = np.ascontiguousarray(values, dtype="<f4")
+        n_rows, n_cols = block.shape
+        row_bytes = 4 * self.shape[1]
+        offset = self._data_offset + row * row_bytes + 4 * col
+        if n_cols == self.shape[1]:
+            self._write(block, offset)
+            return
+        for i in range(n_rows):
+            self._write(block[i], offset + i * row_bytes)
+
+    def _write(self, data: npt.NDArray[Any], offset: int) -> None:
+        view = memoryview(data.data).cast("B")
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def rows(self) -> F32Rows:
+        """The file as a read-only memory map (read it with :func:`row_blocks`)."""
+        self.close()
+        array: F32Rows = np.load(self.path, mmap_mode="r")
+        return array

@@ -1,9 +1,10 @@
 // `logits` (every position of one causal batch) and `generate` (greedy continuation).
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
+#include <string>
 
 #include "commands.h"
+#include "diagnostics.h"
 #include "errors.h"
 #include "files.h"
 #include "json_writer.h"
@@ -22,10 +23,10 @@ uint32_t block_size(const Options & opts, uint32_t n) {
     return std::min(block, n);
 }
 
+// A line on the real stderr (fd 2 carries llama.cpp's log to the log file while a command runs).
 void report_progress(bool enabled, size_t done, size_t total) {
     if (enabled) {
-        std::fprintf(stderr, "bitnet-shim: progress %zu/%zu\n", done, total);
-        std::fflush(stderr);
+        Diagnostics::instance().report("bitnet-shim: progress " + std::to_string(done) + "/" + std::to_string(total));
     }
 }
 

@@ -23,7 +23,7 @@ from bitnet_crossval.crossval.candidates.base import (
     constant,
 )
 from bitnet_crossval.errors import BadInput
-from bitnet_crossval.util.npy_rows import create_rows, release_rows
+from bitnet_crossval.util.npy_rows import NpyWriter
 
 if TYPE_CHECKING:
     from bitnet_crossval.crossval.engine import EngineOptions
@@ -65,8 +65,8 @@ class NumpyCandidate:
     unsupported architecture or tensor type is reported before the reference runs.
 
     It evaluates as llama.cpp does a long sequence (``Engine.evaluate``: blocks of positions and
-    a KV cache) and writes the logits into a memory-mapped file in the run's work directory, so
-    its memory does not grow with the number of positions. The output matrix is streamed
+    a KV cache) and writes the logits into a file in the run's work directory, handed over as a
+    read-only memory map, so its memory does not grow with the number of positions. The output matrix is streamed
     (``output_weights="stream"``): for a small model with a large vocabulary its float32 copy
     would be most of the memory (640 MiB of Gemma 3 270M's), and it is read once per run.
     """
@@ -90,11 +90,12 @@ class NumpyCandidate:
         self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
     ) -> CandidateOutput:
         started = time.monotonic()
-        out = create_rows(work_dir / "candidate-logits.npy", len(tokens), self.engine.n_vocab)
-        self.engine.evaluate(
-            tokens, out=out, written=lambda start, stop: release_rows(out, start, stop), progress=self._progress
-        )
-        return CandidateOutput(logits=out, seconds=time.monotonic() - started, details=self.engine.describe())
+        out = NpyWriter(work_dir / "candidate-logits.npy", len(tokens), self.engine.n_vocab)
+        try:
+            self.engine.evaluate(tokens, out=out, progress=self._progress)
+        finally:
+            out.close()
+        return CandidateOutput(logits=out.rows(), seconds=time.monotonic() - started, details=self.engine.describe())
 
     def trace(
         self, model: Path, tokens: npt.NDArray[np.int32], *, request: TraceRequest, work_dir: Path

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -100,9 +100,22 @@ def fault_window(fault: Fault, hp: HParams) -> int:
     return int(value) if value is not None else 2 * hp.n_swa
 
 
-RowsWritten = Callable[[int, int], None]
-"""Told that rows ``[start, stop)`` of an output array were written to (a memory-mapped output
-hands their pages back then)."""
+class LogitsOut(Protocol):
+    """Where :func:`project_output` puts the logits: an array (:class:`ArrayOut`), or a file
+    written by pieces (``util.npy_rows.NpyWriter``)."""
+
+    def put(self, row: int, col: int, values: npt.NDArray[np.float32]) -> None:
+        """``values`` (2-D) go to rows ``row..`` and columns ``col..``."""
+        ...
+
+
+class ArrayOut:
+    def __init__(self, array: npt.NDArray[np.float32]) -> None:
+        self.array = array
+
+    def put(self, row: int, col: int, values: npt.NDArray[np.float32]) -> None:
+        self.array[row : row + values.shape[0], col : col + values.shape[1]] = values
+
 
 # The output matrix is read this many rows (vocabulary entries) at a time, and the logits of at
 # most OUTPUT_ROWS_PER_STEP positions are computed against each slab at once.
@@ -114,20 +127,19 @@ def project_output(
     engine: Engine,
     x: F32Array,
     name: str,
-    out: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32] | LogitsOut,
     *,
-    written: RowsWritten | None = None,
     on_slab: Callable[[int, int], None] | None = None,
 ) -> None:
-    """``out[:] =`` the logits of the hidden states ``x`` (``[n, n_embd]``) through the matrix
-    ``name``, then what llama.cpp does to the logits themselves: NVFP4's ``output.scale`` and a
-    final softcap (``tanh(logits / cap) * cap``, gemma's).
+    """The logits of the hidden states ``x`` (``[n, n_embd]``) through the matrix ``name`` into
+    ``out`` (``[n, n_vocab]``), then what llama.cpp does to the logits themselves: NVFP4's
+    ``output.scale`` and a final softcap (``tanh(logits / cap) * cap``, gemma's).
 
     With ``output_weights="stream"`` the matrix is dequantised one slab of rows at a time and
     never kept; a vocabulary-sized matrix costs its float32 copy otherwise (640 MiB for Gemma
     3's embedding, 2.7x its Q8_0 bytes). Either way every slab meets every position before the
-    next slab is read, so the matrix is read once however many positions there are, and at most
-    :data:`OUTPUT_ROWS_PER_STEP` rows of ``out`` are written between two ``written`` calls.
+    next slab is read, so the matrix is read once however many positions there are, and the
+    logits are made :data:`OUTPUT_ROWS_PER_STEP` positions by a slab at a time.
     ``on_slab(done, total)`` follows the slabs.
     """
     model = engine.model
@@ -141,21 +153,19 @@ def project_output(
         scale = np.float32(engine.weight("output.scale").reshape(-1)[0])  # llama.cpp loads it for NVFP4 only
     cap = engine.hparams.final_logit_softcap
     whole = None if stream else engine.weight(name)
-    if whole is not None and written is None and on_slab is None:
+    if whole is not None and isinstance(out, np.ndarray) and on_slab is None:
         np.matmul(x, whole.T, out=out)  # one product, as a single forward pass has always made it
         _finish_logits(out, scale, cap)
         return
+    target = ArrayOut(out) if isinstance(out, np.ndarray) else out
     slabs = range(0, n_vocab, OUTPUT_ROWS_PER_SLAB)
     for done, start in enumerate(slabs, start=1):
         stop = min(n_vocab, start + OUTPUT_ROWS_PER_SLAB)
         slab = whole[start:stop] if whole is not None else model.rows(name, np.arange(start, stop, dtype=np.int64))
         for first in range(0, n_rows, OUTPUT_ROWS_PER_STEP):
-            last = min(n_rows, first + OUTPUT_ROWS_PER_STEP)
-            target = out[first:last, start:stop]
-            target[...] = np.matmul(x[first:last], slab.T)
-            _finish_logits(target, scale, cap)
-            if written is not None:
-                written(first, last)
+            logits = np.matmul(x[first : first + OUTPUT_ROWS_PER_STEP], slab.T)
+            _finish_logits(logits, scale, cap)
+            target.put(first, start, logits)
         if stream:
             model.release_file_pages(name, (start, stop))
         if on_slab is not None:

@@ -12,6 +12,7 @@ import pytest
 
 from bitnet_crossval.crossval.engine import ALL_ARCHITECTURES, EngineOptions, Fault, FaultName, graph, load_engine, ops
 from bitnet_crossval.crossval.engine.graph import KvCache
+from bitnet_crossval.util.npy_rows import NpyWriter
 
 # float32 rounding of differently split products and sums (1e-5 seen on logits of about 10), far
 # below any difference the comparison could call a divergence.
@@ -111,20 +112,22 @@ def test_a_final_softcap_is_applied_in_blocks(model_factory: Any) -> None:
     assert_same_logits(blocked, engine.forward(tokens))
 
 
-def test_logits_are_written_into_the_given_array_and_reported(model_factory: Any, tmp_path: Path) -> None:
+def test_logits_are_written_into_a_file_by_pieces_and_progress_is_reported(model_factory: Any, tmp_path: Path) -> None:
     engine = load_engine(model_factory("llama"))
     tokens = tokens_of(9, engine.n_vocab, seed=6)
-    out = np.lib.format.open_memmap(tmp_path / "l.npy", mode="w+", dtype=np.float32, shape=(9, engine.n_vocab))
-    written: list[tuple[int, int]] = []
+    out = NpyWriter(tmp_path / "l.npy", 9, engine.n_vocab)
     progress: list[float] = []
-    result = engine.evaluate(
-        tokens, out=out, block=4, written=lambda a, b: written.append((a, b)), progress=progress.append
-    )
-    assert result is out
-    out.flush()
-    assert_same_logits(np.load(tmp_path / "l.npy"), engine.forward(tokens))
-    assert written and {w for w in written} == {(0, 9)}
+    assert engine.evaluate(tokens, out=out, block=4, progress=progress.append) is out
+    assert_same_logits(out.rows(), engine.forward(tokens))
     assert progress == sorted(progress) and progress[:3] == [2.0, 4.0, 4.5] and progress[-1] == 9.0
+
+
+def test_an_array_out_gets_the_same_logits(model_factory: Any) -> None:
+    engine = load_engine(model_factory("bitnet"), EXACT)
+    tokens = tokens_of(11, engine.n_vocab, seed=6)
+    out = np.full((11, engine.n_vocab), np.nan, dtype=np.float32)
+    assert engine.evaluate(tokens, out=out, block=4) is out
+    assert_same_logits(out, engine.forward(tokens))
 
 
 def test_an_out_array_of_the_wrong_shape_is_refused(model_factory: Any) -> None:
