@@ -406,8 +406,13 @@ def _locate(
     precision: str,
 ) -> TraceComparison:
     """Trace both sides over positions 0..first_failure (the failing position depends on all of
-    them) in the same batch as the logits, and find the first tensor that departs."""
+    them), in the same batch as the logits of a run of one batch, and find the first tensor
+    that departs."""
     positions = list(range(first_failure + 1))
+    if len(tokens) > REFERENCE_BLOCK:
+        # The logits came in blocks already: trace only what position first_failure depends on,
+        # so a trace costs what the failure needs, not what the run's length would.
+        tokens = tokens[: first_failure + 1]
     trace_request = TraceRequest(positions=positions, layers=request.trace_layers, names=request.trace_names)
     reference = shim.trace(
         model,
