@@ -409,10 +409,11 @@ def _locate(
     them), in the same batch as the logits of a run of one batch, and find the first tensor
     that departs."""
     positions = list(range(first_failure + 1))
-    if len(tokens) > REFERENCE_BLOCK:
-        # The logits came in blocks already: trace only what position first_failure depends on,
-        # so a trace costs what the failure needs, not what the run's length would.
-        tokens = tokens[: first_failure + 1]
+    if len(tokens) > first_failure + 1 + REFERENCE_BLOCK:
+        # The logits came in blocks already: trace what position first_failure depends on, and a
+        # block after it (a candidate that wrongly looks ahead must still be seen doing so), so a
+        # trace costs what the failure needs, not what the run's length would.
+        tokens = tokens[: first_failure + 1 + REFERENCE_BLOCK]
     trace_request = TraceRequest(positions=positions, layers=request.trace_layers, names=request.trace_names)
     reference = shim.trace(
         model,

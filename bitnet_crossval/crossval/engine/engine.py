@@ -130,7 +130,7 @@ class Engine:
         if self.options.fault is not None and self.options.fault.name == MASK_AHEAD_FAULT.name:
             block = n  # each position also sees the next one: a block boundary would hide it
         block = max(1, block)
-        cache = KvCache()
+        cache = KvCache(capacity=n)
         hidden: npt.NDArray[np.float32] | None = None
         name = ""
         for start in range(0, n, block):

@@ -11,7 +11,7 @@ applied; an architecture lists the ones that apply to it (see :mod:`.faults`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -120,7 +120,7 @@ class ArrayOut:
 # The output matrix is read this many rows (vocabulary entries) at a time, and the logits of at
 # most OUTPUT_ROWS_PER_STEP positions are computed against each slab at once.
 OUTPUT_ROWS_PER_SLAB = 4096
-OUTPUT_ROWS_PER_STEP = 1024
+OUTPUT_ROWS_PER_STEP = 256
 
 
 def project_output(
@@ -198,34 +198,57 @@ class LayerKv:
     positions: npt.NDArray[np.int64]
 
 
-@dataclass
 class KvCache:
     """K and V of the positions evaluated so far, per layer: what llama.cpp's KV cache holds
-    between the micro-batches of a long sequence. A sliding-window layer keeps only the keys a
-    later query can still see."""
+    between the micro-batches of a long sequence.
 
-    layers: dict[int, LayerKv] = field(default_factory=dict)
+    A sliding-window layer keeps only the keys its next queries can see (the window before the
+    block's first position); any other layer keeps them all, in arrays of ``capacity`` positions
+    made once, so a long sequence does not leave a trail of ever larger copies behind.
+    """
 
-    def extend(self, il: int, k: F32Array, v: F32Array, positions: npt.NDArray[np.int64]) -> LayerKv:
-        """Layer ``il``'s keys and values with those of ``positions`` appended."""
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = capacity
+        self.layers: dict[int, LayerKv] = {}
+        self._full: dict[int, LayerKv] = {}
+        self._held: dict[int, int] = {}
+
+    def extend(
+        self, il: int, k: F32Array, v: F32Array, positions: npt.NDArray[np.int64], *, window: int = 0
+    ) -> LayerKv:
+        """Layer ``il``'s keys and values for queries at ``positions``: the earlier ones a query
+        of this block can see (all of them without a ``window``) and those of ``positions``."""
         held = self.layers.get(il)
+        if window <= 0 and self.capacity:
+            return self._append(il, k, v, positions)
         if held is None:
             current = LayerKv(k=k, v=v, positions=positions)
         else:
+            keep = held.positions > int(positions[0]) - window if window > 0 else slice(None)
             current = LayerKv(
-                k=np.concatenate([held.k, k]),
-                v=np.concatenate([held.v, v]),
-                positions=np.concatenate([held.positions, positions]),
+                k=np.concatenate([held.k[keep], k]),
+                v=np.concatenate([held.v[keep], v]),
+                positions=np.concatenate([held.positions[keep], positions]),
             )
         self.layers[il] = current
         return current
 
-    def forget_before(self, il: int, position: int) -> None:
-        """Drop layer ``il``'s keys of positions before ``position`` (no later query sees them)."""
-        held = self.layers[il]
-        keep = held.positions >= position
-        if not keep.all():
-            self.layers[il] = LayerKv(k=held.k[keep], v=held.v[keep], positions=held.positions[keep])
+    def _append(self, il: int, k: F32Array, v: F32Array, positions: npt.NDArray[np.int64]) -> LayerKv:
+        full = self._full.get(il)
+        if full is None:
+            full = LayerKv(
+                k=np.empty((self.capacity, *k.shape[1:]), dtype=k.dtype),
+                v=np.empty((self.capacity, *v.shape[1:]), dtype=v.dtype),
+                positions=np.empty(self.capacity, dtype=np.int64),
+            )
+            self._full[il] = full
+        start = self._held.get(il, 0)
+        stop = start + k.shape[0]
+        full.k[start:stop], full.v[start:stop], full.positions[start:stop] = k, v, positions
+        self._held[il] = stop
+        current = LayerKv(k=full.k[:stop], v=full.v[:stop], positions=full.positions[:stop])
+        self.layers[il] = current
+        return current
 
     def nbytes(self) -> int:
         return sum(int(kv.k.nbytes + kv.v.nbytes) for kv in self.layers.values())
@@ -327,6 +350,9 @@ class Run:
     def embed(self) -> F32Array:
         """build_inp_embd: rows of token_embd (named ``embd``)."""
         x = self.engine.model.rows("token_embd.weight", self.tokens)
+        # Each row read faults in its file pages (and their neighbours): over thousands of
+        # distinct tokens that is much of a vocabulary-sized matrix, resident for nothing.
+        self.engine.model.release_file_pages("token_embd.weight")
         self.rec("embd", -1, x)
         return x
 
@@ -415,7 +441,7 @@ class Run:
                 window = fault_window(self.fault, hp)
         k, v, k_positions = qkv.k, qkv.v, self.positions
         if self.cache is not None:
-            held = self.cache.extend(il, qkv.k, qkv.v, self.positions)
+            held = self.cache.extend(il, qkv.k, qkv.v, self.positions, window=window)
             k, v, k_positions = held.k, held.v, held.positions
         key = (window, int(k_positions[0]), int(k_positions.shape[0]))
         allowed = self._mask_cache.get(key)
@@ -439,9 +465,6 @@ class Run:
             kv_head=kv_head,
             kv_f16=self.options.kv_cache == "f16",
         )
-        if self.cache is not None and window > 0:
-            # The next query is at positions[-1] + 1 and sees keys less than the window before it.
-            self.cache.forget_before(il, int(self.positions[-1]) + 2 - window)
         return out
 
     # --- feed-forward ---

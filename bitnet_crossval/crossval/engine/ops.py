@@ -123,8 +123,9 @@ def attention_mask(
 
 
 # Scores held at once by :func:`attention` (float32 elements): long sequences take their heads a
-# few at a time, so a block of queries against a long KV cache stays within a few tens of MB.
-ATTENTION_SCORES_BUDGET = 1 << 22
+# few at a time (one, for 256 queries against 4,096 keys), so what attention holds at once
+# stays a few MB however long the sequence is.
+ATTENTION_SCORES_BUDGET = 1 << 20
 
 
 def attention(
