@@ -33,6 +33,7 @@ from bitnet_crossval.crossval.candidates import (
     TraceRequest,
     make_candidate,
 )
+from bitnet_crossval.crossval.facts import model_facts
 from bitnet_crossval.crossval.metrics import (
     DEFAULT_KL_MAX_FLOAT,
     DEFAULT_KL_MAX_QUANTIZED,
@@ -106,7 +107,8 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
     with ui.progress("cross-validation: preparing the model", total=5) as bar:
         with timer.phase("model"):
             model = resolve_model(request.model, cache=ctx.cache, env=ctx.env, source_dirs=source_dirs(record))
-            info = shim.info(model)
+            facts = model_facts(ctx.cache, shim.executable, model, ask=lambda: shim.info(model))
+            info = facts.info
         n_vocab = int(info["vocab_size"])
         add_bos = bool(info.get("add_bos")) if request.add_bos is None else request.add_bos
         bar.advance_to(1)
@@ -115,7 +117,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
             prompt_tokens, prompt_text = prompt_ids(request, shim, model, add_bos=add_bos, n_vocab=n_vocab)
             mismatch = _tokenizer_mismatch(request, prompt_tokens, prompt_text, add_bos=add_bos)
         _check_context(len(prompt_tokens) + request.max_tokens, info, model)
-        model_facts, weight_types = _model_facts(model, info)
+        model_description, weight_types = _model_facts(model, info, sha256=facts.sha256)
         thresholds = Thresholds(
             kl_max=request.kl_max if request.kl_max is not None else _default_kl_max(weight_types),
             tie_margin=request.tie_margin,
@@ -140,7 +142,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         if mismatch is not None:
             return CrossvalResult(
                 verdict="token-mismatch",
-                model=model_facts,
+                model=model_description,
                 reference=reference,
                 candidate={"label": request.candidate.label, "kind": request.candidate.kind},
                 tokens=list(prompt_tokens),
@@ -178,8 +180,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         bar.advance_to(3)
         bar.describe(f"cross-validation: the candidate ({candidate.label}) evaluates {len(tokens)} positions")
         with timer.phase("candidate"):
-            candidate_progress.start(len(tokens))
-            output = _run_candidate(candidate, model, tokens, work_dir)
+            output = _run_candidate(candidate, model, tokens, work_dir, progress=candidate_progress)
         bar.advance_to(4)
         bar.describe(f"cross-validation: comparing {len(tokens)} positions")
         with timer.phase("compare"):
@@ -201,12 +202,12 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                     first_failure=summary.first_failure,
                     work_dir=work_dir,
                     architecture=str(info.get("architecture")),
-                    precision=model_facts["precision"],
+                    precision=model_description["precision"],
                 )
     reference.update({key: value for key, value in ref_doc.items() if key != "pieces_hex"})
     return CrossvalResult(
         verdict="parity" if summary.passed else "divergence",
-        model=model_facts,
+        model=model_description,
         reference=reference,
         candidate={"label": candidate.label, "kind": request.candidate.kind, "details": dict(output.details)},
         tokens=list(tokens),
@@ -286,9 +287,8 @@ def _check_context(n_positions: int, info: dict[str, Any], model: Path) -> None:
         )
 
 
-def _model_facts(model: Path, info: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _model_facts(model: Path, info: dict[str, Any], *, sha256: str) -> tuple[dict[str, Any], list[str]]:
     from bitnet_crossval.crossval.engine import GGUFModelFile
-    from bitnet_crossval.util.files import file_sha256
 
     weight_types: list[str] = []
     try:
@@ -300,7 +300,7 @@ def _model_facts(model: Path, info: dict[str, Any]) -> tuple[dict[str, Any], lis
         weight_types = []  # the reference loaded it; the candidate will say what it cannot read
     facts = {
         "path": str(model),
-        "sha256": file_sha256(model),
+        "sha256": sha256,
         "size_bytes": model.stat().st_size,
         "architecture": info.get("architecture"),
         "name": info.get("name"),
@@ -389,7 +389,13 @@ def _check_finite(logits: np.ndarray[Any, Any], doc: dict[str, Any]) -> None:
     )
 
 
-def _run_candidate(candidate: Candidate, model: Path, tokens: list[int], work_dir: Path) -> CandidateOutput:
+def _run_candidate(
+    candidate: Candidate, model: Path, tokens: list[int], work_dir: Path, *, progress: _Meter | None = None
+) -> CandidateOutput:
+    """The candidate's logits of ``tokens`` (a memory map of a file in ``work_dir`` for the
+    built-in engine, which tells ``progress`` how far it is)."""
+    if progress is not None:
+        progress.start(len(tokens))
     return candidate.run(model, np.asarray(tokens, dtype=np.int32), work_dir=work_dir, trace_dir=None)
 
 
