@@ -111,6 +111,40 @@ class Interrupted(SuiteError):
         )
 
 
+class Stopped(SuiteError):
+    """SIGTERM or SIGHUP ended the command: the shells' 128 + N (143, 129)."""
+
+    exit_code = 143
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(
+            f"stopped by {signal_name}; the processes this command started were stopped and its temporary "
+            "files removed",
+            next_step="rerun the command; finished downloads and builds are reused",
+        )
+
+
+class HungUp(Stopped):
+    exit_code = 129
+
+
+class TerminationRequested(BaseException):
+    """SIGTERM or SIGHUP arrived (see :func:`bitnet_crossval.util.proc.stop_on_termination`).
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: no ``except Exception`` on the way out may
+    swallow it, and every ``finally`` and context manager runs (children stopped, temporary
+    directories removed). The task runner turns it into :class:`Stopped` or :class:`HungUp`.
+    """
+
+    def __init__(self, signum: int, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signum = signum
+        self.signal_name = signal_name
+
+    def as_error(self) -> Stopped:
+        return HungUp(self.signal_name) if self.signal_name == "SIGHUP" else Stopped(self.signal_name)
+
+
 class CandidateFailed(SuiteError):
     """The candidate could not start, crashed, exited, timed out, or returned something that is
     not logits: no comparison could be made (a candidate that runs but disagrees is a parity
@@ -180,6 +214,33 @@ class CommandTimedOut(CommandFailed):
         super().__init__(argv, 124, output_tail, log_path=log_path)
         self.timeout = timeout
         self.message = f"`{argv[0]}` did not finish within {timeout:g}s and was stopped"
+
+
+class ProgramCouldNotStart(SuiteError):
+    """A program exists but the system would not run it (a directory, no execute permission, not
+    an executable format). Callers classify it (a candidate's is exit 11)."""
+
+    exit_code = 1
+
+    def __init__(self, program: str, reason: str) -> None:
+        self.program = program
+        self.reason = reason
+        super().__init__(
+            f"`{program}` could not be started: {reason}",
+            next_step="check that the path names an executable program (chmod +x, or a #! line for a script)",
+        )
+
+
+class UnreadableArray(SuiteError):
+    """A ``.npy`` file that is missing, not a regular file, or not an array the suite can load
+    (see :mod:`bitnet_crossval.util.npy`). Callers classify it: a candidate's output is exit 11."""
+
+    exit_code = 1
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path} cannot be read as an array: {reason}")
 
 
 class ProgramNotFound(SuiteError):

@@ -18,6 +18,10 @@ position agrees when
    top-1 at such positions; vLLM's model tests accept the same).
 
 A run agrees when every position does; the first position that does not is named.
+
+Only real numbers can agree: a position where either side holds NaN or infinity never does
+(its metrics are NaN, never a KL of 0), and neither does one where a side's logits are the same
+for every token (they rank nothing: an all-zero or constant candidate is never parity).
 """
 
 from __future__ import annotations
@@ -150,6 +154,9 @@ def compare_row(
     """The metrics and the verdict of one position."""
     r = np.asarray(ref, dtype=np.float64)
     c = np.asarray(cand, dtype=np.float64)
+    unreal = [side for side, x in (("reference", r), ("candidate", c)) if not np.isfinite(x).all()]
+    if unreal:
+        return _not_finite(r, c, unreal, position=position, token=token, next_token=next_token)
     diff = c - r
     norm = float(np.linalg.norm(r) * np.linalg.norm(c))
     cosine = float(np.dot(r, c) / norm) if norm > 0.0 else (1.0 if not diff.any() else 0.0)
@@ -159,7 +166,10 @@ def compare_row(
     logp_r = _log_softmax(r)
     logp_c = _log_softmax(c)
     p_r = np.exp(logp_r)
-    kl = max(0.0, float(np.sum(p_r * (logp_r - logp_c))))
+    with np.errstate(invalid="ignore", over="ignore"):
+        terms = np.where(p_r > 0.0, p_r * (logp_r - logp_c), 0.0)
+    kl = float(np.sum(terms))
+    kl = max(0.0, kl) if math.isfinite(kl) else math.inf  # rounding makes a tiny negative KL
     top1_r, top1_c = int(np.argmax(r)), int(np.argmax(c))
     agree = top1_r == top1_c
     near_tie = not agree and bool(
@@ -170,10 +180,13 @@ def compare_row(
     # the bytes to partition.
     top5 = len(set(_top_k(np.asarray(ref), TOP_K)) & set(_top_k(np.asarray(cand), TOP_K)))
     reasons: list[str] = []
-    if kl > thresholds.kl_max:
+    if not kl <= thresholds.kl_max:
         reasons.append(f"KL {kl:.3g} > {thresholds.kl_max:g}")
     if not agree and not near_tie:
         reasons.append(f"top-1 differs ({top1_r} vs {top1_c}) and is no near tie")
+    for side, x in (("reference", r), ("candidate", c)):
+        if x.size > 1 and float(np.max(x)) == float(np.min(x)):
+            reasons.append(f"the {side}'s logits are the same for every token, so they rank nothing")
     return PositionMetrics(
         position=position,
         token=token,
@@ -191,6 +204,37 @@ def compare_row(
         p_next_cand=float(np.exp(logp_c[next_token])) if next_token is not None else None,
         passed=not reasons,
         reasons=tuple(reasons),
+    )
+
+
+def _not_finite(
+    r: npt.NDArray[np.float64],
+    c: npt.NDArray[np.float64],
+    sides: list[str],
+    *,
+    position: int,
+    token: int,
+    next_token: int | None,
+) -> PositionMetrics:
+    """A position where a side holds NaN or infinity: no metric is a number, nothing agrees."""
+    nan = math.nan
+    return PositionMetrics(
+        position=position,
+        token=token,
+        next_token=next_token,
+        cosine=nan,
+        max_abs_diff=nan,
+        nmse=nan,
+        kl=nan,
+        top1_ref=int(np.argmax(r)) if "reference" not in sides else -1,
+        top1_cand=int(np.argmax(c)) if "candidate" not in sides else -1,
+        top1_agree=False,
+        near_tie=False,
+        top5_overlap=0,
+        p_next_ref=None,
+        p_next_cand=None,
+        passed=False,
+        reasons=tuple(f"the {side}'s logits hold NaN or infinity" for side in sides),
     )
 
 
@@ -240,6 +284,8 @@ def position_values(rows: Sequence[PositionMetrics]) -> PositionValues:
 
 
 def summarize(rows: Sequence[PositionMetrics]) -> Summary:
+    """The run's figures; a maximum or mean over a NaN metric is NaN (``null`` in JSON), never a
+    number that looks like agreement."""
     failed = [row.position for row in rows if not row.passed]
     stats = kl_statistics(position_values(rows))
     return Summary(
@@ -252,15 +298,23 @@ def summarize(rows: Sequence[PositionMetrics]) -> Summary:
         p90_kl=stats.p90_kl,
         p99_kl=stats.p99_kl,
         p999_kl=stats.p999_kl,
-        min_cosine=min((row.cosine for row in rows), default=1.0),
-        max_nmse=max((row.nmse for row in rows), default=0.0),
-        max_abs_diff=max((row.max_abs_diff for row in rows), default=0.0),
+        min_cosine=_extreme(min, [row.cosine for row in rows], default=1.0),
+        max_nmse=_extreme(max, [row.nmse for row in rows], default=0.0),
+        max_abs_diff=_extreme(max, [row.max_abs_diff for row in rows], default=0.0),
         top1_agreement=stats.same_top1,
         mean_delta_p=stats.mean_delta_p,
         rms_delta_p=stats.rms_delta_p,
         n_near_ties=sum(row.near_tie for row in rows),
         failed_positions=failed,
     )
+
+
+def _extreme(pick: Callable[[list[float]], float], values: list[float], *, default: float) -> float:
+    if not values:
+        return default
+    if any(math.isnan(v) for v in values):  # max() over NaN depends on the order: never let it pass
+        return math.nan
+    return pick(values)
 
 
 def _log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -98,7 +98,10 @@ def print_table(result: CrossvalResult) -> None:
         _print_token_mismatch(result)
         return
     summary = result.summary
-    assert summary is not None
+    if summary is None:  # the reference's logits are not finite: nothing was compared
+        if result.non_finite is not None:
+            con.print(f"[red]non-finite: {result.non_finite.sentence()}[/red]")
+        return
     table = Table(
         title=f"{result.candidate['label']} vs {result.reference['backend']} ({Path(result.model['path']).name})"
     )
@@ -123,7 +126,9 @@ def print_table(result: CrossvalResult) -> None:
         piece = result.pieces[row.position] if row.position < len(result.pieces) else ""
         marker = " (gen)" if row.position >= result.n_prompt else ""
         top1 = "=" if row.top1_agree else ("≈ tie" if row.near_tie else "≠")
-        p_next = "" if row.p_next_ref is None else f"{row.p_next_ref:.3f}/{row.p_next_cand:.3f}"
+        p_next = (
+            "" if row.p_next_ref is None or row.p_next_cand is None else f"{row.p_next_ref:.3f}/{row.p_next_cand:.3f}"
+        )
         verdict = "[green]ok[/green]" if row.passed else f"[red]FAIL[/red] {'; '.join(row.reasons)}"
         if row.position in worst:
             verdict += " (highest KL)"
@@ -149,7 +154,9 @@ def print_table(result: CrossvalResult) -> None:
         f"top-1 agreement {summary.top1_agreement:.0%} ({summary.n_near_ties} near ties)"
     )
     con.print(statistics_line(summary))
-    if summary.passed:
+    if result.non_finite is not None:
+        con.print(f"[red]non-finite: {result.non_finite.sentence()}[/red]")
+    elif summary.passed:
         con.print("[green]parity: the candidate agrees with the reference at every position[/green]")
     else:
         first = result.rows[summary.first_failure or 0]
@@ -262,6 +269,10 @@ def write_junit(result: CrossvalResult, path: Path) -> None:
         case = ET.SubElement(suite, "testcase", classname="crossval", name="tokenization")
         ET.SubElement(case, "failure", message=f"token mismatch at index {result.token_mismatch.first_index}")
         cases, failures = 1, 1
+    if result.non_finite is not None:
+        case = ET.SubElement(suite, "testcase", classname="crossval", name=f"finite-{result.non_finite.side}")
+        ET.SubElement(case, "failure", message=result.non_finite.sentence())
+        cases, failures = cases + 1, failures + 1
     for row in result.rows:
         case = ET.SubElement(suite, "testcase", classname="crossval", name=f"position-{row.position:04d}")
         cases += 1

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bitnet_crossval.crossval.metrics import PositionMetrics, Summary, Thresholds
+from bitnet_crossval.crossval.nonfinite import NonFinite
 from bitnet_crossval.crossval.tokens import TokenMismatch
 from bitnet_crossval.crossval.trace import TraceComparison
 from bitnet_crossval.util.jsonsafe import jsonable
 
-Verdict = Literal["parity", "divergence", "token-mismatch"]
+Verdict = Literal["parity", "divergence", "token-mismatch", "non-finite"]
 
 REPORT_SCHEMA = "bitnet-crossval/report"
 REPORT_VERSION = 1
@@ -33,12 +34,16 @@ class CrossvalResult:
     trace: TraceComparison | None = None
     trace_filtered: bool = False
     """Whether --trace-layers or --trace-names narrowed the trace."""
+    non_finite: NonFinite | None = None
+    """With the verdict ``non-finite``: which side's logits hold NaN or infinity, and where."""
 
     @property
     def passed(self) -> bool:
         return self.verdict == "parity"
 
     def next_step(self) -> str:
+        if self.non_finite is not None:
+            return self.non_finite.next_step()
         if self.token_mismatch is not None:
             return "make the candidate's tokenizer agree (BOS, special tokens, normalisation), or pass --tokens-file"
         if self.trace is None:
@@ -66,6 +71,8 @@ class CrossvalResult:
         return f"look at how the candidate computes {departure.name} ({departure.op}): the tensors before it agree"
 
     def failure_sentence(self) -> str:
+        if self.non_finite is not None:
+            return self.non_finite.sentence()
         if self.token_mismatch is not None:
             return (
                 f"the tokenizer disagrees with the reference's at token index {self.token_mismatch.first_index}, "
@@ -98,6 +105,7 @@ class CrossvalResult:
                 "token_mismatch": self.token_mismatch.to_json() if self.token_mismatch else None,
                 "timings": self.timings,
                 "trace": self.trace.to_json() if self.trace else None,
+                "non_finite": self.non_finite.to_json() if self.non_finite else None,
             }
         )
         return document

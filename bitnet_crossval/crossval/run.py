@@ -14,17 +14,20 @@ position. Scripts call :func:`run_crossval` directly::
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bitnet_crossval.crossval import nonfinite
 from bitnet_crossval.crossval.candidates import (
     Candidate,
     CandidateOutput,
@@ -42,8 +45,9 @@ from bitnet_crossval.crossval.metrics import (
     summarize,
 )
 from bitnet_crossval.crossval.models import resolve_model
+from bitnet_crossval.crossval.nonfinite import NonFinite, TracedTensor
 from bitnet_crossval.crossval.request import CrossvalRequest
-from bitnet_crossval.crossval.result import CrossvalResult
+from bitnet_crossval.crossval.result import CrossvalResult, Verdict
 from bitnet_crossval.crossval.tokens import (
     TokenMismatch,
     check_token_ids,
@@ -59,16 +63,18 @@ from bitnet_crossval.crossval.trace import (
     compare_traces,
     describe_filters,
 )
-from bitnet_crossval.errors import BadInput, UnclassifiedError
+from bitnet_crossval.errors import BadInput
 from bitnet_crossval.reference.lookup import recorded_shim
 from bitnet_crossval.store.sources import source_dirs
 from bitnet_crossval.util import ui
-from bitnet_crossval.util.npy_rows import rows_not_finite
+from bitnet_crossval.util.files import make_dir
+from bitnet_crossval.util.npy_rows import row_blocks, rows_per_block
 from bitnet_crossval.util.timefmt import file_stamp
 
 if TYPE_CHECKING:
     from bitnet_crossval.context import SuiteContext
     from bitnet_crossval.reference.client import Shim
+    from bitnet_crossval.store.constants import BackendRecord
 
 # Weight types whose matrices llama.cpp multiplies without quantising the activations: a model
 # made only of these is held to the float threshold (docs/explanation/verdict.md).
@@ -96,50 +102,26 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
     """Run the whole comparison and return its result; a :class:`~bitnet_crossval.errors.SuiteError`
     when it cannot be made (bad input, a candidate that fails)."""
     if work_dir is None:
-        with tempfile.TemporaryDirectory(prefix="bitnet-crossval-") as tmp:
+        # A candidate may leave its directories in a state rmtree trips over: never an error of the run.
+        with tempfile.TemporaryDirectory(prefix="bitnet-crossval-", ignore_cleanup_errors=True) as tmp:
             return run_crossval(request, ctx, work_dir=Path(tmp))
+    make_dir(work_dir)  # a file there is named as bad input, before anything runs
     timer = Timer()
     # llama.cpp's log of each shim call outlives the run (an error names it).
     log_dir = ctx.cache.logs / f"crossval-{file_stamp()}-{os.getpid()}"
     shim = recorded_shim(ctx.constants, request.backend, env=ctx.env, log_dir=log_dir)
-    record = ctx.constants.record(request.backend)
-    assert record is not None
     with ui.progress("cross-validation: preparing the model", total=5) as bar:
-        with timer.phase("model"):
-            model = resolve_model(request.model, cache=ctx.cache, env=ctx.env, source_dirs=source_dirs(record))
-            facts = model_facts(ctx.cache, shim.executable, model, ask=lambda: shim.info(model))
-            info = facts.info
-        n_vocab = int(info["vocab_size"])
-        add_bos = bool(info.get("add_bos")) if request.add_bos is None else request.add_bos
-        bar.advance_to(1)
-        bar.describe("cross-validation: tokenizing")
-        with timer.phase("tokenize"):
-            prompt_tokens, prompt_text = prompt_ids(request, shim, model, add_bos=add_bos, n_vocab=n_vocab)
-            mismatch = _tokenizer_mismatch(request, prompt_tokens, prompt_text, add_bos=add_bos)
-        _check_context(len(prompt_tokens) + request.max_tokens, info, model)
-        model_description, weight_types = _model_facts(model, info, sha256=facts.sha256)
-        thresholds = Thresholds(
-            kl_max=request.kl_max if request.kl_max is not None else _default_kl_max(weight_types),
-            tie_margin=request.tie_margin,
+        prepared = _prepare(request, ctx, shim, timer, bar)
+        model, info, n_vocab, prompt_tokens, model_description, thresholds, reference = (
+            prepared.model,
+            prepared.info,
+            prepared.n_vocab,
+            prepared.prompt_tokens,
+            prepared.model_description,
+            prepared.thresholds,
+            prepared.reference,
         )
-        reference: dict[str, Any] = {
-            "backend": request.backend,
-            "commit": record.source.get("commit", ""),
-            "source": dict(record.source),
-            "build_flags": list(record.build_flags),
-            "shim": str(shim.executable),
-            "api": info.get("api"),
-            "tokenization": {
-                "tokens_from": "tokens-file" if request.tokens_file is not None else "reference tokenizer",
-                "prompt_file": str(request.prompt_file) if request.prompt_file is not None else None,
-                "prompt_set": request.prompt_set,
-                "prompt_tokens": request.prompt_tokens,
-                "add_bos": add_bos,
-                "parse_special": request.parse_special,
-                "tokenizer_json": str(request.tokenizer) if request.tokenizer is not None else None,
-            },
-        }
-        if mismatch is not None:
+        if prepared.mismatch is not None:
             return CrossvalResult(
                 verdict="token-mismatch",
                 model=model_description,
@@ -151,30 +133,54 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                 thresholds=thresholds,
                 rows=[],
                 summary=None,
-                token_mismatch=mismatch,
+                token_mismatch=prepared.mismatch,
                 timings={**timer.seconds, "total": timer.total()},
             )
         bar.advance_to(2)
         bar.describe("cross-validation: loading the candidate")
         candidate_progress = _Meter(bar)
         with timer.phase("candidate_load"):
-            candidate = make_candidate(
-                request.candidate,
-                CandidateSetting(
-                    model=model,
-                    n_vocab=n_vocab,
-                    architecture=str(info.get("architecture")),
-                    env=ctx.env,
-                    timeout=request.candidate_timeout,
-                    threads=request.threads,
-                    kv_type=request.kv_type,
-                    bitnet_activation=request.bitnet_activation,
-                    shim_for=lambda backend: recorded_shim(ctx.constants, backend, env=ctx.env),
-                    progress=candidate_progress,
-                ),
+            candidate = _load_candidate(
+                request, ctx, model=model, n_vocab=n_vocab, info=info, progress=candidate_progress
             )
         with timer.phase("reference"):
-            tokens, ref_logits, ref_doc = _reference_run(request, shim, model, prompt_tokens, work_dir, bar=bar)
+            tokens, ref_logits, ref_doc, shim_doc = _reference_run(
+                request, shim, model, prompt_tokens, work_dir, bar=bar
+            )
+        reference.update(ref_doc)
+        result = functools.partial(
+            CrossvalResult,
+            model=model_description,
+            reference=reference,
+            n_prompt=len(prompt_tokens),
+            thresholds=thresholds,
+            token_mismatch=None,
+            trace_filtered=request.trace_layers is not None or request.trace_names is not None,
+        )
+        # The shim counts what is not finite as it writes; the rows are looked at only if it found any.
+        reference_unreal = (
+            None
+            if shim_doc.get("n_nonfinite") == 0
+            else nonfinite.find(ref_logits, side="reference", label="the reference")
+        )
+        if reference_unreal is not None:
+            # No candidate is run: nothing could be judged against these logits.
+            bar.describe("cross-validation: looking for the reference's first NaN or infinity")
+            with timer.phase("non_finite"):
+                reference_unreal = _explain_reference(
+                    request, shim, reference_unreal, model=model, tokens=tokens, work_dir=work_dir
+                )
+            return result(
+                verdict="non-finite",
+                candidate={"label": candidate.label, "kind": request.candidate.kind},
+                tokens=list(tokens),
+                pieces=_pieces(shim, model, tokens, shim_doc.get("pieces_hex")),
+                rows=[],
+                summary=None,
+                timings={**timer.seconds, "total": timer.total()},
+                non_finite=reference_unreal,
+            )
+        _check_ranks(ref_logits)
         check_token_ids(tokens, n_vocab=n_vocab, where="the reference's continuation")
         candidate = candidate.follow(ReferenceFacts(kv_type_v=str(ref_doc["settings"]["kv_type_v"])))
         bar.advance_to(3)
@@ -188,9 +194,17 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                 ref_logits, output.logits, tokens, thresholds=thresholds, progress=ui.Rate(bar, len(tokens))
             )
             summary = summarize(rows)
+            candidate_unreal = nonfinite.find(output.logits, side="candidate", label=f"the candidate {candidate.label}")
         bar.advance_to(5)
         comparison = None
-        if request.trace and summary.first_failure is not None:
+        if candidate_unreal is not None:
+            if request.trace:
+                bar.describe("cross-validation: looking for the candidate's first NaN or infinity")
+                with timer.phase("trace"):
+                    candidate_unreal = _explain_candidate(
+                        request, shim, candidate, candidate_unreal, model=model, tokens=tokens, work_dir=work_dir
+                    )
+        elif request.trace and summary.first_failure is not None:
             bar.describe(f"cross-validation: tracing both sides up to position {summary.first_failure}")
             with timer.phase("trace"):
                 comparison = _locate(
@@ -204,23 +218,127 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                     architecture=str(info.get("architecture")),
                     precision=model_description["precision"],
                 )
-    reference.update({key: value for key, value in ref_doc.items() if key != "pieces_hex"})
-    return CrossvalResult(
-        verdict="parity" if summary.passed else "divergence",
-        model=model_description,
-        reference=reference,
+    verdict: Verdict = "non-finite" if candidate_unreal is not None else ("parity" if summary.passed else "divergence")
+    return result(
+        verdict=verdict,
         candidate={"label": candidate.label, "kind": request.candidate.kind, "details": dict(output.details)},
         tokens=list(tokens),
-        n_prompt=len(prompt_tokens),
-        pieces=_pieces(shim, model, tokens, ref_doc.get("pieces_hex")),
-        thresholds=thresholds,
+        pieces=_pieces(shim, model, tokens, shim_doc.get("pieces_hex")),
         rows=rows,
         summary=summary,
-        token_mismatch=None,
         timings={**timer.seconds, "candidate_compute": round(output.seconds, 4), "total": timer.total()},
         trace=comparison,
-        trace_filtered=request.trace_layers is not None or request.trace_names is not None,
+        non_finite=candidate_unreal,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Prepared:
+    """What the run knows before either side computes anything."""
+
+    model: Path
+    info: dict[str, Any]
+    n_vocab: int
+    prompt_tokens: list[int]
+    mismatch: TokenMismatch | None
+    model_description: dict[str, Any]
+    thresholds: Thresholds
+    reference: dict[str, Any]
+
+
+def _prepare(request: CrossvalRequest, ctx: SuiteContext, shim: Shim, timer: Timer, bar: ui.ProgressTask) -> _Prepared:
+    """The model (checked), its tokens, the thresholds and the reference's facts."""
+    record = ctx.constants.record(request.backend)
+    assert record is not None
+    with timer.phase("model"):
+        model = resolve_model(request.model, cache=ctx.cache, env=ctx.env, source_dirs=source_dirs(record))
+        facts = model_facts(ctx.cache, shim.executable, model, ask=lambda: shim.info(model))
+        info = facts.info
+        _check_hyperparameters(model)
+    n_vocab = int(info["vocab_size"])
+    add_bos = bool(info.get("add_bos")) if request.add_bos is None else request.add_bos
+    bar.advance_to(1)
+    bar.describe("cross-validation: tokenizing")
+    with timer.phase("tokenize"):
+        prompt_tokens, prompt_text = prompt_ids(request, shim, model, add_bos=add_bos, n_vocab=n_vocab)
+        mismatch = _tokenizer_mismatch(request, prompt_tokens, prompt_text, add_bos=add_bos)
+    _check_context(len(prompt_tokens) + request.max_tokens, info, model)
+    model_description, weight_types = _model_facts(model, info, sha256=facts.sha256)
+    thresholds = Thresholds(
+        kl_max=request.kl_max if request.kl_max is not None else _default_kl_max(weight_types),
+        tie_margin=request.tie_margin,
+    )
+    return _Prepared(
+        model=model,
+        info=info,
+        n_vocab=n_vocab,
+        prompt_tokens=prompt_tokens,
+        mismatch=mismatch,
+        model_description=model_description,
+        thresholds=thresholds,
+        reference=_reference_facts(request, record, shim, info, add_bos=add_bos),
+    )
+
+
+def _reference_facts(
+    request: CrossvalRequest, record: BackendRecord, shim: Shim, info: dict[str, Any], *, add_bos: bool
+) -> dict[str, Any]:
+    return {
+        "backend": request.backend,
+        "commit": record.source.get("commit", ""),
+        "source": dict(record.source),
+        "build_flags": list(record.build_flags),
+        "shim": str(shim.executable),
+        "api": info.get("api"),
+        "tokenization": {
+            "tokens_from": "tokens-file" if request.tokens_file is not None else "reference tokenizer",
+            "prompt_file": str(request.prompt_file) if request.prompt_file is not None else None,
+            "prompt_set": request.prompt_set,
+            "prompt_tokens": request.prompt_tokens,
+            "add_bos": add_bos,
+            "parse_special": request.parse_special,
+            "tokenizer_json": str(request.tokenizer) if request.tokenizer is not None else None,
+        },
+    }
+
+
+def _load_candidate(
+    request: CrossvalRequest,
+    ctx: SuiteContext,
+    *,
+    model: Path,
+    n_vocab: int,
+    info: dict[str, Any],
+    progress: Callable[[float], None] | None = None,
+) -> Candidate:
+    return make_candidate(
+        request.candidate,
+        CandidateSetting(
+            model=model,
+            n_vocab=n_vocab,
+            architecture=str(info.get("architecture")),
+            env=ctx.env,
+            timeout=request.candidate_timeout,
+            threads=request.threads,
+            kv_type=request.kv_type,
+            bitnet_activation=request.bitnet_activation,
+            shim_for=lambda backend: recorded_shim(ctx.constants, backend, env=ctx.env),
+            progress=progress,
+        ),
+    )
+
+
+def _check_hyperparameters(model: Path) -> None:
+    """Hyperparameters that make llama.cpp abort (a negative norm epsilon: SIGABRT) or compute
+    NaN are bad input before the reference runs, for any architecture and any candidate."""
+    from bitnet_crossval.crossval.engine import GGUFModelFile
+    from bitnet_crossval.crossval.engine.hparams import check_hyperparameters
+
+    try:
+        gguf = GGUFModelFile(model)
+    except BadInput:
+        return  # llama.cpp loaded it; what the NumPy reader cannot read is reported by whoever reads it
+    check_hyperparameters(gguf)
 
 
 def prompt_ids(
@@ -332,9 +450,11 @@ def _reference_run(
     work_dir: Path,
     *,
     bar: ui.ProgressTask | None = None,
-) -> tuple[list[int], np.ndarray[Any, Any], dict[str, Any]]:
-    """The reference's tokens (the prompt and its greedy continuation) and their logits, a
-    read-only memory map of a file in ``work_dir`` written a block of positions at a time."""
+) -> tuple[list[int], np.ndarray[Any, Any], dict[str, Any], dict[str, Any]]:
+    """The reference's tokens (the prompt and its greedy continuation), their logits (a
+    read-only memory map of a file in ``work_dir`` written a block of positions at a time), the
+    run's facts for the report and the shim's own document (its pieces, its count of values
+    that are not finite)."""
     from bitnet_crossval.reference.client import run_report
 
     continuation: list[int] = []
@@ -355,7 +475,6 @@ def _reference_run(
         block=REFERENCE_BLOCK,
         progress=ui.Rate(bar, len(tokens)) if bar is not None else None,
     )
-    _check_finite(logits, doc)
     run = run_report(doc)
     settings = {
         "kv_type_k": run.kv_type_k,
@@ -369,24 +488,93 @@ def _reference_run(
         "causal": doc.get("causal", True),
         "generated": len(continuation),
     }
-    return tokens, logits, {"settings": settings, "pieces_hex": doc.get("pieces_hex")}
+    return tokens, logits, {"settings": settings}, doc
 
 
-def _check_finite(logits: np.ndarray[Any, Any], doc: dict[str, Any]) -> None:
-    """The reference's logits judge the candidate's only where they are finite: with a NaN or an
-    infinity in a row its KL is undefined, which the comparison would read as agreement. The
-    shim counts them as it writes; only then are the rows looked for."""
-    if doc.get("n_nonfinite") == 0:
+def _check_ranks(logits: np.ndarray[Any, Any]) -> None:
+    """The reference must rank the vocabulary: a row with one value for every token (an output
+    norm or output matrix of zeros gives one) cannot judge a candidate, and would call a
+    constant candidate's row agreement."""
+    if logits.shape[1] < 2:
         return
-    rows = rows_not_finite(logits)
-    if not rows:
+    flat_rows: list[int] = []
+    for start, rows in row_blocks(logits, rows_per_block(logits.shape[1])):
+        flat_rows += [start + int(i) for i in np.flatnonzero(np.max(rows, axis=1) == np.min(rows, axis=1))]
+    if not flat_rows:
         return
-    more = f" and {len(rows) - 1} more" if len(rows) > 1 else ""
-    raise UnclassifiedError(
-        f"the reference's logits hold non-finite values (NaN or infinity) at position {int(rows[0])}{more}",
-        next_step="rerun with --verbose to see llama.cpp's log; a reference that overflows on this model and "
-        "prompt cannot judge a candidate",
+    flat = np.asarray(flat_rows)
+    more = f" and {flat.size - 1} more" if flat.size > 1 else ""
+    raise BadInput(
+        f"the reference's logits at position {int(flat[0])}{more} are the same for every token, so they rank "
+        "nothing and cannot judge a candidate",
+        next_step="check the model's weights: an output norm or an output matrix of zeros gives such logits",
     )
+
+
+def _explain_reference(
+    request: CrossvalRequest, shim: Shim, found: NonFinite, *, model: Path, tokens: list[int], work_dir: Path
+) -> NonFinite:
+    """Which weights hold NaN or infinity and, with --trace, the first tensor of llama.cpp's graph
+    that does (over the positions up to the first bad one)."""
+    weights, checked = nonfinite.non_finite_weights(model)
+    first_tensor = None
+    if request.trace:
+        positions = list(range(found.positions[0] + 1))
+        traced = shim.trace(
+            model,
+            tokens,
+            out_dir=work_dir / "reference-trace",
+            layers=request.trace_layers,
+            names=request.trace_names,
+            positions=positions,
+            threads=request.threads,
+            kv_type=request.kv_type,
+        )
+        first_tensor = nonfinite.first_in_trace(
+            [TracedTensor(name=t.name, layer=t.layer, op=t.op, load=t.load) for t in traced.tensors], positions
+        )
+    return replace(found, weights=weights, weights_checked=checked, traced=request.trace, first_tensor=first_tensor)
+
+
+def _explain_candidate(
+    request: CrossvalRequest,
+    shim: Shim,
+    candidate: Candidate,
+    found: NonFinite,
+    *,
+    model: Path,
+    tokens: list[int],
+    work_dir: Path,
+) -> NonFinite:
+    """The first tensor of the candidate's trace holding NaN or infinity, in the reference's
+    execution order (then the names only the candidate wrote), up to the first bad position."""
+    positions = list(range(found.positions[0] + 1))
+    trace_request = TraceRequest(positions=positions, layers=request.trace_layers, names=request.trace_names)
+    reference = shim.trace(
+        model,
+        tokens,
+        out_dir=work_dir / "reference-trace",
+        layers=request.trace_layers,
+        names=request.trace_names,
+        positions=positions,
+        threads=request.threads,
+        kv_type=request.kv_type,
+    )
+    traced = candidate.trace(model, np.asarray(tokens, dtype=np.int32), request=trace_request, work_dir=work_dir)
+    if not traced:
+        return replace(found, traced=False)
+    known = {t.name: t for t in reference.tensors}
+    order = [
+        TracedTensor(name=t.name, layer=t.layer, op=t.op, load=traced[t.name])
+        for t in reference.tensors
+        if t.name in traced
+    ]
+    order += [
+        TracedTensor(name=name, layer=None, op="", load=load)
+        for name, load in sorted(traced.items())
+        if name not in known
+    ]
+    return replace(found, traced=True, first_tensor=nonfinite.first_in_trace(order, positions))
 
 
 def _run_candidate(
@@ -396,7 +584,7 @@ def _run_candidate(
     built-in engine, which tells ``progress`` how far it is)."""
     if progress is not None:
         progress.start(len(tokens))
-    return candidate.run(model, np.asarray(tokens, dtype=np.int32), work_dir=work_dir, trace_dir=None)
+    return candidate.run(model, np.asarray(tokens, dtype=np.int32), work_dir=work_dir, trace=False)
 
 
 def _locate(

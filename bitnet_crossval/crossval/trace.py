@@ -18,6 +18,7 @@ present on one side only is reported, never skipped silently.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +29,9 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_crossval.crossval.engine.trace import split_key
-from bitnet_crossval.errors import BadInput
+from bitnet_crossval.errors import BadInput, CandidateFailed, UnreadableArray
 from bitnet_crossval.util.jsonsafe import finite_or_none
+from bitnet_crossval.util.npy import read_npy
 
 F32Array = npt.NDArray[np.float32]
 Loader = Callable[[], F32Array]
@@ -66,6 +68,9 @@ class TensorComparison:
     max_abs_diff: float
     worst_position: int
     agrees: bool
+    non_finite: str | None = None
+    """Which side holds NaN or infinity in this tensor ("candidate", "reference", "both"): it then
+    departs, and its error and cosine are not numbers."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +84,7 @@ class TensorComparison:
             "max_abs_diff": finite_or_none(self.max_abs_diff),
             "worst_position": self.worst_position,
             "agrees": self.agrees,
+            "non_finite": self.non_finite,
         }
 
 
@@ -125,6 +131,14 @@ class TraceComparison:
         d = self.first_departure
         where = f"layer {d.layer}, " if d.layer is not None else ""
         after = f"; everything before it agrees (last: {self.last_agreement.name})" if self.last_agreement else ""
+        if d.non_finite is not None:
+            side = {"both": "on both sides", "reference": "on the reference's side"}.get(
+                d.non_finite, "on the candidate's side"
+            )
+            return (
+                f"{where}{d.name} ({d.op}) first departs: it holds NaN or infinity {side} at position "
+                f"{d.worst_position}{after}"
+            )
         return (
             f"{where}{d.name} ({d.op}) first departs: relative error {d.max_rel_error:.3g}, cosine "
             f"{d.min_cosine:.4f} at position {d.worst_position}{after}"
@@ -314,18 +328,19 @@ def _metrics(
     n = expected.shape[0]
     e = expected.reshape(n, -1)
     a = actual.reshape(n, -1)
-    # An inf or NaN of the candidate is judged below (it departs), not warned about on stderr.
+    unreal_rows: npt.NDArray[np.bool_] = np.asarray(~(np.isfinite(a).all(axis=1) & np.isfinite(e).all(axis=1)))
+    if unreal_rows.any():
+        return _not_finite(ref, expected, e, a, unreal_rows, layout=layout, positions=positions)
+    diff = a - e
+    ref_norm = np.linalg.norm(e, axis=1)
+    diff_norm = np.linalg.norm(diff, axis=1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        diff = a - e
-        ref_norm = np.linalg.norm(e, axis=1)
-        diff_norm = np.linalg.norm(diff, axis=1)
         rel = np.where(ref_norm > 0, diff_norm / np.maximum(ref_norm, 1e-30), np.where(diff_norm > 0, np.inf, 0.0))
         denom = ref_norm * np.linalg.norm(a, axis=1)
         cosine = np.where(
             denom > 0, np.sum(e * a, axis=1) / np.maximum(denom, 1e-300), np.where(diff_norm > 0, 0.0, 1.0)
         )
-        max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
-    finite = bool(np.isfinite(a).all())
+    max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
     worst = int(np.argmax(np.nan_to_num(rel, nan=np.inf))) if n else 0
     max_rel = float(np.max(rel)) if n else 0.0
     return TensorComparison(
@@ -334,27 +349,76 @@ def _metrics(
         op=ref.op,
         shape=list(expected.shape),
         layout=layout,
-        max_rel_error=max_rel if finite else math.inf,
+        max_rel_error=max_rel,
         min_cosine=float(np.min(cosine)) if n else 1.0,
         max_abs_diff=max_abs,
         worst_position=positions[worst] if worst < len(positions) else worst,
-        agrees=finite and max_rel <= rel_tol,
+        agrees=bool(math.isfinite(max_rel) and max_rel <= rel_tol),
     )
 
 
-def read_trace_dir(directory: Path) -> dict[str, Loader]:
-    """A candidate's trace directory: one ``<name>.npy`` per tensor (``Qcur-0.npy``)."""
+def _not_finite(
+    ref: RefTensor,
+    expected: npt.NDArray[np.float64],
+    e: npt.NDArray[np.float64],
+    a: npt.NDArray[np.float64],
+    unreal_rows: npt.NDArray[np.bool_],
+    *,
+    layout: str,
+    positions: list[int],
+) -> TensorComparison:
+    """A tensor with NaN or infinity on a side departs; no error or cosine of it is a number (an
+    all-NaN tensor must never show a cosine of 1)."""
+    candidate_bad, reference_bad = not np.isfinite(a).all(), not np.isfinite(e).all()
+    side = "both" if candidate_bad and reference_bad else ("candidate" if candidate_bad else "reference")
+    first = int(np.flatnonzero(unreal_rows)[0])
+    return TensorComparison(
+        name=ref.name,
+        layer=ref.layer,
+        op=ref.op,
+        shape=list(expected.shape),
+        layout=layout,
+        max_rel_error=math.nan,
+        min_cosine=math.nan,
+        max_abs_diff=math.nan,
+        worst_position=positions[first] if first < len(positions) else first,
+        agrees=False,
+        non_finite=side,
+    )
+
+
+def read_trace_dir(directory: Path, *, label: str | None = None) -> dict[str, Loader]:
+    """A candidate's trace directory: one ``<name>.npy`` per tensor (``Qcur-0.npy``).
+
+    Each file is read only when it is compared, and only if it is a regular file with a
+    consistent ``.npy`` header (:func:`~bitnet_crossval.util.npy.read_npy`): a FIFO or a device
+    named like a tensor never blocks the run. One that cannot be read is the candidate's failure
+    (``label`` names the candidate in the sentence).
+    """
+    who = "the candidate" if label is None else f"the candidate {label}"
+    try:
+        with os.scandir(directory) as entries:
+            names = sorted(entry.name for entry in entries if entry.name.endswith(".npy"))
+    except OSError as exc:
+        raise CandidateFailed(
+            f"the trace directory of {who} cannot be listed ({exc.strerror or exc})",
+            next_step="write the intermediates as files inside the {trace} directory",
+        ) from None
     loaders: dict[str, Loader] = {}
-    for path in sorted(directory.glob("*.npy")):
+    for name in names:
 
-        def load(path: Path = path) -> F32Array:
+        def load(path: Path = directory / name) -> F32Array:
             try:
-                return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
-            except (OSError, ValueError) as exc:
-                raise BadInput(
-                    f"the candidate's trace file {path.name} is not a readable .npy file ({exc})",
-                    next_step="write each intermediate with numpy.save",
-                ) from exc
+                array = read_npy(path)
+                return np.asarray(array, dtype=np.float32)
+            except UnreadableArray as exc:
+                reason = exc.reason
+            except (TypeError, ValueError):
+                reason = "its values are not numbers"
+            raise CandidateFailed(
+                f"{who} wrote the trace file {path.name}, which is not a readable .npy file ({reason})",
+                next_step="write each intermediate with numpy.save, as a regular file in the {trace} directory",
+            )
 
-        loaders[path.stem] = load
+        loaders[name[: -len(".npy")]] = load
     return loaders

@@ -78,6 +78,9 @@ def prepare_build_dir(project: CMakeProject) -> None:
     recorded_dir = cached.get("CMAKE_CACHEFILE_DIR")
     if recorded_dir and Path(recorded_dir).resolve() != project.build_dir.resolve():
         reason = f"it was configured in {recorded_dir} and then moved or copied"
+    recorded_source = cached.get("CMAKE_HOME_DIRECTORY")
+    if recorded_source and Path(recorded_source).resolve() != project.source_dir.resolve():
+        reason = f"it was configured from the sources in {recorded_source}"
     generator = cached.get("CMAKE_GENERATOR", "")
     program = _GENERATOR_PROGRAMS.get(generator)
     if program and not shutil.which(program, path=project.env.get("PATH", os.defpath)):

@@ -19,7 +19,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_crossval.errors import BackendUnavailable, BadInput, SuiteError, UnclassifiedError
+from bitnet_crossval.errors import BackendUnavailable, BadInput, ProgramCouldNotStart, SuiteError, UnclassifiedError
 from bitnet_crossval.util import proc, ui
 from bitnet_crossval.util.files import make_dir, os_error
 
@@ -396,9 +396,9 @@ class Shim:
                 timeout=self._timeout,
                 on_line=on_line,
             )
-        except OSError as exc:  # it cannot be started: not executable, not a program, a bad ELF
+        except ProgramCouldNotStart as exc:  # not executable, not a program, a bad ELF
             raise BackendUnavailable(
-                f"the reference shim {self.executable} cannot be started: {exc.strerror or exc}",
+                f"the reference shim {self.executable} cannot be started: {exc.reason}",
                 next_step="run `invoke rebuild` to build it again",
             ) from exc
         if result.returncode != 0:

@@ -7,7 +7,7 @@ A case ends in one of these statuses:
 | ``parity`` | exit 0 | yes |
 | ``divergence``, ``token-mismatch`` | exit 10 | yes |
 | ``candidate-failed`` | exit 11: the candidate crashed, was killed, timed out, or wrote no logits | no |
-| ``killed`` | was killed by a signal (128+N): a candidate running inside it (``numpy``, ``py:``), or the system | no |
+| ``killed`` | was killed by a signal (128+N): a candidate running inside it (``numpy``), or the system | no |
 | ``timeout`` | ran past ``--case-timeout`` and was stopped | no |
 | ``bad-input`` | exit 6: something it was given cannot run | no |
 | ``error`` | any other exit (1 unusable backend, 3 network, 4 permission, ...) | no |

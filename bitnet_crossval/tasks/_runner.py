@@ -6,8 +6,10 @@ A task is declared with :func:`suite_task` and the table of its options (see
 task body gets the parsed values. A body raises :class:`~bitnet_crossval.errors.SuiteError`;
 the runner prints its sentence and next step on stderr and exits with its code through
 ``invoke.Exit``. Anything else is a bug: one sentence without a traceback, unless ``--verbose``
-asked for it. Ctrl-C is exit 130. With ``--format json`` the runner also prints the one JSON
-document of a failure on stdout (every task the same shape), unless the body printed its own.
+asked for it. Ctrl-C is exit 130, SIGTERM 143 and SIGHUP 129, each after the command's own
+cleanup ran (:func:`bitnet_crossval.util.proc.stop_on_termination`). With ``--format json`` the
+runner also prints the one JSON document of a failure on stdout (every task the same shape),
+unless the body printed its own.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from invoke.exceptions import Exit
 from invoke.parser.argument import Argument
 from invoke.tasks import Task
 
-from bitnet_crossval.errors import Interrupted, SuiteError, UnclassifiedError
-from bitnet_crossval.util import stdio, ui
+from bitnet_crossval.errors import Interrupted, SuiteError, TerminationRequested, UnclassifiedError
+from bitnet_crossval.util import proc, stdio, ui
 from bitnet_crossval.util.files import dump_json
 from bitnet_crossval.util.options import FORMAT, VERBOSE, Option, OptionValues, RawValue
 
@@ -141,7 +143,8 @@ def _run_body(
     try:
         values = OptionValues(options, raw)
         values.check_all()
-        body(values)
+        with proc.stop_on_termination():
+            body(values)
     except SuiteError as exc:
         _fail(exc, command=command, raw=raw, json_error=json_error, verbose=verbose)
         detail = getattr(exc, "detail", "")
@@ -154,6 +157,12 @@ def _run_body(
         _fail(interrupted, command=command, raw=raw, json_error=json_error, verbose=verbose)
         ui.say(interrupted.render(), "error")
         raise Exit(code=interrupted.exit_code) from None
+    except TerminationRequested as signalled:
+        # Everything on the way out has run (children stopped, temporary directories removed).
+        stopped = signalled.as_error()
+        _fail(stopped, command=command, raw=raw, json_error=json_error, verbose=verbose)
+        ui.say(stopped.render(), "error")
+        raise Exit(code=stopped.exit_code) from None
     except (Exit, SystemExit):
         raise
     except Exception as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bitnet_crossval.crossval.options import OUTPUT_OPTIONS, PLOT, REQUEST_OPTIONS, build_request, output_paths
-from bitnet_crossval.errors import ParityFailed, SuiteError
+from bitnet_crossval.errors import BadInput, CandidateFailed, ParityFailed, SuiteError
 from bitnet_crossval.repair.preflight import REPAIR
 from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
 
@@ -35,13 +35,20 @@ def crossval_per_token(values: OptionValues) -> None:
         out.write_outputs(result, {option.name: path for option, path in outputs.items()})
     except SuiteError as exc:
         failed_output = exc
+    unreal: SuiteError | None = None
+    if result.non_finite is not None:
+        # No verdict on numbers that are not real: the model's (bad input) or the candidate's.
+        kind = BadInput if result.non_finite.side == "reference" else CandidateFailed
+        unreal = kind(result.failure_sentence(), next_step=result.next_step())
+    # An output that could not be written comes first: the command did not do all it was asked.
+    error = failed_output or unreal
     if values[FORMAT] == "json":
         document = result.to_json()
-        if failed_output is not None:
-            # The verdict stands; the document says which file could not be written.
-            document.update(command="crossval-per-token", ok=False, error=failed_output.to_json())
+        if error is not None:
+            # The document is the report, with the error every failing command's document carries.
+            document.update(command="crossval-per-token", ok=False, error=error.to_json())
         print_json(document)
-    if failed_output is not None:
-        raise failed_output  # the command did not do all it was asked: the output's code, not the verdict's
+    if error is not None:
+        raise error
     if not result.passed:
         raise ParityFailed(result.failure_sentence(), next_step=result.next_step())

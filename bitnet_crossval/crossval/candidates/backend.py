@@ -61,9 +61,7 @@ class ShimCandidate:
     def follow(self, reference: ReferenceFacts) -> Candidate:
         return self
 
-    def run(
-        self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
-    ) -> CandidateOutput:
+    def run(self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace: bool) -> CandidateOutput:
         started = time.monotonic()
         logits, doc = self.shim.logits(
             model, [int(t) for t in tokens], threads=self._threads, kv_type=self._kv_type, out_dir=work_dir

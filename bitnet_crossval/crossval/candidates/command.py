@@ -4,6 +4,12 @@
 float32 array) are replaced in its arguments; with none of them, the three paths are appended
 in that order. ``{trace}`` (a directory) asks it to write intermediates too. The protocol, with
 a worked example, is in docs/howto/candidates.md.
+
+Each run gets a new directory (:func:`~.base.new_workspace`) and a process group of its own,
+stopped at the time limit, on any way out of the suite, and once the program exits (what it
+left running); its output is read only from regular files (:func:`~.base.read_output`). A
+program that cannot start, exits non-zero, is killed, times out or writes nothing readable is
+the candidate's failure (exit 11).
 """
 
 from __future__ import annotations
@@ -26,11 +32,24 @@ from bitnet_crossval.crossval.candidates.base import (
     Traced,
     TraceRequest,
     check_logits,
+    new_workspace,
+    read_output,
+    save_new,
     traced_from_dir,
 )
-from bitnet_crossval.errors import BadInput, CandidateFailed, CommandFailed, CommandTimedOut, ProgramNotFound
+from bitnet_crossval.errors import (
+    BadInput,
+    CandidateFailed,
+    CommandFailed,
+    CommandTimedOut,
+    ProgramCouldNotStart,
+    ProgramNotFound,
+)
 
 PLACEHOLDERS = ("{model}", "{tokens}", "{out}")
+LOG_LIMIT = 64 << 20
+"""Bytes of the candidate's output kept in its log file (a candidate printing without end would
+otherwise fill the disk)."""
 TRACE_PLACEHOLDER = "{trace}"
 
 
@@ -91,24 +110,29 @@ class CommandCandidate:
             argv += [str(model), str(tokens), str(out)]  # none of the three named: they go last, in order
         return argv
 
-    def run(
-        self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
-    ) -> CandidateOutput:
+    def run(self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace: bool) -> CandidateOutput:
         from bitnet_crossval.util import proc
 
-        tokens_path = work_dir / "candidate-tokens.npy"
-        out = work_dir / "candidate-logits.npy"
-        np.save(tokens_path, np.asarray(tokens, dtype=np.int32))
-        if trace_dir is not None:
-            trace_dir.mkdir(parents=True, exist_ok=True)
-        argv = self.argv_for(model=model, tokens=tokens_path, out=out, trace=trace_dir)
+        workspace = new_workspace(work_dir, trace=trace)
+        tokens_path = workspace.directory / "candidate-tokens.npy"
+        out = workspace.directory / "candidate-logits.npy"
+        save_new(tokens_path, np.asarray(tokens, dtype=np.int32))
+        argv = self.argv_for(model=model, tokens=tokens_path, out=out, trace=workspace.trace)
         started = time.monotonic()
         try:
-            proc.run(argv, env=self._env, timeout=self._timeout, log_path=work_dir / "candidate.log")
-        except ProgramNotFound as exc:
-            raise BadInput(
-                f"the candidate {self.label}: `{exc.program}` was not found",
-                next_step="check the command after cmd: (an absolute path avoids PATH surprises)",
+            proc.run(
+                argv,
+                env=self._env,
+                timeout=self._timeout,
+                own_group=True,
+                log_path=workspace.directory / "candidate.log",
+                log_limit=LOG_LIMIT,
+            )
+        except (ProgramNotFound, ProgramCouldNotStart) as exc:
+            reason = "was not found" if isinstance(exc, ProgramNotFound) else exc.reason.join(("(", ")"))
+            raise CandidateFailed(
+                f"the candidate {self.label} could not start: `{exc.program}` {reason}",
+                next_step="check the program after cmd: (an absolute path to an executable file avoids PATH surprises)",
             ) from exc
         except CommandTimedOut as exc:
             raise CandidateFailed(
@@ -117,35 +141,29 @@ class CommandCandidate:
                 detail=exc.output_tail,
             ) from exc
         except CommandFailed as exc:
+            how = (
+                f"was killed by signal {exc.returncode - 128}"
+                if exc.returncode > 128
+                else f"exited with code {exc.returncode}"
+            )
             raise CandidateFailed(
-                f"the candidate {self.label} exited with code {exc.returncode}",
+                f"the candidate {self.label} {how}",
                 next_step="read the candidate's output above and fix it",
                 detail=exc.output_tail,
             ) from exc
         seconds = time.monotonic() - started
-        try:
-            array = np.load(out, allow_pickle=False)
-        except FileNotFoundError:
-            raise CandidateFailed(
-                f"the candidate {self.label} finished but wrote no {out.name}",
-                next_step="write a float32 .npy of shape [n_tokens, n_vocab] to the {out} path",
-            ) from None
-        except (OSError, ValueError) as exc:
-            reason = "it is not in NumPy's .npy format" if "pickled" in str(exc) or "magic" in str(exc) else str(exc)
-            raise CandidateFailed(
-                f"the candidate {self.label} wrote {out.name}, which is not a readable .npy file ({reason})",
-                next_step="write it with numpy.save (float32, shape [n_tokens, n_vocab])",
-            ) from exc
+        workspace.check(self.label)
+        array = read_output(out, label=self.label, what="{out}", shape=(len(tokens), self._n_vocab))
         logits = check_logits(array, label=self.label, n_tokens=len(tokens), n_vocab=self._n_vocab)
-        written_trace = trace_dir if trace_dir is not None and any(trace_dir.iterdir()) else None
-        return CandidateOutput(logits=logits, seconds=seconds, details={"argv": argv}, trace_dir=written_trace)
+        written = workspace.trace if workspace.trace is not None and any(workspace.trace.iterdir()) else None
+        return CandidateOutput(logits=logits, seconds=seconds, details={"argv": argv}, trace_dir=written)
 
     def trace(
         self, model: Path, tokens: npt.NDArray[np.int32], *, request: TraceRequest, work_dir: Path
     ) -> Traced | None:
         if not any(TRACE_PLACEHOLDER in arg for arg in self._argv):
             return None
-        return traced_from_dir(self.run(model, tokens, work_dir=work_dir, trace_dir=work_dir / "candidate-trace"))
+        return traced_from_dir(self.run(model, tokens, work_dir=work_dir, trace=True), label=self.label)
 
 
 KIND = CommandKind()

@@ -86,13 +86,12 @@ class NumpyCandidate:
             )
         return self
 
-    def run(
-        self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
-    ) -> CandidateOutput:
+    def run(self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace: bool) -> CandidateOutput:
         started = time.monotonic()
         out = NpyWriter(work_dir / "candidate-logits.npy", len(tokens), self.engine.n_vocab)
         try:
-            self.engine.evaluate(tokens, out=out, progress=self._progress)
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN is judged, not warned about
+                self.engine.evaluate(tokens, out=out, progress=self._progress)
         finally:
             out.close()
         return CandidateOutput(logits=out.rows(), seconds=time.monotonic() - started, details=self.engine.describe())
@@ -106,7 +105,8 @@ class NumpyCandidate:
         recorder = TraceRecorder(
             layers=layers, name_regex=request.names, positions=request.positions, include_global=layers is None
         )
-        self.engine.forward(tokens, trace=recorder)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            self.engine.forward(tokens, trace=recorder)
         return {key: constant(value) for key, value in recorder.entries.items()}
 
 

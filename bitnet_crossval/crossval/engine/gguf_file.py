@@ -288,6 +288,38 @@ class GGUFModelFile:
         )
         return np.array(decoder(np.ascontiguousarray(raw_rows).reshape(-1), picked), dtype=np.float32)
 
+    def count_non_finite(self, name: str, *, chunk_values: int = 1 << 22) -> int:
+        """How many values of the tensor are NaN or infinite, decoding a few rows at a time (a
+        whole vocabulary is never dequantised at once). Raises :class:`BadInput` for a type
+        that cannot be decoded."""
+        info = self.info(name)
+        decoder = _decoder_for(info, self.path, self.byte_order)
+        if info.n_bytes is None or info.n_elements == 0:
+            return 0
+        if info.type_id == I2_S or len(info.ne) < 2:  # one scale for the whole tensor: decode it whole
+            array = decoder(self._raw(info), info)
+            return int(array.size - np.count_nonzero(np.isfinite(array)))
+        row_len = info.ne[0]
+        n_rows = info.n_elements // row_len
+        raw = self._raw(info).reshape(n_rows, info.n_bytes // n_rows)
+        step = max(1, chunk_values // row_len)
+        count = 0
+        for start in range(0, n_rows, step):
+            stop = min(n_rows, start + step)
+            rows = TensorInfo(
+                name=info.name,
+                type_id=info.type_id,
+                type_name=info.type_name,
+                ne=(row_len, stop - start),
+                offset=info.offset,
+                n_bytes=int(raw[start:stop].nbytes),
+            )
+            values = decoder(np.ascontiguousarray(raw[start:stop]).reshape(-1), rows)
+            count += int(values.size - np.count_nonzero(np.isfinite(values)))
+        if info.type_id != 0:  # F32 may be viewed by a cached weight
+            self._release(info)
+        return count
+
     def cached_bytes(self) -> int:
         """Bytes of the float32 weights held in the cache (F32 tensors, views of the file, excluded)."""
         return sum(int(a.nbytes) for a in self._cache.values() if not np.may_share_memory(a, self._data))

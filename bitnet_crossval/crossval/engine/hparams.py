@@ -11,6 +11,8 @@ scale, final softcap, ...) with the helpers below.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,6 +74,7 @@ def read_hparams(model: GGUFModelFile, architecture: Architecture | None = None)
 
         architecture = architecture_of(model.architecture)
     arch = model.architecture
+    check_hyperparameters(model)
 
     def key(name: str) -> str:
         return f"{arch}.{name}"
@@ -155,6 +158,64 @@ def read_hparams(model: GGUFModelFile, architecture: Architecture | None = None)
         attention_scale=f32_inv_sqrt(head_dim),
     )
     return architecture.read_hparams(model, shared)
+
+
+# Keys (after "<architecture>.") whose values llama.cpp uses in a way that aborts or computes
+# garbage outside a range: ggml asserts eps >= 0 in every norm (an abort, SIGABRT), an epsilon of
+# 0 divides by zero on a zero row, a RoPE base at or below 0 makes the rotation angles NaN, a
+# negative scale factor or softcap turns the rotation or the logits around.
+_RANGES: tuple[tuple[Callable[[str], bool], Callable[[float], bool], str], ...] = (
+    (lambda k: k.endswith("_epsilon"), lambda v: v > 0.0, "a norm epsilon must be greater than 0"),
+    (lambda k: "freq_base" in k, lambda v: v > 0.0, "a RoPE base must be greater than 0"),
+    (
+        lambda k: k in {"rope.scaling.factor", "rope.scale_linear"},
+        lambda v: v >= 0.0,
+        "a RoPE scale factor must be 0 (none) or more",
+    ),
+    (lambda k: k == "rope.scaling.attn_factor", lambda v: v > 0.0, "a RoPE attention factor must be greater than 0"),
+    (lambda k: k.endswith("logit_softcapping"), lambda v: v >= 0.0, "a logit softcap must be 0 (none) or more"),
+)
+
+
+def check_hyperparameters(model: GGUFModelFile) -> None:
+    """Refuse hyperparameters that make llama.cpp abort or compute NaN, for a model of any
+    architecture (registered or not): every floating-point value under ``<architecture>.`` must
+    be finite, and the ones in :data:`_RANGES` within their range. Cheap: metadata only."""
+    prefix = f"{model.architecture}."
+    for key in model.metadata_keys():
+        if not key.startswith(prefix):
+            continue
+        values = _float_values(model, key)
+        if not values:
+            continue
+        for value in values:
+            if not math.isfinite(value):
+                raise _bad_hyperparameter(model, key, values, "it must be a finite number")
+        own = key[len(prefix) :]
+        for applies, within, why in _RANGES:
+            if applies(own) and not all(within(v) for v in values):
+                raise _bad_hyperparameter(model, key, values, why)
+
+
+def _float_values(model: GGUFModelFile, key: str) -> list[float]:
+    """The floating-point values of a metadata key (one, or an array's), none for other types."""
+    field = model.raw_field(key)
+    if field is None or not field.types:
+        return []
+    from gguf import GGUFValueType
+
+    if field.types[-1] not in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
+        return []
+    value = model.get(key)
+    return [float(v) for v in value] if isinstance(value, list) else [float(value)]
+
+
+def _bad_hyperparameter(model: GGUFModelFile, key: str, values: list[float], why: str) -> BadInput:
+    shown = f"{values[0]:g}" if len(values) == 1 else "[" + ", ".join(f"{v:g}" for v in values[:8]) + ", ...]"
+    return BadInput(
+        f"the model {model.path} declares {key} = {shown}: {why} (llama.cpp would abort or compute NaN)",
+        next_step="the model's hyperparameters are damaged: re-convert or re-download it",
+    )
 
 
 # --- helpers for the architectures' own keys ---

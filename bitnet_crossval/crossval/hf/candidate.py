@@ -59,9 +59,8 @@ class HfCandidate:
         """transformers computes in float32 whatever cache type the reference ran with."""
         return self
 
-    def run(
-        self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace_dir: Path | None
-    ) -> CandidateOutput:
+    def run(self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace: bool) -> CandidateOutput:
+        trace_dir = work_dir / "candidate-trace" if trace else None
         result = run_hf(
             model=model,
             tokens=tokens,
@@ -102,7 +101,7 @@ class HfCandidate:
             on_line=_progress,
         )
         check_logits(result.logits, label=self.label, n_tokens=len(tokens), n_vocab=self._n_vocab)
-        return read_trace_dir(result.trace_dir) if result.trace_dir is not None else {}
+        return read_trace_dir(result.trace_dir, label=self.label) if result.trace_dir is not None else {}
 
 
 def _progress(line: str) -> None:

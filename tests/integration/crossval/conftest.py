@@ -99,10 +99,11 @@ def assert_one_error(result: subprocess.CompletedProcess[str], code: int, *fragm
     return errors[0]
 
 
-def json_error(result: subprocess.CompletedProcess[str], code: int) -> dict[str, Any]:
-    """A failed --format json run: one JSON document on stdout saying error, with the exit code."""
+def json_error(result: subprocess.CompletedProcess[str], code: int, *, verdict: str = "error") -> dict[str, Any]:
+    """A failed --format json run: one JSON document on stdout saying error, with the exit code
+    (``verdict`` "non-finite": the report of the run, with the error added)."""
     document = strict_json(result.stdout)
-    assert document["verdict"] == "error" and document["ok"] is False, document
+    assert document["verdict"] == verdict and document["ok"] is False, document
     assert document["command"] == "crossval-per-token", document
     assert document["error"]["exit_code"] == code == result.returncode, document
     assert document["error"]["message"] and document["error"]["next_step"]

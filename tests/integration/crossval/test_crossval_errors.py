@@ -1,6 +1,6 @@
 """Every way `invoke crossval-per-token` can be given something wrong, run as a user would.
 
-Each case must end with its documented exit code (6 bad input, 1 a candidate that fails) and
+Each case must end with its documented exit code (6 bad input, 11 a candidate that fails) and
 one sentence: exactly one `error:` line, a `next:` line, no traceback; with --format json, one
 JSON document on stdout saying so. Bad option values are refused before anything runs; bad
 models, token ids and candidates once the run reaches them.
@@ -250,23 +250,24 @@ CANDIDATE_CASES = [
     # bad specs found when the candidate is loaded or started: bad input
     pytest.param(f"{PY}:no_such_function", 6, "has no function 'no_such_function'", id="py-no-function"),
     pytest.param("py:no_such_package.module:f", 6, "cannot be imported", id="py-no-module"),
-    pytest.param("cmd:/no/such/program {model} {tokens} {out}", 6, "`/no/such/program` was not found",
-                 id="cmd-no-file"),
-    pytest.param("cmd:no-such-program-on-path", 6, "`no-such-program-on-path` was not found", id="cmd-not-on-path"),
-    # candidates that run and fail: exit 11
+    # candidates that cannot start, or run and fail: exit 11
+    pytest.param("cmd:/no/such/program {model} {tokens} {out}", 11,
+                 "could not start: `/no/such/program` was not found", id="cmd-no-file"),
+    pytest.param("cmd:no-such-program-on-path", 11, "could not start: `no-such-program-on-path` was not found",
+                 id="cmd-not-on-path"),
     pytest.param(broken("crash"), 11, "exited with code 3", id="cmd-crash"),
     pytest.param(broken("silent"), 11, "finished but wrote no candidate-logits.npy", id="cmd-writes-nothing"),
     pytest.param(broken("garbage"), 11, "which is not a readable .npy file", id="cmd-not-npy"),
     pytest.param(broken("wrong_shape"), 11, "returned shape [6, 7], expected", id="cmd-wrong-shape"),
     pytest.param(broken("wrong_dtype"), 11, "returned dtype int32, expected", id="cmd-wrong-dtype"),
-    pytest.param(broken("nan_at_2"), 11, "returned non-finite values (NaN or infinity) at position 2 and 1 more",
-                 id="cmd-nan"),
+    pytest.param(broken("nan_at_2"), 11, "hold NaN and +inf at 2 of 6 positions, the first at position 2, which "
+                 "cannot be compared", id="cmd-nan"),
     pytest.param(f"{PY}:raises", 11, "raised RuntimeError: the candidate's own bug second line", id="py-raises"),
     pytest.param(f"{PY}:returns_list", 11, "returned list, expected", id="py-not-an-array"),
     pytest.param(f"{PY}:wrong_shape", 11, "returned shape [6, 7], expected", id="py-wrong-shape"),
     pytest.param(f"{PY}:transposed", 11, "returned shape [32000, 6], expected a float array of shape "
                  "[n_tokens, n_vocab] = [6, 32000]", id="py-transposed"),
-    pytest.param(f"{PY}:nan_at_2", 11, "non-finite values", id="py-nan"),
+    pytest.param(f"{PY}:nan_at_2", 11, "hold NaN and +inf at 2 of 6 positions", id="py-nan"),
     pytest.param(f"{PY}:wrong_dtype", 11, "returned dtype int32", id="py-wrong-dtype"),
 ]  # fmt: skip
 
@@ -279,7 +280,7 @@ def test_bad_and_failing_candidates(crossval_cache: CrossvalCache, candidate: st
     )
     line = assert_one_error(result, code, fragment)
     assert candidate.strip() in line or candidate.split(maxsplit=1)[0] in line  # the sentence names the candidate
-    json_error(result, code)
+    json_error(result, code, verdict="non-finite" if "nan" in candidate else "error")
 
 
 def test_a_hanging_candidate_is_stopped_after_its_timeout(crossval_cache: CrossvalCache, tmp_path: Path) -> None:

@@ -273,7 +273,7 @@ def test_a_child_past_its_time_limit_is_stopped(models: Models, env: dict[str, s
 def test_the_candidate_protocol(models: Models, hf_cache: Path, env: dict[str, str], tmp_path: Path) -> None:
     model, tokens = models.get("llama")
     candidate = HfCandidate("hf", checkpoint=None, env=env, n_vocab=32000, timeout=900, cache_root=hf_cache)
-    output = candidate.run(model, tokens, work_dir=tmp_path / "run", trace_dir=None)
+    output = candidate.run(model, tokens, work_dir=tmp_path / "run", trace=False)
     assert output.logits.shape == (len(tokens), 32000) and output.trace_dir is None
     assert output.details["cache"]["state"] in {"hit", "written"} and output.details["argv"][1:3] == [
         "-m",
@@ -286,4 +286,4 @@ def test_the_candidate_protocol(models: Models, hf_cache: Path, env: dict[str, s
     assert traced["l_out-1"]().shape == (3, 256)
     wrong_vocab = HfCandidate("hf", checkpoint=None, env=env, n_vocab=100, timeout=900, cache_root=hf_cache)
     with pytest.raises(CandidateFailed, match=r"returned shape \[\d+, 32000\], expected"):
-        wrong_vocab.run(model, tokens, work_dir=tmp_path / "wrong", trace_dir=None)
+        wrong_vocab.run(model, tokens, work_dir=tmp_path / "wrong", trace=False)

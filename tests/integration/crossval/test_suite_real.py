@@ -1,7 +1,7 @@
 """``invoke crossval-suite`` and ``crossval-merge`` against the real pinned llama.cpp, as a user runs
 them: synthetic models x prompts x candidates (the NumPy engine and llama.cpp itself), with
-``--jobs 2``; a case whose ``cmd:`` candidate SIGKILLs itself and one whose ``py:`` candidate
-SIGKILLs the case's own process; a run interrupted with Ctrl-C and run again; the suite in two
+``--jobs 2``; a case whose ``cmd:`` candidate SIGKILLs itself and one whose ``cmd:`` candidate
+SIGKILLs the case's own process (its parent); a run interrupted with Ctrl-C and run again; the suite in two
 shards merged into what one run reports. And the statistics of a llama.cpp-only comparison.
 
 The suite's results live in a cache of its own per test (so every test starts with none), which
@@ -31,14 +31,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 KILLER = """\
 import os
 import signal
-
-
-def kill_this_process(model, tokens):
-    os.kill(os.getpid(), signal.SIGKILL)
+import sys
 
 
 if __name__ == "__main__":
-    os.kill(os.getpid(), signal.SIGKILL)
+    # "parent": the case's crossval-per-token process, which started this candidate.
+    os.kill(os.getppid() if sys.argv[1] == "parent" else os.getpid(), signal.SIGKILL)
 """
 
 PROMPTS = [
@@ -117,13 +115,13 @@ candidate = ["numpy", "llama"]
 name = "candidate killed"
 model = "synthetic:llama"
 prompt = "The capital of France is"
-candidate = "cmd:{sys.executable} killer.py {{model}} {{tokens}} {{out}}"
+candidate = "cmd:{sys.executable} killer.py self {{model}} {{tokens}} {{out}}"
 
 [[case]]
 name = "case process killed"
 model = "synthetic:llama"
 prompt = "The capital of France is"
-candidate = "py:killer:kill_this_process"
+candidate = "cmd:{sys.executable} killer.py parent {{model}} {{tokens}} {{out}}"
 """
     )
     return cases

@@ -333,7 +333,8 @@ def test_a_py_candidate_with_a_trace_argument_is_compared_on_what_it_wrote(cache
     result = run_crossval(request, cache.ctx, work_dir=tmp_path)
     assert result.verdict == "divergence" and result.summary is not None and result.summary.first_failure is not None
     assert result.trace is not None
-    written = sorted(p.stem for p in (tmp_path / "candidate-trace").glob("*.npy"))
+    # Each run of the candidate has a directory of its own: the first evaluates, the second traces.
+    written = sorted(p.stem for p in (tmp_path / "candidate-2" / "trace").glob("*.npy"))
     assert "scratch-1" in written and not [n for n in written if n.startswith("Vcur")]
     check_partial(
         result.to_json()["trace"],

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from bitnet_crossval.errors import BuildFailed
-from bitnet_crossval.reference.build import ShimBuild
+from bitnet_crossval.reference.build import ShimBuild, build_shim
 from bitnet_crossval.reference.client import Shim
+from bitnet_crossval.reference.sources import shim_source_dir
+from bitnet_crossval.store.sources import read_cmake_cache
 from tests.integration.reference.conftest import BACKEND_COMMIT, BUILD_FLAGS, build_against
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -51,3 +54,30 @@ def test_header_with_neither_api_fails_the_build(work: Path, shim_env: dict[str,
     assert caught.value.log_path is not None
     log = " ".join(caught.value.log_path.read_text().split())  # CMake wraps its messages
     assert "declares neither the current llama.cpp C API" in log
+
+
+def test_a_build_tree_configured_from_another_clone_is_built_again(
+    llama_install: Path, tmp_path: Path, shim_env: dict[str, str]
+) -> None:
+    # Two clones of the suite (or a release whose C++ sources moved) share one cache: the
+    # build tree of the first names its source directory, which CMake refuses for the second.
+    build_dir = tmp_path / "shared-build"
+    built = []
+    for clone in ("clone-a", "clone-b"):
+        sources = tmp_path / clone / "cpp"
+        shutil.copytree(shim_source_dir(), sources)
+        built.append(
+            build_shim(
+                include_dirs=[llama_install / "include"],
+                lib_dir=llama_install / "lib",
+                build_dir=build_dir,
+                log_path=tmp_path / f"{clone}.log",
+                env=shim_env,
+                backend="llama",
+                backend_commit=BACKEND_COMMIT,
+                build_flags=BUILD_FLAGS,
+                source_dir=sources,
+            )
+        )
+    assert read_cmake_cache(build_dir)["CMAKE_HOME_DIRECTORY"] == str(tmp_path / "clone-b" / "cpp")
+    assert Shim(built[1].executable, env=shim_env).info()["api"] == "current"

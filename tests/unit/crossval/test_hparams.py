@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
-from bitnet_crossval.crossval.engine.hparams import read_hparams
+from bitnet_crossval.crossval.engine.hparams import check_hyperparameters, read_hparams
 from bitnet_crossval.errors import BadInput
 
 
@@ -122,3 +122,57 @@ def test_per_layer_head_counts(tmp_path: Path) -> None:
 def test_bad_metadata_is_bad_input(tmp_path: Path, extra: dict[str, Any], message: str) -> None:
     with pytest.raises(BadInput, match=message):
         read_hparams(model_with(tmp_path, "llama", extra))
+
+
+# --- hyperparameters llama.cpp aborts on or turns into NaN, for any architecture ---------------------
+
+EPS = "attention.layer_norm_rms_epsilon"
+BAD_HYPERPARAMETERS: list[tuple[dict[str, Any], str]] = [
+    ({EPS: -1e-5}, f"{EPS} = -1e-05: a norm epsilon must be greater than 0"),
+    ({EPS: 0.0}, f"{EPS} = 0: a norm epsilon must be greater than 0"),
+    ({EPS: float("nan")}, f"{EPS} = nan: it must be a finite number"),
+    ({"attention.layer_norm_epsilon": -1.0}, "attention.layer_norm_epsilon = -1: a norm epsilon must be greater "
+     "than 0"),
+    ({"rope.freq_base": float("nan")}, "rope.freq_base = nan: it must be a finite number"),
+    ({"rope.freq_base": float("inf")}, "rope.freq_base = inf: it must be a finite number"),
+    ({"rope.freq_base": 0.0}, "rope.freq_base = 0: a RoPE base must be greater than 0"),
+    ({"rope.freq_base_swa": -1.0}, "rope.freq_base_swa = -1: a RoPE base must be greater than 0"),
+    ({"rope.scaling.factor": -4.0}, "rope.scaling.factor = -4: a RoPE scale factor must be 0 (none) or more"),
+    ({"rope.scale_linear": float("-inf")}, "rope.scale_linear = -inf: it must be a finite number"),
+    ({"rope.scaling.attn_factor": 0.0}, "rope.scaling.attn_factor = 0: a RoPE attention factor must be greater than 0"),
+    ({"final_logit_softcapping": -30.0}, "final_logit_softcapping = -30: a logit softcap must be 0 (none) or more"),
+    ({"attention.scale": float("nan")}, "attention.scale = nan: it must be a finite number"),
+    ({"some_future_key": [1.0, float("nan")]}, "some_future_key = [1, nan, ...]: it must be a finite number"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"), BAD_HYPERPARAMETERS, ids=[next(iter(e.keys())) for e, _ in BAD_HYPERPARAMETERS]
+)
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "notanarch"])
+def test_hyperparameters_llama_cpp_cannot_use_are_bad_input_for_any_architecture(
+    tmp_path: Path, extra: dict[str, Any], fragment: str, arch: str
+) -> None:
+    model = model_with(tmp_path, arch, extra)
+    with pytest.raises(BadInput) as raised:
+        check_hyperparameters(model)
+    assert f"declares {arch}.{fragment}" in raised.value.message
+    assert "(llama.cpp would abort or compute NaN)" in raised.value.message
+    assert "re-convert or re-download" in raised.value.next_step
+
+
+def test_the_engine_refuses_them_too(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="a norm epsilon must be greater than 0"):
+        read_hparams(model_with(tmp_path, "llama", {"attention.layer_norm_rms_epsilon": -1e-5}))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"rope.scaling.factor": 0.0, "final_logit_softcapping": 0.0},  # 0 means none for both
+        {"rope.freq_base": 1e6, "rope.scaling.factor": 8.0, "attention.layer_norm_epsilon": 1e-12},
+    ],
+)
+def test_usual_hyperparameters_pass(tmp_path: Path, extra: dict[str, Any]) -> None:
+    check_hyperparameters(model_with(tmp_path, "llama", extra))

@@ -302,6 +302,10 @@ def test_a_failing_reference_is_one_classified_sentence(
 ) -> None:
     """``start``: how the sentence starts (a regular expression where it holds a path)."""
     ctx = fake_cache.context(FAKE_SHIM_MISBEHAVE=misbehaviour)
+    if misbehaviour.startswith("info:"):
+        # What `info` said of this shim and model is remembered from the session's earlier runs.
+        for record in ctx.cache.checks.glob("model-*.json"):
+            record.unlink()
     with pytest.raises(SuiteError) as raised:
         crossval(ctx, **changes)
 
@@ -323,16 +327,24 @@ def test_a_failing_reference_is_one_classified_sentence(
 
 
 def test_a_reference_whose_logits_are_not_finite_judges_nothing(fake_cache: FakeCache, tmp_path: Path) -> None:
-    """An infinite logit where both sides' top-1 is makes the KL there NaN: that is no agreement."""
+    """An infinite logit where both sides' top-1 is makes the KL there NaN: that is no agreement,
+    and no candidate is even run against it."""
     ids = tmp_path / "ids.txt"
     ids.write_text("1 300 301 302\n", encoding="utf-8")
     ctx = fake_cache.context(FAKE_SHIM_MISBEHAVE="logits:inf-logit")
 
-    with pytest.raises(UnclassifiedError) as raised:
-        crossval(ctx, tokens_file=ids, max_tokens=0)
+    result = crossval(ctx, tokens_file=ids, max_tokens=0)
 
-    assert raised.value.message == "the reference's logits hold non-finite values (NaN or infinity) at position 3"
-    assert raised.value.next_step
+    assert result.verdict == "non-finite" and not result.passed
+    assert result.non_finite is not None and result.non_finite.side == "reference"
+    assert result.non_finite.positions == [3] and result.non_finite.counts.pos_inf == 1
+    assert result.non_finite.exit_code == 6 and result.rows == [] and result.summary is None
+    assert result.failure_sentence() == (
+        "the logits of the reference hold +inf at position 3, so they cannot judge a candidate; "
+        "the model's weights are all finite"
+    )
+    assert "rerun with --trace" in result.next_step()
+    assert strict_json(result.to_json())["non_finite"]["side"] == "reference"
 
 
 def test_a_context_the_backend_refuses_is_named_with_its_reason(fake_cache: FakeCache) -> None:
@@ -453,7 +465,7 @@ def test_the_result_is_strict_json_of_the_documented_shape(ctx: SuiteContext) ->
 
     assert set(document) == {
         "schema", "version", "verdict", "passed", "model", "reference", "candidate", "tokens", "n_prompt",
-        "pieces", "thresholds", "rows", "summary", "token_mismatch", "timings", "trace",
+        "pieces", "thresholds", "rows", "summary", "token_mismatch", "timings", "trace", "non_finite",
     }  # fmt: skip
     assert (document["schema"], document["version"]) == ("bitnet-crossval/report", 1)
     assert document["verdict"] == "divergence" and document["passed"] is False

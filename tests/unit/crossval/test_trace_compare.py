@@ -383,9 +383,7 @@ def test_a_departure_is_reported_in_the_closest_layout() -> None:
 # --- non-finite values ---------------------------------------------------------------------------
 
 
-# trace.py:297 divides inf by inf for the cosine of an infinite candidate: numpy warns (on stderr
-# in a real run); the result is still right, which is what this test checks.
-@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
+@pytest.mark.filterwarnings("error")  # nothing is computed on the non-finite values: numpy has nothing to warn of
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
 def test_a_non_finite_value_in_the_candidate_departs(value: float) -> None:
     trace = Trace()
@@ -394,7 +392,9 @@ def test_a_non_finite_value_in_the_candidate_departs(value: float) -> None:
     result = compare(trace, trace.candidate(ffn_up__0=bad))
     departure = result.first_departure
     assert departure is not None and departure.name == "ffn_up-0"
-    assert departure.max_rel_error == math.inf and not departure.agrees
+    assert departure.non_finite == "candidate" and not departure.agrees
+    assert math.isnan(departure.max_rel_error) and math.isnan(departure.min_cosine)
+    assert "it holds NaN or infinity on the candidate's side at position 2" in result.sentence()
     assert departure.worst_position == 2
     assert result.last_agreement is not None and result.last_agreement.name == "ffn_gate-0"
     document = departure.to_json()

@@ -217,6 +217,37 @@ def test_a_tree_configured_elsewhere_is_started_over(tmp_path: Path) -> None:
     assert not (project.build_dir / "CMakeCache.txt").exists()
 
 
+def test_a_tree_configured_from_other_sources_is_started_over(tmp_path: Path) -> None:
+    # CMake refuses a tree configured from another source directory: a clone of the suite in
+    # another place, or a release whose C++ sources moved, shares the cache's build trees.
+    fake = FakeCMake(tmp_path, ninja=True)
+    project = project_in(tmp_path, fake.env)
+    write_cache(
+        project.build_dir,
+        CMAKE_CACHEFILE_DIR=str(project.build_dir),
+        CMAKE_HOME_DIRECTORY=str(tmp_path / "old-clone" / "cpp"),
+        CMAKE_GENERATOR="Ninja",
+    )
+    (project.build_dir / "stale.o").write_text("object from the other sources")
+    prepare_build_dir(project)
+    assert not (project.build_dir / "stale.o").exists()
+    assert not (project.build_dir / "CMakeCache.txt").exists()
+
+
+def test_a_tree_configured_from_its_own_sources_is_kept(tmp_path: Path) -> None:
+    fake = FakeCMake(tmp_path, ninja=True)
+    project = project_in(tmp_path, fake.env)
+    write_cache(
+        project.build_dir,
+        CMAKE_CACHEFILE_DIR=str(project.build_dir),
+        CMAKE_HOME_DIRECTORY=str(project.source_dir),
+        CMAKE_GENERATOR="Ninja",
+    )
+    (project.build_dir / "kept.o").write_text("x")
+    prepare_build_dir(project)
+    assert (project.build_dir / "kept.o").exists()
+
+
 def test_a_tree_whose_generator_program_is_gone_is_started_over(tmp_path: Path) -> None:
     fake = FakeCMake(tmp_path)  # no ninja on the child's PATH
     project = project_in(tmp_path, fake.env)

@@ -3,8 +3,8 @@ case a real ``crossval-per-token`` process of its own (tests/unit/suite/fake_cro
 cases, cached results, an interrupted run, shards merged, bad inputs.
 
 The fake reference is the NumPy engine, so ``numpy`` reaches parity and ``numpy:rope_type``
-diverges; a ``cmd:`` candidate that SIGKILLs itself fails its case (exit 11), a ``py:`` candidate
-that SIGKILLs itself kills its case's whole process (137), and the other cases go on.
+diverges; a ``cmd:`` candidate that SIGKILLs itself fails its case (exit 11), one that SIGKILLs its
+parent kills its case's whole process (137), and the other cases go on.
 """
 
 from __future__ import annotations
@@ -29,14 +29,12 @@ FAKE = Path(__file__).with_name("fake_crossval.py")
 KILLER = """\
 import os
 import signal
-
-
-def kill_this_process(model, tokens):
-    os.kill(os.getpid(), signal.SIGKILL)
+import sys
 
 
 if __name__ == "__main__":
-    os.kill(os.getpid(), signal.SIGKILL)
+    # "parent": the case's crossval-per-token process, which started this candidate.
+    os.kill(os.getppid() if sys.argv[1] == "parent" else os.getpid(), signal.SIGKILL)
 """
 
 CASES = """\
@@ -54,12 +52,12 @@ candidate = ["numpy", "numpy:rope_type"]
 [[case]]
 name = "candidate killed"
 prompt = "The quick"
-candidate = "cmd:{python} killer.py {{model}} {{tokens}} {{out}}"
+candidate = "cmd:{python} killer.py self {{model}} {{tokens}} {{out}}"
 
 [[case]]
 name = "case process killed"
 prompt = "The quick"
-candidate = "py:killer:kill_this_process"
+candidate = "cmd:{python} killer.py parent {{model}} {{tokens}} {{out}}"
 """
 N_CASES = 10
 
@@ -152,7 +150,7 @@ def test_every_case_runs_in_its_own_process_and_killed_cases_end_only_themselves
     killed = doc["cases"][9]
     assert killed["exit_code"] == 128 + signal.SIGKILL
     assert killed["sentence"] == "the case's process was killed by signal 9 (SIGKILL)"
-    assert doc["cases"][8]["sentence"].endswith("exited with code 137") and doc["cases"][8]["exit_code"] == 11
+    assert doc["cases"][8]["sentence"].endswith("was killed by signal 9") and doc["cases"][8]["exit_code"] == 11
     assert Path(killed["log"]).is_file() and Path(killed["log"]).parent.name.endswith(".failed")
     parity = doc["cases"][0]
     assert parity["summary"]["n_positions"] == len(parity["values"]["kl"]) and parity["summary"]["max_kl"] == 0.0
