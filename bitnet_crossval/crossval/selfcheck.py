@@ -8,6 +8,10 @@ gate/up, a GQA head mapping mix-up, an off-by-one causal mask either way, a wron
 scale, a missing gemma3 Q/K norm, a wrong sliding window, ...). Each faulty run must end in
 divergence, and ``--trace`` must name the tensor the fault first changes (the engine knows it:
 ``Engine.fault_site``). Anything else is a failure of the checker.
+
+When the hf extra is installed, the ``hf`` candidate (Hugging Face transformers, as it is) runs
+on each architecture's synthetic model too, and must reach parity; an architecture whose GGUF
+transformers cannot read is listed as not run, with the reason, and is no failure.
 """
 
 from __future__ import annotations
@@ -25,14 +29,19 @@ from bitnet_crossval.errors import BadInput
 if TYPE_CHECKING:
     from bitnet_crossval.backends.specs import BackendName
     from bitnet_crossval.context import SuiteContext
+    from bitnet_crossval.crossval.result import CrossvalResult
 
 ARCHITECTURES = SYNTHETIC_ARCHS
 """The architectures the self-check covers: every registered one with a synthetic model (a live view)."""
+CANDIDATES = ("numpy", "hf")
+"""The candidates the self-check runs: the NumPy engine with its faults, transformers as it is."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class SelfcheckCase:
     architecture: str
+    candidate: str = "numpy"
+    """The candidate's kind: ``numpy`` (the engine, with the fault) or ``hf`` (transformers as it is)."""
     fault: str | None
     """None: the engine as it is, which must agree."""
     description: str
@@ -42,9 +51,13 @@ class SelfcheckCase:
     expected_site: str | None
     found_site: str | None
     seconds: float
+    not_run: str | None = None
+    """Why the candidate could not run on this architecture (the hf candidate only); not a failure."""
 
     @property
     def caught(self) -> bool:
+        if self.not_run is not None:
+            return True
         return self.verdict == ("parity" if self.fault is None else "divergence")
 
     @property
@@ -58,6 +71,7 @@ class SelfcheckCase:
     def to_json(self) -> dict[str, Any]:
         return {
             "architecture": self.architecture,
+            "candidate": self.candidate,
             "fault": self.fault,
             "description": self.description,
             "verdict": self.verdict,
@@ -69,6 +83,7 @@ class SelfcheckCase:
             "located": self.located,
             "ok": self.ok,
             "seconds": self.seconds,
+            "not_run": self.not_run,
         }
 
 
@@ -95,13 +110,35 @@ def cases_for(architecture: str) -> list[str | None]:
 
 
 def run_selfcheck(
-    ctx: SuiteContext, *, backend: BackendName = "llama", architectures: Sequence[str] | None = None
+    ctx: SuiteContext,
+    *,
+    backend: BackendName = "llama",
+    architectures: Sequence[str] | None = None,
+    candidates: Sequence[str] = CANDIDATES,
 ) -> list[SelfcheckCase]:
-    """Every case of ``architectures`` (default: every one the self-check covers), in order."""
+    """Every case of ``architectures`` (default: every one the self-check covers), in order: the
+    NumPy engine's cases, then the hf candidate's (when installed) for each architecture."""
+    results: list[SelfcheckCase] = []
+    archs = tuple(ARCHITECTURES if architectures is None else architectures)
+    if "numpy" in candidates:
+        results += _numpy_cases(ctx, backend, archs)
+    if "hf" in candidates:
+        results += _hf_cases(ctx, backend, archs)
+    return results
+
+
+def hf_skipped() -> str | None:
+    """Why the self-check leaves the hf candidate out here (its extra is missing), or None."""
+    from bitnet_crossval.crossval.hf import missing_requirement
+
+    return missing_requirement()
+
+
+def _numpy_cases(ctx: SuiteContext, backend: BackendName, architectures: Sequence[str]) -> list[SelfcheckCase]:
     from bitnet_crossval.crossval.engine import FAULTS, EngineOptions, Fault, FaultName, load_engine
 
     results: list[SelfcheckCase] = []
-    for arch in ARCHITECTURES if architectures is None else architectures:
+    for arch in architectures:
         choice = parse_model(f"synthetic:{arch}")
         base = CrossvalRequest(model=choice, backend=backend, trace=True)
         for fault in cases_for(arch):
@@ -112,23 +149,62 @@ def run_selfcheck(
                 model = resolve_model(choice, cache=ctx.cache, env=ctx.env, source_dirs=[])
                 site = load_engine(model, EngineOptions(fault=Fault(name=FaultName(fault)))).fault_site()
                 expected = site.key if site is not None else None
-            summary = result.summary
-            first = summary.first_failure if summary else None
-            departure = result.trace.first_departure if result.trace else None
+            description = FAULTS[FaultName(fault)].description if fault else "the engine as it is"
+            case = _case(result, architecture=arch, candidate="numpy", fault=fault, description=description)
+            results.append(replace(case, expected_site=expected))
+    return results
+
+
+def _hf_cases(ctx: SuiteContext, backend: BackendName, architectures: Sequence[str]) -> list[SelfcheckCase]:
+    """transformers as it is on each synthetic model: parity, or the reason it cannot load it."""
+    import tempfile
+    from pathlib import Path
+
+    from bitnet_crossval.crossval.hf.gguf_support import gguf_support
+
+    if hf_skipped() is not None:
+        return []
+    with tempfile.TemporaryDirectory(prefix="bitnet-selfcheck-hf-") as tmp:
+        support = gguf_support(env=ctx.env, work_dir=Path(tmp), timeout=600)
+    results: list[SelfcheckCase] = []
+    for arch in architectures:
+        description = f"transformers {support.transformers} as it is"
+        reason = support.reason_unreadable(arch)
+        if reason is not None:
             results.append(
                 SelfcheckCase(
-                    architecture=arch,
-                    fault=fault,
-                    description=FAULTS[FaultName(fault)].description if fault else "the engine as it is",
-                    verdict=result.verdict,
-                    first_failure=first,
-                    kl_at_first_failure=result.rows[first].kl if first is not None else None,
-                    expected_site=expected,
-                    found_site=departure.name if departure else None,
-                    seconds=result.timings.get("total", 0.0),
+                    architecture=arch, candidate="hf", fault=None, description=description, verdict="not run",
+                    first_failure=None, kl_at_first_failure=None, expected_site=None, found_site=None,
+                    seconds=0.0, not_run=reason,
                 )
-            )
+            )  # fmt: skip
+            continue
+        request = CrossvalRequest(
+            model=parse_model(f"synthetic:{arch}"), backend=backend, trace=True, candidate=parse_candidate("hf")
+        )
+        result = run_crossval(request, ctx)
+        results.append(_case(result, architecture=arch, candidate="hf", fault=None, description=description))
     return results
+
+
+def _case(
+    result: CrossvalResult, *, architecture: str, candidate: str, fault: str | None, description: str
+) -> SelfcheckCase:
+    summary = result.summary
+    first = summary.first_failure if summary else None
+    departure = result.trace.first_departure if result.trace else None
+    return SelfcheckCase(
+        architecture=architecture,
+        candidate=candidate,
+        fault=fault,
+        description=description,
+        verdict=result.verdict,
+        first_failure=first,
+        kl_at_first_failure=result.rows[first].kl if first is not None else None,
+        expected_site=None,
+        found_site=departure.name if departure else None,
+        seconds=result.timings.get("total", 0.0),
+    )
 
 
 def print_selfcheck(cases: list[SelfcheckCase]) -> None:
@@ -137,13 +213,15 @@ def print_selfcheck(cases: list[SelfcheckCase]) -> None:
     from bitnet_crossval.util import ui
 
     table = Table(title="crossval self-check: deliberately broken candidates")
-    for column in ("arch", "fault", "verdict", "first failing position", "KL there", "expected tensor", "traced", "ok"):
+    columns = ("arch", "candidate", "fault", "verdict", "first failing position", "KL there", "expected tensor")
+    for column in (*columns, "traced", "ok"):
         table.add_column(column)
     for case in cases:
         table.add_row(
             case.architecture,
+            case.candidate,
             case.fault or "(none)",
-            case.verdict,
+            f"not run: {case.not_run}" if case.not_run else case.verdict,
             "" if case.first_failure is None else str(case.first_failure),
             "" if case.kl_at_first_failure is None else f"{case.kl_at_first_failure:.3g}",
             case.expected_site or "",
@@ -151,3 +229,6 @@ def print_selfcheck(cases: list[SelfcheckCase]) -> None:
             "[green]yes[/green]" if case.ok else "[red]NO[/red]",
         )
     ui.console().print(table)
+    skipped = hf_skipped()
+    if skipped is not None and not any(case.candidate == "hf" for case in cases):
+        ui.say(f"the hf candidate was not run: {skipped}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bitnet_crossval.backends.specs import BACKEND
-from bitnet_crossval.crossval.options import ARCH
+from bitnet_crossval.crossval.options import ARCH, SELFCHECK_CANDIDATE
 from bitnet_crossval.errors import SelfcheckFailed
 from bitnet_crossval.repair.preflight import REPAIR
 from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
@@ -11,22 +11,31 @@ from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
 from ._runner import print_json, suite_context, suite_task
 
 
-@suite_task(options=(BACKEND, REPAIR, ARCH, FORMAT, VERBOSE))
+@suite_task(options=(BACKEND, REPAIR, ARCH, SELFCHECK_CANDIDATE, FORMAT, VERBOSE))
 def crossval_selfcheck(values: OptionValues) -> None:
     """Run the crossval against deliberately broken candidates; each must be caught and located."""
-    from bitnet_crossval.crossval.selfcheck import parse_architectures, print_selfcheck, run_selfcheck
+    from bitnet_crossval.crossval.selfcheck import CANDIDATES, parse_architectures, print_selfcheck, run_selfcheck
     from bitnet_crossval.repair.preflight import preflight_for
 
     architectures = parse_architectures(values[ARCH])
+    only = values[SELFCHECK_CANDIDATE]
+    if only == "hf":
+        from bitnet_crossval.crossval.hf import require_hf
+
+        require_hf()
     ctx = suite_context()
     preflight_for(ctx, values[BACKEND], values[REPAIR])
-    cases = run_selfcheck(ctx, backend=values[BACKEND], architectures=architectures)
+    candidates = CANDIDATES if only is None else (only,)
+    cases = run_selfcheck(ctx, backend=values[BACKEND], architectures=architectures, candidates=candidates)
     print_selfcheck(cases)
     failed = [case for case in cases if not case.ok]
     if values[FORMAT] == "json":
         print_json({"command": "crossval-selfcheck", "ok": not failed, "cases": [case.to_json() for case in cases]})
     if failed:
-        names = ", ".join(f"{case.architecture}/{case.fault or 'clean'}" for case in failed)
+        names = ", ".join(
+            f"{case.architecture}/{case.fault or 'clean'}" + ("" if case.candidate == "numpy" else f"/{case.candidate}")
+            for case in failed
+        )
         raise SelfcheckFailed(
             f"the self-check failed: {len(failed)} of {len(cases)} cases were not caught or not located ({names})"
         )

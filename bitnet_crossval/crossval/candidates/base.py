@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_crossval.errors import CandidateFailed, UnreadableArray
+from bitnet_crossval.errors import CandidateFailed, CommandTimedOut, UnreadableArray
 from bitnet_crossval.util.files import make_dir, os_error
 
 if TYPE_CHECKING:
@@ -124,6 +124,15 @@ class CandidateKind(Protocol):
         ...
 
     def build(self, spec: CandidateSpec, setting: CandidateSetting) -> Candidate: ...
+
+
+def timed_out(label: str, exc: CommandTimedOut, *, hint: str = "") -> CandidateFailed:
+    """The failure of a candidate stopped at its time limit (``hint``: why it may take long)."""
+    return CandidateFailed(
+        f"the candidate {label} did not finish within {exc.timeout:g}s and was stopped",
+        next_step=f"raise --candidate-timeout{hint}, or check the candidate for a hang",
+        detail=exc.output_tail,
+    )
 
 
 def check_logits(array: object, *, label: str, n_tokens: int, n_vocab: int) -> F32Array:

@@ -35,6 +35,7 @@ from bitnet_crossval.crossval.candidates.base import (
     new_workspace,
     read_output,
     save_new,
+    timed_out,
     traced_from_dir,
 )
 from bitnet_crossval.errors import (
@@ -135,11 +136,7 @@ class CommandCandidate:
                 next_step="check the program after cmd: (an absolute path to an executable file avoids PATH surprises)",
             ) from exc
         except CommandTimedOut as exc:
-            raise CandidateFailed(
-                f"the candidate {self.label} did not finish within {exc.timeout:g}s and was stopped",
-                next_step="raise --candidate-timeout, or check the candidate for a hang",
-                detail=exc.output_tail,
-            ) from exc
+            raise timed_out(self.label, exc) from exc
         except CommandFailed as exc:
             how = (
                 f"was killed by signal {exc.returncode - 128}"

@@ -38,6 +38,7 @@ from bitnet_crossval.crossval.candidates.base import (
     new_workspace,
     read_output,
     save_new,
+    timed_out,
     traced_from_dir,
 )
 from bitnet_crossval.errors import BadInput, CandidateFailed, CommandFailed, CommandTimedOut
@@ -169,11 +170,7 @@ class PythonCandidate:
                 on_line=ui.debug if ui.is_verbose() else None,
             )
         except CommandTimedOut as exc:
-            raise CandidateFailed(
-                f"the candidate {self.label} did not finish within {exc.timeout:g}s and was stopped",
-                next_step="raise --candidate-timeout, or check the candidate for a hang",
-                detail=exc.output_tail,
-            ) from exc
+            raise timed_out(self.label, exc) from exc
         except CommandFailed as exc:
             failure = exc
         status = _read_status(status_path)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_crossval.crossval.candidates.base import timed_out
 from bitnet_crossval.errors import (
     BadInput,
     CandidateFailed,
@@ -160,11 +161,7 @@ def run_hf(
             next_step="run the suite from the environment it is installed in",
         ) from exc
     except CommandTimedOut as exc:
-        raise CandidateFailed(
-            f"the candidate {label} did not finish within {exc.timeout:g}s and was stopped",
-            next_step="raise --candidate-timeout (the first load of a large GGUF takes minutes), or check for a hang",
-            detail=exc.output_tail,
-        ) from exc
+        raise timed_out(label, exc, hint=" (the first load of a large GGUF takes minutes)") from exc
     except CommandFailed as exc:
         raise _child_error(label, exc) from exc
     seconds = time.monotonic() - started

@@ -34,6 +34,12 @@ from bitnet_crossval.util.files import write_atomic
 
 PROGRESS_PREFIX = "hf: "
 
+PATCH_ENV = "BITNET_HF_PATCH"
+"""The fault-injection seam: ``MODULE:FUNCTION`` (MODULE importable by the child). After loading,
+the child calls ``FUNCTION(model)`` on the transformers model, which may replace any module's
+forward, to show that the cross-validation catches and locates a deliberately broken layer. The
+run's details name it (``patched_by``) and a progress line says so; unset, nothing changes."""
+
 # Set before transformers is imported: no network (the model is local), no progress bars
 # drawn with carriage returns into a log read line by line.
 CHILD_ENV_DEFAULTS = {
@@ -123,6 +129,7 @@ def run(args: argparse.Namespace) -> None:
         say=say,
     )
     model = loaded.model
+    patched_by = apply_patch(model, os.environ.get(PATCH_ENV, "").strip())
     n_vocab = int(model.config.vocab_size)
     if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= n_vocab):
         raise BadInput(
@@ -157,6 +164,7 @@ def run(args: argparse.Namespace) -> None:
             "total_seconds": round(time.monotonic() - started, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "trace": trace_facts if recorder is not None else None,
+            "patched_by": patched_by,
         }
         write_atomic(args.details, (json.dumps(details, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
@@ -186,6 +194,30 @@ def forward(model: Any, tokens: npt.NDArray[np.int64], *, recorder: Any = None) 
     if session is None:
         say(f"no llama.cpp names are known for {getattr(model.config, 'model_type', '?')!r} models: no trace written")
     return logits, facts
+
+
+def apply_patch(model: Any, target: str) -> str | None:
+    """Call the :data:`PATCH_ENV` function ``target`` on ``model``; None when there is none."""
+    if not target:
+        return None
+    import importlib
+
+    module_name, _, function_name = target.partition(":")
+    if not module_name or not function_name.isidentifier():
+        raise BadInput(
+            f"{PATCH_ENV}={target!r} is not MODULE:FUNCTION",
+            next_step=f"set it to MODULE:FUNCTION or unset {PATCH_ENV}",
+        )
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise BadInput(
+            f"{PATCH_ENV}={target!r} names nothing the child can import ({exc})",
+            next_step=f"put MODULE on PYTHONPATH or unset {PATCH_ENV}",
+        ) from exc
+    function(model)
+    say(f"the model was patched by {target} ({PATCH_ENV}): its results are not transformers' own")
+    return target
 
 
 def read_tokens(path: Path) -> npt.NDArray[np.int64]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from bitnet_crossval.crossval.candidates import TraceRequest
 from bitnet_crossval.crossval.engine import load_engine
 from bitnet_crossval.crossval.hf import hf_argv, run_hf
 from bitnet_crossval.crossval.hf.candidate import HfCandidate
+from bitnet_crossval.crossval.hf.runner import PATCH_ENV
 from bitnet_crossval.crossval.synthetic import write_synthetic_model
 from bitnet_crossval.crossval.trace import RefTensor, TraceComparison, compare_traces, read_trace_dir
 from bitnet_crossval.errors import BadInput, CandidateFailed
@@ -40,7 +40,8 @@ N_GENERATED = 8
 # llama.cpp's fp16 table (the NumPy engine emulates it, transformers does not): measured KL 5.6e-7.
 KL_FLOAT = 2e-6
 REL_TOL_FLOAT = 0.02
-BROKEN_CHILD = Path(__file__).parents[2] / "data" / "hf_broken" / "broken_child.py"
+FAULTS = Path(__file__).parents[2] / "data" / "hf_broken"
+"""hf_faults.py: functions the child's fault-injection seam (BITNET_HF_PATCH) calls on the model."""
 # What transformers never materialises (taps.py): the bare RMS norms, gemma3's unscaled embedding.
 NEVER_WRITTEN = {"norm", "embd"}
 
@@ -154,23 +155,19 @@ def test_llama_biases_are_read_from_the_file(
 
 @pytest.mark.parametrize(
     ("arch", "fault", "expected"),
-    [("llama", "up_proj:1", "ffn_up-1"), ("gemma3", "q_norm:2", "Qcur_normed-2")],
+    [("llama", "scale_up_proj", "ffn_up-1"), ("gemma3", "skip_q_norm", "Qcur_normed-2")],
 )
 def test_a_broken_module_is_caught_and_named(
     arch: str, fault: str, expected: str, models: Models, hf_cache: Path, env: dict[str, str], tmp_path: Path
 ) -> None:
     model, tokens = models.get(arch)
-    np.save(tmp_path / "tokens.npy", tokens)
-    argv = hf_argv(
-        model=model, tokens=tmp_path / "tokens.npy", out=tmp_path / "logits.npy",
+    patched = {**env, PATCH_ENV: f"hf_faults:{fault}", "PYTHONPATH": str(FAULTS)}
+    run = run_hf(
+        model=model, tokens=tokens, work_dir=tmp_path, env=patched, timeout=900,
         trace_dir=tmp_path / "trace", cache_root=hf_cache,
     )  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(BROKEN_CHILD), fault, *argv[3:]], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    logits = np.load(tmp_path / "logits.npy")
-    kl = kl_per_position(models.reference(model, tokens), logits)
+    assert run.details["patched_by"] == f"hf_faults:{fault}"
+    kl = kl_per_position(models.reference(model, tokens), run.logits)
     assert kl.max() > 0.002, kl  # the crossval's limit for float weights: a divergence
     comparison = models.trace(model, tokens, tmp_path / "trace", tmp_path / "reference-trace", arch=arch)
     assert comparison.first_departure is not None, comparison.sentence()

