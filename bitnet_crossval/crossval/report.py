@@ -187,21 +187,30 @@ def print_trace(result: CrossvalResult) -> None:
     assert trace is not None
     con = ui.console()
     if trace.compared:
-        table = Table(title=f"trace, positions 0-{trace.positions[-1]} (relative error limit {trace.rel_tol:g})")
-        for column in ("#", "tensor", "op", "shape", "rel. error", "cosine", "layout", ""):
+        table = Table(title=f"trace, positions 0-{trace.positions[-1]} ({trace.precision} tolerances; logits by KL)")
+        for column in ("#", "tensor", "op", "shape", "rel. error", "limit", "cosine", "positions", "layout", ""):
             table.add_column(column)
         start = max(0, len(trace.compared) - 6)
         if start:
-            table.add_row("…", "", "", "", "", "", "", "")
+            table.add_row("…", "", "", "", "", "", "", "", "", "")
         for index, t in enumerate(trace.compared[start:], start=start):
             mark = "[green]agrees[/green]" if t.agrees else "[red]departs[/red]"
+            error, limit = (
+                (f"KL {t.max_kl:.2e}", f"KL {trace.kl_max:g}") if t.max_kl is not None
+                else (f"{t.max_rel_error:.2e}", f"{t.tolerance:g}")
+            )  # fmt: skip
+            where = f"worst {t.worst_position}"
+            if t.first_position is not None:
+                where = f"first {t.first_position}, {where}"
             table.add_row(
                 str(index),
                 t.name,
                 t.op,
                 "x".join(str(d) for d in t.shape),
-                f"{t.max_rel_error:.2e}",
+                error,
+                limit,
                 f"{t.min_cosine:.5f}",
+                where,
                 t.layout,
                 mark,
             )

@@ -63,11 +63,13 @@ class CrossvalResult:
             if self.trace_filtered:
                 return "widen --trace-layers / --trace-names: everything traced agrees"
             return "everything traced agrees: compare the logits themselves (the table above) and the output head"
-        if self.trace.last_agreement is None:
+        if self.trace.last_agreement is None and self.trace_filtered:
             return (
                 f"look at how the candidate computes {departure.name} ({departure.op}), the first tensor traced; "
                 "widen --trace-layers / --trace-names to see whether an earlier one departs already"
             )
+        if self.trace.last_agreement is None:
+            return f"look at how the candidate computes {departure.name} ({departure.op}), the first tensor traced"
         return f"look at how the candidate computes {departure.name} ({departure.op}): the tensors before it agree"
 
     def failure_sentence(self) -> str:

@@ -56,13 +56,12 @@ from bitnet_crossval.crossval.tokens import (
     tokenizer_json_tokens,
 )
 from bitnet_crossval.crossval.trace import (
-    DEFAULT_REL_TOL_FLOAT,
-    DEFAULT_REL_TOL_QUANTIZED,
     RefTensor,
     TraceComparison,
     compare_traces,
     describe_filters,
 )
+from bitnet_crossval.crossval.trace_tolerance import TracePrecision, trace_precision
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.reference.lookup import recorded_shim
 from bitnet_crossval.store.sources import source_dirs
@@ -216,7 +215,8 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                     first_failure=summary.first_failure,
                     work_dir=work_dir,
                     architecture=str(info.get("architecture")),
-                    precision=model_description["precision"],
+                    precision=trace_precision(model_description["weight_types"]),
+                    thresholds=thresholds,
                 )
     verdict: Verdict = "non-finite" if candidate_unreal is not None else ("parity" if summary.passed else "divergence")
     return result(
@@ -597,7 +597,8 @@ def _locate(
     first_failure: int,
     work_dir: Path,
     architecture: str,
-    precision: str,
+    precision: TracePrecision,
+    thresholds: Thresholds,
 ) -> TraceComparison:
     """Trace both sides over positions 0..first_failure (the failing position depends on all of
     them), in the same batch as the logits of a run of one batch, and find the first tensor
@@ -622,12 +623,14 @@ def _locate(
     ref_tensors = [
         RefTensor(name=t.name, layer=t.layer, op=t.op, shape=t.shape, load=t.load) for t in reference.tensors
     ]
-    rel_tol = DEFAULT_REL_TOL_FLOAT if precision == "float" else DEFAULT_REL_TOL_QUANTIZED
-    if not ref_tensors and (request.trace_layers is not None or request.trace_names is not None):
+    filtered = request.trace_layers is not None or request.trace_names is not None
+    if not ref_tensors and filtered:
         # Nothing to compare whatever the candidate writes: the filters are the answer, not the candidate.
         return TraceComparison(
             positions=positions,
-            rel_tol=rel_tol,
+            precision=precision,
+            kl_max=thresholds.kl_max,
+            filtered=True,
             compared=[],
             first_departure=None,
             last_agreement=None,
@@ -639,7 +642,15 @@ def _locate(
         # a difference, so it is dropped here as the reference's trace dropped it.
         known = {t.name for t in ref_tensors}
         traced = {name: load for name, load in traced.items() if name in known or _wanted(name, trace_request)}
-    return compare_traces(ref_tensors, traced, architecture=architecture, positions=positions, rel_tol=rel_tol)
+    return compare_traces(
+        ref_tensors,
+        traced,
+        architecture=architecture,
+        positions=positions,
+        precision=precision,
+        thresholds=thresholds,
+        filtered=filtered,
+    )
 
 
 def _wanted(name: str, request: TraceRequest) -> bool:

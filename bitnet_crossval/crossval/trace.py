@@ -3,8 +3,10 @@
 When a position diverges, both sides are evaluated again with their intermediates recorded
 (the shim's ``trace`` with llama.cpp's graph callback; the candidate's own trace), for the
 positions up to the first failing one. The tensors are compared in the reference's execution
-order with a numeric tolerance (relative error and cosine per position, never bit equality);
-the first tensor that departs is the answer, with the last one that still agreed before it.
+order with a numeric tolerance per tensor kind and precision (:mod:`.trace_tolerance`: relative
+error per position, never bit equality; the logits by the verdict's own KL and top-1); the first
+tensor that departs is the answer, with the last one that still agreed before it, and the first
+position where it departs as well as its worst.
 
 Names follow llama.cpp's ``cb(cur, name, il)`` rendered ``name-il`` (``attn_norm-0``,
 ``Qcur-3``, ``result_output``); layouts put the token axis first (``[n_tokens, n_embd]``, Q/K/V
@@ -21,7 +23,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +31,14 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_crossval.crossval.engine.trace import split_key
+from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED, Thresholds, compare_row
+from bitnet_crossval.crossval.trace_tolerance import BANDS, TOLERANCES, TracePrecision, judged_by_kl, tolerance_for
 from bitnet_crossval.errors import BadInput, CandidateFailed, UnreadableArray
 from bitnet_crossval.util.jsonsafe import finite_or_none
 from bitnet_crossval.util.npy import read_npy
 
 F32Array = npt.NDArray[np.float32]
 Loader = Callable[[], F32Array]
-
-# Relative error per position (||cand - ref|| / ||ref||) a tensor may have and still agree.
-# Float weights: the engine reproduces llama.cpp within 1.3e-4 (gemma3's fp16 GELU table) on F32
-# and within about 1e-2 on BF16, while a bug's first tensor departs by 0.1 or more. Quantised
-# weights: llama.cpp rounds activations to 8 bits before every matmul, so agreement is looser.
-DEFAULT_REL_TOL_FLOAT = 2e-2
-DEFAULT_REL_TOL_QUANTIZED = 0.25
 
 _ROTARY_NAMES = frozenset({"Qcur", "Kcur"})
 
@@ -67,10 +64,21 @@ class TensorComparison:
     min_cosine: float
     max_abs_diff: float
     worst_position: int
+    """Where the judged measure (relative error, or KL for the logits) is largest."""
     agrees: bool
+    tolerance: float = math.inf
+    """The largest relative error per position this tensor may have (``trace_tolerance``)."""
+    first_position: int | None = None
+    """The first traced position where the tensor departs; None when it agrees."""
+    max_kl: float | None = None
+    """The logits only: the largest KL(P_ref || P_cand) over the traced positions."""
     non_finite: str | None = None
     """Which side holds NaN or infinity in this tensor ("candidate", "reference", "both"): it then
     departs, and its error and cosine are not numbers."""
+
+    @property
+    def judged_by(self) -> str:
+        return "KL" if self.max_kl is not None else "relative error"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +91,10 @@ class TensorComparison:
             "min_cosine": finite_or_none(self.min_cosine),
             "max_abs_diff": finite_or_none(self.max_abs_diff),
             "worst_position": self.worst_position,
+            "first_position": self.first_position,
+            "judged_by": self.judged_by,
+            "tolerance": finite_or_none(self.tolerance),
+            "max_kl": finite_or_none(self.max_kl) if self.max_kl is not None else None,
             "agrees": self.agrees,
             "non_finite": self.non_finite,
         }
@@ -91,7 +103,9 @@ class TensorComparison:
 @dataclass(frozen=True, kw_only=True)
 class TraceComparison:
     positions: list[int]
-    rel_tol: float
+    precision: TracePrecision
+    kl_max: float
+    """The verdict's KL limit, by which the logits (``result_output``) are judged."""
     compared: list[TensorComparison]
     """In the reference's execution order, up to and including the first that departs."""
     first_departure: TensorComparison | None
@@ -102,11 +116,25 @@ class TraceComparison:
     candidate_traced: bool = True
     unmatched_filter: str | None = None
     """The trace filters (``--trace-names 'x'``) when they selected none of the reference's tensors."""
+    filtered: bool = False
+    """Whether --trace-layers or --trace-names narrowed what was traced."""
+    rel_tol: float | None = None
+    """One relative-error tolerance for every kind, when the caller overrode the table."""
+
+    @property
+    def tolerances(self) -> dict[str, dict[str, float]]:
+        """The relative-error tolerances used, by depth band and kind (``*``: every kind not named)."""
+        if self.rel_tol is not None:
+            return {band: {"*": self.rel_tol} for band in BANDS}
+        return {band: dict(row) for band, row in TOLERANCES[self.precision].items()}
 
     def to_json(self) -> dict[str, Any]:
         return {
             "positions": self.positions,
-            "rel_tol": self.rel_tol,
+            "precision": self.precision,
+            "tolerances": self.tolerances,
+            "kl_max": self.kl_max,
+            "filtered": self.filtered,
             "candidate_traced": self.candidate_traced,
             "unmatched_filter": self.unmatched_filter,
             "first_departure": self.first_departure.to_json() if self.first_departure else None,
@@ -124,10 +152,17 @@ class TraceComparison:
         if not self.candidate_traced:
             return "the candidate wrote no trace, so the divergence cannot be located inside the model"
         if self.first_departure is None:
-            return (
-                "every traced tensor agrees within the tolerance; the divergence starts outside what was traced "
-                "(widen --trace-layers / --trace-names)"
-            )
+            if self.filtered:
+                return (
+                    "every traced tensor agrees within its tolerance; the divergence starts outside what was traced "
+                    "(widen --trace-layers / --trace-names)"
+                )
+            if self.missing_in_candidate:
+                return (
+                    "every tensor the candidate provided agrees within its tolerance; the divergence is in what "
+                    "it did not provide"
+                )
+            return "every traced tensor agrees within its tolerance"
         d = self.first_departure
         where = f"layer {d.layer}, " if d.layer is not None else ""
         after = f"; everything before it agrees (last: {self.last_agreement.name})" if self.last_agreement else ""
@@ -139,10 +174,21 @@ class TraceComparison:
                 f"{where}{d.name} ({d.op}) first departs: it holds NaN or infinity {side} at position "
                 f"{d.worst_position}{after}"
             )
-        return (
-            f"{where}{d.name} ({d.op}) first departs: relative error {d.max_rel_error:.3g}, cosine "
-            f"{d.min_cosine:.4f} at position {d.worst_position}{after}"
-        )
+        return f"{where}{d.name} ({d.op}) first departs: {departure_figures(d)}{after}"
+
+
+def departure_figures(d: TensorComparison) -> str:
+    """``from position 2 (relative error 0.03 > 0.002); worst at position 5: ...``."""
+    first = d.first_position if d.first_position is not None else d.worst_position
+    if d.max_kl is not None:
+        measure = f"KL {d.max_kl:.3g}"
+        limit = "the verdict's limit"
+    else:
+        measure = f"relative error {d.max_rel_error:.3g}, cosine {d.min_cosine:.4f}"
+        limit = f"the tolerance {d.tolerance:g}"
+    if first == d.worst_position:
+        return f"{measure} at position {first} (over {limit}; the first position where it departs)"
+    return f"from position {first}; worst at position {d.worst_position}: {measure} (over {limit})"
 
 
 def describe_filters(layers: tuple[int, int] | None, names: str | None) -> str:
@@ -193,14 +239,25 @@ def compare_traces(
     *,
     architecture: str,
     positions: list[int],
-    rel_tol: float,
+    precision: TracePrecision,
+    thresholds: Thresholds | None = None,
+    filtered: bool = False,
+    rel_tol: float | None = None,
 ) -> TraceComparison:
-    """Compare in the reference's order; stop at the first tensor that departs."""
+    """Compare in the reference's order; stop at the first tensor that departs.
+
+    Each tensor is held to its kind's tolerance at ``precision``, the logits to ``thresholds``
+    (the verdict's; by default its default limit for the precision). ``rel_tol`` replaces the
+    table by one tolerance for every kind.
+    """
+    if thresholds is None:
+        thresholds = Thresholds(kl_max=DEFAULT_KL_MAX_QUANTIZED if precision == "quantized" else DEFAULT_KL_MAX_FLOAT)
+    common: dict[str, Any] = {
+        "positions": positions, "precision": precision, "kl_max": thresholds.kl_max, "filtered": filtered,
+        "rel_tol": rel_tol,
+    }  # fmt: skip
     if not candidate:  # None, or a trace directory left empty: nothing to compare is no agreement
-        return TraceComparison(
-            positions=positions, rel_tol=rel_tol, compared=[], first_departure=None, last_agreement=None,
-            candidate_traced=False,
-        )  # fmt: skip
+        return TraceComparison(**common, compared=[], first_departure=None, last_agreement=None, candidate_traced=False)
     reference_names = {t.name for t in reference}
     compared: list[TensorComparison] = []
     missing: list[str] = []
@@ -211,7 +268,15 @@ def compare_traces(
         if loader is None:
             missing.append(ref.name)
             continue
-        result = compare_tensor(ref, loader(), architecture=architecture, positions=positions, rel_tol=rel_tol)
+        tolerance = rel_tol if rel_tol is not None else tolerance_for(ref.name, precision)
+        result = compare_tensor(
+            ref,
+            loader(),
+            architecture=architecture,
+            positions=positions,
+            rel_tol=tolerance,
+            thresholds=thresholds if judged_by_kl(ref.name) else None,
+        )
         compared.append(result)
         if not result.agrees:
             first = result
@@ -219,8 +284,7 @@ def compare_traces(
         last = result
     only = sorted(name for name in candidate if name not in reference_names)
     return TraceComparison(
-        positions=positions,
-        rel_tol=rel_tol,
+        **common,
         compared=compared,
         first_departure=first,
         last_agreement=last,
@@ -230,12 +294,22 @@ def compare_traces(
 
 
 def compare_tensor(
-    ref: RefTensor, array: F32Array, *, architecture: str, positions: list[int], rel_tol: float
+    ref: RefTensor,
+    array: F32Array,
+    *,
+    architecture: str,
+    positions: list[int],
+    rel_tol: float,
+    thresholds: Thresholds | None = None,
 ) -> TensorComparison:
+    """One tensor against the reference's: by relative error per position within ``rel_tol``, or,
+    with ``thresholds``, position by position as the verdict judges logits."""
     expected = np.asarray(ref.load(), dtype=np.float64)
     best: TensorComparison | None = None
     for layout, view in candidate_views(ref.name, architecture, np.asarray(array), expected.shape, positions):
         result = _metrics(ref, expected, view, layout=layout, positions=positions, rel_tol=rel_tol)
+        if thresholds is not None and result.non_finite is None:
+            result = _judge_logits(result, expected, view, positions=positions, thresholds=thresholds)
         if result.agrees:
             return result
         # None agrees: report the closest mapping, so a real error is not hidden behind a layout's.
@@ -253,7 +327,9 @@ def compare_tensor(
         min_cosine=0.0,
         max_abs_diff=math.inf,
         worst_position=positions[0] if positions else 0,
+        first_position=positions[0] if positions else 0,
         agrees=False,
+        tolerance=rel_tol,
     )
 
 
@@ -330,7 +406,9 @@ def _metrics(
     a = actual.reshape(n, -1)
     unreal_rows: npt.NDArray[np.bool_] = np.asarray(~(np.isfinite(a).all(axis=1) & np.isfinite(e).all(axis=1)))
     if unreal_rows.any():
-        return _not_finite(ref, expected, e, a, unreal_rows, layout=layout, positions=positions)
+        return replace(
+            _not_finite(ref, expected, e, a, unreal_rows, layout=layout, positions=positions), tolerance=rel_tol
+        )
     diff = a - e
     ref_norm = np.linalg.norm(e, axis=1)
     diff_norm = np.linalg.norm(diff, axis=1)
@@ -343,6 +421,7 @@ def _metrics(
     max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
     worst = int(np.argmax(np.nan_to_num(rel, nan=np.inf))) if n else 0
     max_rel = float(np.max(rel)) if n else 0.0
+    over = np.flatnonzero(~(rel <= rel_tol))
     return TensorComparison(
         name=ref.name,
         layer=ref.layer,
@@ -352,8 +431,42 @@ def _metrics(
         max_rel_error=max_rel,
         min_cosine=float(np.min(cosine)) if n else 1.0,
         max_abs_diff=max_abs,
-        worst_position=positions[worst] if worst < len(positions) else worst,
+        worst_position=_position(positions, worst),
+        first_position=_position(positions, int(over[0])) if over.size else None,
         agrees=bool(math.isfinite(max_rel) and max_rel <= rel_tol),
+        tolerance=rel_tol,
+    )
+
+
+def _position(positions: list[int], row: int) -> int:
+    return positions[row] if row < len(positions) else row
+
+
+def _judge_logits(
+    result: TensorComparison,
+    expected: npt.NDArray[np.float64],
+    actual: npt.NDArray[np.float64],
+    *,
+    positions: list[int],
+    thresholds: Thresholds,
+) -> TensorComparison:
+    """The logits as the verdict judges them: KL and top-1 per position against ``thresholds``."""
+    n = expected.shape[0]
+    e = expected.reshape(n, -1)
+    a = actual.reshape(n, -1)
+    rows = [
+        compare_row(e[i], a[i], position=_position(positions, i), token=0, next_token=None, thresholds=thresholds)
+        for i in range(n)
+    ]
+    kls = [row.kl for row in rows]
+    failing = [row.position for row in rows if not row.passed]
+    worst = int(np.argmax(kls)) if kls else 0
+    return replace(
+        result,
+        max_kl=max(kls) if kls else 0.0,
+        worst_position=_position(positions, worst),
+        first_position=failing[0] if failing else None,
+        agrees=not failing,
     )
 
 
@@ -381,7 +494,8 @@ def _not_finite(
         max_rel_error=math.nan,
         min_cosine=math.nan,
         max_abs_diff=math.nan,
-        worst_position=positions[first] if first < len(positions) else first,
+        worst_position=_position(positions, first),
+        first_position=_position(positions, first),
         agrees=False,
         non_finite=side,
     )

@@ -86,6 +86,18 @@ MASK_NO_SELF_FAULT = FaultSpec(
     description="causal mask off by one: a position does not attend to itself "
     "(position 0 then sees nothing and gets a zero attention output)",
 )
+ATTN_SCALE_FAULT = FaultSpec(
+    name=FaultName("attn_scale"),
+    description="the attention scale (of Q.K before the softmax) multiplied by a factor",
+    default_value=1.25,
+    value_meaning="factor applied to the attention scale",
+)
+FINAL_SOFTCAP_FAULT = FaultSpec(
+    name=FaultName("final_softcap"),
+    description="the final logits are soft-capped at a wrong value (a model without a cap gets one)",
+    default_value=15.0,
+    value_meaning="the cap used instead of the model's",
+)
 SLIDING_WINDOW_FAULT = FaultSpec(
     name=FaultName("sliding_window"),
     description="sliding-window layers use a wrong window",
@@ -152,6 +164,9 @@ def project_output(
     if name == "output.weight" and info.type_name == "NVFP4" and model.has_tensor("output.scale"):
         scale = np.float32(engine.weight("output.scale").reshape(-1)[0])  # llama.cpp loads it for NVFP4 only
     cap = engine.hparams.final_logit_softcap
+    fault = engine.options.fault
+    if fault is not None and fault.name == FINAL_SOFTCAP_FAULT.name:  # gemma3 lists it; the cap is applied here
+        cap = float(fault.magnitude or 0.0)
     whole = None if stream else engine.weight(name)
     if whole is not None and isinstance(out, np.ndarray) and on_slab is None:
         np.matmul(x, whole.T, out=out)  # one product, as a single forward pass has always made it
@@ -454,6 +469,9 @@ class Run:
                 include_self=not self.faulty(MASK_NO_SELF_FAULT.name),
             )
             self._mask_cache[key] = allowed
+        if self.fault is not None and self.faulty(ATTN_SCALE_FAULT.name):
+            assert self.fault.magnitude is not None
+            kq_scale = float(np.float32(kq_scale) * np.float32(self.fault.magnitude))
         heads = np.arange(hp.n_head, dtype=np.int64)
         kv_head = heads % hp.n_head_kv if self.faulty(GQA_MAPPING_FAULT.name) else heads // hp.n_group
         out = ops.attention(

@@ -89,7 +89,12 @@ class Models:
         ref = self.shim.trace(model, [int(t) for t in tokens], out_dir=out, positions=positions, kv_type="f32")
         tensors = [RefTensor(name=t.name, layer=t.layer, op=t.op, shape=t.shape, load=t.load) for t in ref.tensors]
         return compare_traces(
-            tensors, read_trace_dir(candidate), architecture=arch, positions=positions, rel_tol=REL_TOL_FLOAT
+            tensors,
+            read_trace_dir(candidate),
+            architecture=arch,
+            positions=positions,
+            precision="F32",
+            rel_tol=REL_TOL_FLOAT,
         )
 
 

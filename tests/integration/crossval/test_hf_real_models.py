@@ -114,7 +114,12 @@ def check_real_model(name: str, model: Path, shim: Shim, tmp_path: Path, *, kl_f
     tensors = [RefTensor(name=t.name, layer=t.layer, op=t.op, shape=t.shape, load=t.load) for t in reference.tensors]
     arch = GGUFModelFile(model).architecture
     comparison = compare_traces(
-        tensors, read_trace_dir(tmp_path / "trace"), architecture=arch, positions=positions, rel_tol=0.02
+        tensors,
+        read_trace_dir(tmp_path / "trace"),
+        architecture=arch,
+        positions=positions,
+        precision="F32",
+        rel_tol=0.02,
     )
     assert comparison.first_departure is None, comparison.sentence()
     assert {n.split("-")[0] for n in comparison.missing_in_candidate} <= {"norm", "embd"}

@@ -26,6 +26,7 @@ from bitnet_crossval.crossval.engine.archs.synthetic_model import (
 from bitnet_crossval.crossval.engine.faults import FaultName, FaultSpec, LocatedFault, at
 from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
 from bitnet_crossval.crossval.engine.graph import (
+    ATTN_SCALE_FAULT,
     GQA_MAPPING_FAULT,
     MASK_AHEAD_FAULT,
     MASK_NO_SELF_FAULT,
@@ -86,6 +87,7 @@ FAULTS = (
     LocatedFault(GQA_MAPPING_FAULT, at("kqv_out")),
     LocatedFault(MASK_AHEAD_FAULT, at("kqv_out")),
     LocatedFault(MASK_NO_SELF_FAULT, at("kqv_out")),
+    LocatedFault(ATTN_SCALE_FAULT, at("kqv_out")),
     LocatedFault(TERNARY_SCALE_FAULT, at("Qcur")),
 )
 

@@ -29,6 +29,8 @@ from bitnet_crossval.crossval.engine.archs.synthetic_model import (
 from bitnet_crossval.crossval.engine.faults import FaultName, FaultSpec, LocatedFault, at
 from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
 from bitnet_crossval.crossval.engine.graph import (
+    ATTN_SCALE_FAULT,
+    FINAL_SOFTCAP_FAULT,
     GQA_MAPPING_FAULT,
     MASK_AHEAD_FAULT,
     MASK_NO_SELF_FAULT,
@@ -70,8 +72,10 @@ FAULTS = (
     LocatedFault(GQA_MAPPING_FAULT, at("kqv_out")),
     LocatedFault(MASK_AHEAD_FAULT, at("kqv_out")),
     LocatedFault(MASK_NO_SELF_FAULT, at("kqv_out")),
+    LocatedFault(ATTN_SCALE_FAULT, at("kqv_out")),
     LocatedFault(MISSING_QK_NORM_FAULT, at("Qcur_normed")),
     LocatedFault(SLIDING_WINDOW_FAULT, _first_sliding_layer),
+    LocatedFault(FINAL_SOFTCAP_FAULT, at("result_output", -1)),
 )
 
 describe = no_facts

@@ -27,6 +27,7 @@ from bitnet_crossval.crossval.engine.archs.synthetic_model import (
 from bitnet_crossval.crossval.engine.faults import LocatedFault, at
 from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
 from bitnet_crossval.crossval.engine.graph import (
+    ATTN_SCALE_FAULT,
     GQA_MAPPING_FAULT,
     MASK_AHEAD_FAULT,
     MASK_NO_SELF_FAULT,
@@ -55,6 +56,7 @@ FAULTS = (
     LocatedFault(GQA_MAPPING_FAULT, at("kqv_out")),
     LocatedFault(MASK_AHEAD_FAULT, at("kqv_out")),
     LocatedFault(MASK_NO_SELF_FAULT, at("kqv_out")),
+    LocatedFault(ATTN_SCALE_FAULT, at("kqv_out")),
 )
 
 describe = no_facts
