@@ -3,8 +3,9 @@
 # ///
 """Measure `invoke crossval-per-token` on Gemma 3 270M (Q4_K_M), in one run, and print the figures.
 
-1. End to end: the wall-clock time of ``invoke crossval-per-token --model gemma3-270m`` (32 prompt
-   tokens given as ids + 16 generated, --format json, --repair never), each in a fresh process
+1. End to end: the wall-clock time of ``invoke crossval-per-token --model gemma3-270m`` (18 prompt
+   tokens given as ids + 16 generated: 34 positions; --prompt-ids changes it; --format json,
+   --repair never), each in a fresh process
    started the way a user starts it (``python -m invoke`` from the repository root):
    - the first run: the model file evicted from the OS page cache first (posix_fadvise
      DONTNEED on the GGUF), so the engine's first load reads it from disk, as the first run
@@ -13,6 +14,9 @@
    - repeated runs: the same command again, everything warm (median and minimum of --runs).
    With each: CPU time (user + system of the command and everything it ran, the shim included)
    and peak RSS of the largest process (the crossval itself, which holds the NumPy engine).
+   Between the repeated runs, one shim ``logits`` call on the same ids (a fresh process, as the
+   crossval starts it): the repeated crossval's median as a ratio to that call's median (aim: at
+   most 5), and the peak RSS as a ratio to the model file (aim: at most 5).
 2. The run's own timings from its JSON report: model (resolve, sha256, the shim's info call),
    tokenize, candidate_load (the engine opens and validates the GGUF), reference (the shim's
    generate and logits calls, process starts and model loads included), candidate (the
@@ -51,7 +55,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks import measure_engine  # noqa: E402
 
 TEXT = measure_engine.TEXT
-N_PROMPT, N_GENERATED = measure_engine.N_PROMPT, measure_engine.N_GENERATED
+N_PROMPT, N_GENERATED = 18, measure_engine.N_GENERATED
 ENGINE_PHASES = ("reference", "candidate_load", "candidate")
 
 
@@ -143,6 +147,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="repeated end-to-end runs (default 3)")
     parser.add_argument("--engine-runs", type=int, default=3, help="runs of each engine/shim timing (default 3)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--prompt-ids", type=int, default=N_PROMPT, help=f"prompt tokens (default {N_PROMPT})")
     args = parser.parse_args()
     if args.measured_child:
         measured_child(args.measured_child)
@@ -164,7 +169,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
 
     with tempfile.TemporaryDirectory(prefix="measure-crossval-") as tmp:
-        prompt = list(shim.tokenize(model, TEXT, add_bos=True, parse_special=False).tokens)[:N_PROMPT]
+        prompt = list(shim.tokenize(model, TEXT, add_bos=True, parse_special=False).tokens)[: args.prompt_ids]
         tokens_file = Path(tmp) / "prompt.json"
         tokens_file.write_text(json.dumps(prompt))
         cmd = [sys.executable, "-m", "invoke", "crossval-per-token", "--repair", "never", "--model", "gemma3-270m"]
@@ -172,9 +177,18 @@ def main() -> None:
 
         evict_from_page_cache(model)
         first = run_measured(cmd, env)
-        repeated = [run_measured(cmd, env) for _ in range(args.runs)]
         tokens: list[int] = first["document"]["tokens"]
         n = len(tokens)
+        ids_file = Path(tmp) / "ids.json"
+        ids_file.write_text(json.dumps(tokens))
+        logits_cmd = [str(shim.executable), "logits", "--model", str(model), "--tokens-file", str(ids_file)]
+        logits_cmd += ["--out", str(Path(tmp) / "logits.npy")]
+        repeated, shim_calls = [], []
+        for _ in range(args.runs):  # interleaved: both see the same load
+            repeated.append(run_measured(cmd, env))
+            started = time.perf_counter()
+            subprocess.run(logits_cmd, check=True, capture_output=True, env=env)
+            shim_calls.append(time.perf_counter() - started)
 
         rest = outside_phases(shim, model, tokens)
         shim_1 = measure_engine.time_shim(shim, model, tokens, args.engine_runs, threads=1)
@@ -187,7 +201,8 @@ def main() -> None:
     doc = first["document"]
     s = doc["summary"]
     print(
-        f"model: {model.name}, {size / 2**20:.1f} MiB; {n} positions ({N_PROMPT} prompt ids + {N_GENERATED} generated)"
+        f"model: {model.name}, {size / 2**20:.1f} MiB; {n} positions ({args.prompt_ids} prompt ids + {N_GENERATED} "
+        "generated)"
     )
     print(f"machine: {cores} cores; load average {os.getloadavg()[0]:.2f} at the end")
     print(
@@ -208,6 +223,17 @@ def main() -> None:
         f"(min {min(walls):.2f}), {statistics.median(r['cpu_s'] for r in repeated):6.2f} s CPU, "
         f"peak RSS {statistics.median(r['maxrss_kib'] for r in repeated) / 2**10:.0f} MiB "
         f"= {statistics.median(r['maxrss_kib'] for r in repeated) * 1024 / size:.2f}x the model file"
+    )
+
+    crossval_median = statistics.median(walls)
+    shim_median = statistics.median(shim_calls)
+    print(
+        f"  one shim `logits` call on the same {n} ids, median of {len(shim_calls)}   {shim_median:6.2f} s wall; "
+        f"repeated crossval / shim call: {crossval_median / shim_median:.2f}x (aim: at most 5x)"
+    )
+    print(
+        f"  peak RSS of the repeated crossval / model file: "
+        f"{statistics.median(r['maxrss_kib'] for r in repeated) * 1024 / size:.2f}x (aim: at most 5x)"
     )
 
     print("\n2. the run's own timings (seconds; first run | median repeated run):")
@@ -262,6 +288,8 @@ def main() -> None:
             "engine_peak_rss_bytes": peak_kib * 1024,
             "engine": engine_all,
             "rest_of_run_steps_s": rest,
+            "shim_logits_call_s": shim_calls,
+            "crossval_over_shim_call": crossval_median / shim_median,
         }
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

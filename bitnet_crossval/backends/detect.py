@@ -9,11 +9,17 @@ left by a killed setup never counts). A directory named by ``LLAMA_CPP_DIR`` /
 The load check runs in a separate interpreter: llama.cpp and bitnet.cpp both ship a
 ``libllama.so`` and ``libggml.so`` with the same sonames, and once one is loaded the dynamic
 loader would hand it to the other. It costs a process start, so a :class:`Detector` runs it at
-most once per process for an unchanged install and hands the result to whoever asks next.
+most once per process for an unchanged install and hands the result to whoever asks next, and
+a check that passed is remembered in the cache (``checks/load-<backend>.json``) with the
+fingerprint of what it loaded: every library's path, inode, size and times, the symbols asked
+for and ``LD_LIBRARY_PATH``. A later process whose libraries have the same fingerprint takes
+that answer instead of starting an interpreter; a library rebuilt, replaced or touched changes
+the fingerprint and is checked again. A failed check is never remembered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -110,9 +116,18 @@ def detect(
     return detect_at(spec, cache.install_dir(spec.name), origin="cache", python=python)
 
 
-def detect_at(spec: BackendSpec, root: Path, *, origin: str, python: str | None = None) -> Detection:
+def detect_at(
+    spec: BackendSpec,
+    root: Path,
+    *,
+    origin: str,
+    python: str | None = None,
+    record: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Detection:
     """Check the install or build tree at ``root``; ``origin`` is "cache" (the marker is then
-    required) or the environment variable that named ``root``."""
+    required) or the environment variable that named ``root``. ``record`` and ``env``: see
+    :func:`check_loadable`."""
     if not root.is_dir():
         reason = (
             f"{spec.display} is not installed in the cache ({root})"
@@ -120,7 +135,7 @@ def detect_at(spec: BackendSpec, root: Path, *, origin: str, python: str | None 
             else f"{origin}={root} is not a directory"
         )
         return Detection(backend=spec.name, available=False, origin=origin, root=root, reason=reason)
-    return probe(spec, root, origin=origin, require_marker=origin == "cache", python=python)
+    return probe(spec, root, origin=origin, require_marker=origin == "cache", python=python, record=record, env=env)
 
 
 def probe(
@@ -130,6 +145,8 @@ def probe(
     origin: str,
     require_marker: bool,
     python: str | None = None,
+    record: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Detection:
     """Check one directory: marker, libraries, includes, a real load and the symbols."""
 
@@ -147,7 +164,7 @@ def probe(
     include_dirs = find_include_dirs(root)
     if not include_dirs:
         return missing(f"no llama.h under {root}", libraries=libraries)
-    problem = check_loadable(spec, libraries, python=python)
+    problem = check_loadable(spec, libraries, python=python, record=record, env=env)
     if problem:
         return missing(problem, libraries=libraries, include_dirs=include_dirs, marker=marker)
     return Detection(
@@ -208,8 +225,67 @@ print('{"missing": [' + ", ".join(text(m) for m in missing) + ']}')
 """
 
 
-def check_loadable(spec: BackendSpec, libraries: Mapping[str, Path], *, python: str | None = None) -> str:
-    """Load the libraries in a fresh interpreter; return the problem, or "" when they are usable."""
+def load_fingerprint(spec: BackendSpec, libraries: Mapping[str, Path], env: Mapping[str, str]) -> str:
+    """What a load check's answer depends on, as a digest: the libraries as files on disk (path,
+    inode, size, modification and change times), the symbols asked for, the loader's path."""
+    files: list[object] = []
+    for name in spec.libraries:
+        if name in libraries:
+            path = libraries[name]
+            try:
+                st = path.stat()
+                files.append([str(path), str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+            except OSError:
+                files.append([str(path), None])
+    document = {
+        "libraries": files,
+        "symbols": [list(group) for group in spec.required_symbols],
+        "ld_library_path": env.get("LD_LIBRARY_PATH", ""),
+        "platform": sys.platform,
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def check_loadable(
+    spec: BackendSpec,
+    libraries: Mapping[str, Path],
+    *,
+    python: str | None = None,
+    record: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Load the libraries in a fresh interpreter; return the problem, or "" when they are usable.
+
+    With ``record`` a passed check is written there with the libraries' fingerprint, and a
+    record whose fingerprint is still theirs is the answer, without a new interpreter.
+    """
+    fingerprint = load_fingerprint(spec, libraries, os.environ if env is None else env) if record else ""
+    if record is not None and _recorded_pass(record, fingerprint):
+        return ""
+    problem = _load_in_fresh_interpreter(spec, libraries, python=python)
+    if record is not None and not problem:
+        _record_pass(record, fingerprint)
+    return problem
+
+
+def _recorded_pass(record: Path, fingerprint: str) -> bool:
+    from bitnet_crossval.util.files import read_json_file
+
+    data = read_json_file(record)
+    return isinstance(data, dict) and data.get("fingerprint") == fingerprint and data.get("loadable") is True
+
+
+def _record_pass(record: Path, fingerprint: str) -> None:
+    from bitnet_crossval.util.files import dump_json, make_dir, write_atomic
+
+    try:
+        make_dir(record.parent)
+        write_atomic(record, dump_json({"fingerprint": fingerprint, "loadable": True}), what="the load check record")
+    except SuiteError:
+        return  # a cache that cannot remember costs the next run a check, nothing else
+
+
+def _load_in_fresh_interpreter(spec: BackendSpec, libraries: Mapping[str, Path], *, python: str | None) -> str:
     ordered = [str(libraries[n]) for n in spec.libraries if n in libraries]
     groups = [list(group) for group in spec.required_symbols]
     # Tests count these lines to prove a process checks each install once.
@@ -301,6 +377,8 @@ class Detector:
         known = self._known.get((spec.name, str(root)))
         if known is not None and known[0] == fingerprint:
             return known[1]
-        found = detect_at(spec, root, origin=origin, python=self._python)
+        found = detect_at(
+            spec, root, origin=origin, python=self._python, record=self._cache.load_check(spec.name), env=self._env
+        )
         self._known[(spec.name, str(root))] = (fingerprint, found)
         return found

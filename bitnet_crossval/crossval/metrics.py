@@ -1,7 +1,10 @@
 """Per-position comparison of two sets of logits, and the one verdict rule.
 
 Everything is computed in float64 over the full vocabulary, one position at a time (a row of
-a 262k vocabulary is 2 MB in float64; a whole Gemma run at once would be hundreds of MB).
+a 262k vocabulary is 2 MB in float64; a whole Gemma run at once would be hundreds of MB). The
+logits themselves are read a block of rows at a time and a memory-mapped file's pages handed
+back after each block (:mod:`~bitnet_crossval.util.npy_rows`), so comparing two files of
+thousands of positions holds a block of each, never two ``[n, vocab]`` arrays.
 Position ``i`` of the logits scores the token at ``i + 1``, so the probability each side gives
 "the actual next token" exists for every position but the last.
 
@@ -34,6 +37,7 @@ import numpy.typing as npt
 from bitnet_crossval.crossval.statistics import PositionValues, kl_statistics
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.jsonsafe import jsonable
+from bitnet_crossval.util.npy_rows import release_rows, rows_per_block
 
 # Defaults from the measurements in docs/explanation/verdict.md. Float weights (F32/F16/BF16): a
 # correct engine stays below KL 2.5e-4 (BF16), every deliberate bug of the self-check reaches
@@ -169,7 +173,9 @@ def compare_row(
         logp_r[top1_r] - logp_r[top1_c] <= thresholds.tie_margin
         and logp_c[top1_c] - logp_c[top1_r] <= thresholds.tie_margin
     )
-    top5 = len(set(_top_k(r, TOP_K)) & set(_top_k(c, TOP_K)))
+    # On the rows as given (float32 from a file): the same order as their float64 copies, half
+    # the bytes to partition.
+    top5 = len(set(_top_k(np.asarray(ref), TOP_K)) & set(_top_k(np.asarray(cand), TOP_K)))
     reasons: list[str] = []
     too_far = kl_reason(kl, thresholds.kl_max)
     if too_far:
@@ -254,16 +260,29 @@ def compare_logits(
     tokens: Sequence[int],
     *,
     thresholds: Thresholds,
+    progress: Callable[[int], None] | None = None,
 ) -> list[PositionMetrics]:
-    """One :class:`PositionMetrics` per position; ``ref`` and ``cand`` are ``[n_tokens, n_vocab]``."""
+    """One :class:`PositionMetrics` per position; ``ref`` and ``cand`` are ``[n_tokens, n_vocab]``
+    (in memory or memory-mapped files, read a block of rows at a time). ``progress`` hears how
+    many positions are compared so far, after each block."""
     if ref.shape != cand.shape or ref.shape[0] != len(tokens):
         raise ValueError(f"shapes differ: reference {ref.shape}, candidate {cand.shape}, {len(tokens)} tokens")
+    n = len(tokens)
+    block = rows_per_block(ref.shape[1] if ref.ndim > 1 else 1)
     rows = []
-    for i, token in enumerate(tokens):
-        next_token = int(tokens[i + 1]) if i + 1 < len(tokens) else None
-        rows.append(
-            compare_row(ref[i], cand[i], position=i, token=int(token), next_token=next_token, thresholds=thresholds)
-        )
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        for i in range(start, stop):
+            next_token = int(tokens[i + 1]) if i + 1 < n else None
+            rows.append(
+                compare_row(
+                    ref[i], cand[i], position=i, token=int(tokens[i]), next_token=next_token, thresholds=thresholds
+                )
+            )
+        release_rows(ref, start, stop)
+        release_rows(cand, start, stop)
+        if progress is not None:
+            progress(stop)
     return rows
 
 
@@ -320,7 +339,7 @@ def _log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return result
 
 
-def _top_k(x: npt.NDArray[np.float64], k: int) -> list[int]:
+def _top_k(x: npt.NDArray[np.floating[Any]], k: int) -> list[int]:
     k = min(k, x.shape[0])
-    part = np.argpartition(-x, k - 1)[:k]
+    part = np.argpartition(x, x.shape[0] - k)[x.shape[0] - k :]
     return [int(i) for i in part]

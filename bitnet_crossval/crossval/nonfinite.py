@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_crossval.errors import BadInput, CandidateFailed
+from bitnet_crossval.util.npy_rows import row_blocks, rows_not_finite, rows_per_block
 
 Side = Literal["reference", "candidate"]
 Loader = Callable[[], npt.NDArray[np.float32]]
@@ -47,7 +48,19 @@ class Counts:
 
 
 def count(array: npt.NDArray[Any]) -> Counts:
+    """How many NaN, +inf and -inf ``array`` holds; a matrix of logits (a memory map of
+    thousands of positions) is read a block of rows at a time."""
     values = np.asarray(array)
+    if values.ndim != 2:
+        return _count(values)
+    nan = pos_inf = neg_inf = 0
+    for _start, rows in row_blocks(values, rows_per_block(values.shape[1])):
+        part = _count(rows)
+        nan, pos_inf, neg_inf = nan + part.nan, pos_inf + part.pos_inf, neg_inf + part.neg_inf
+    return Counts(nan=nan, pos_inf=pos_inf, neg_inf=neg_inf)
+
+
+def _count(values: npt.NDArray[Any]) -> Counts:
     nan = int(np.count_nonzero(np.isnan(values)))
     pos_inf = int(np.count_nonzero(np.isposinf(values)))
     neg_inf = int(np.count_nonzero(np.isneginf(values)))
@@ -55,10 +68,13 @@ def count(array: npt.NDArray[Any]) -> Counts:
 
 
 def bad_rows(array: npt.NDArray[Any]) -> list[int]:
-    """Indices of the rows (first axis) that hold a value that is not finite."""
+    """Indices of the rows (first axis) that hold a value that is not finite (a matrix of logits
+    a block of rows at a time: no mask of the whole is made)."""
     values = np.asarray(array)
     if values.ndim == 0:
         return [] if np.isfinite(values) else [0]
+    if values.ndim == 2:
+        return rows_not_finite(values)
     flat = values.reshape(values.shape[0], -1)
     return [int(i) for i in np.flatnonzero(~np.isfinite(flat).all(axis=1))]
 

@@ -54,6 +54,7 @@ TOKENIZER = PathOption(
     name="tokenizer", help="a tokenizer.json: tokenize the prompt with it too and report a mismatch first"
 )
 PROMPT = Text(name="prompt", help="the text to evaluate", default_text="an English sentence")
+PROMPT_FILE = PathOption(name="prompt_file", help="the text to evaluate, read from this file (UTF-8; long prompts)")
 PROMPT_SET = Text(
     name="prompt_set",
     help="built-in real text as the prompt: SET (every passage) or SET/TEXT (one), e.g. classics/moby-dick",
@@ -61,7 +62,8 @@ PROMPT_SET = Text(
 MAX_PROMPT_TOKENS = 1 << 20
 PROMPT_TOKENS = Integer(
     name="prompt_tokens",
-    help="keep only the first N tokens of the prompt (0 keeps them all)",
+    help="keep only the first N tokens of the prompt (0 keeps them all); with --prompt-set, exactly N: "
+    "the set's texts are joined (and repeated) until there are N",
     default=0,
     maximum=MAX_PROMPT_TOKENS,
     example=256,
@@ -149,6 +151,7 @@ REQUEST_OPTIONS: tuple[Option[Any], ...] = (
     MODEL,
     TOKENIZER,
     PROMPT,
+    PROMPT_FILE,
     PROMPT_SET,
     TOKENS_FILE,
     PROMPT_TOKENS,
@@ -200,7 +203,7 @@ SELFCHECK_MODEL = Text(
 
 def build_request(values: OptionValues) -> CrossvalRequest:
     """The request the options describe; every problem is :class:`BadInput`."""
-    given = [option.flag for option in (PROMPT, PROMPT_SET, TOKENS_FILE) if values.given(option)]
+    given = [option.flag for option in (PROMPT, PROMPT_FILE, PROMPT_SET, TOKENS_FILE) if values.given(option)]
     if len(given) > 1:
         both = f"{given[0]} and {given[1]} both" if len(given) == 2 else f"{', '.join(given[:-1])} and {given[-1]} all"
         raise BadInput(f"{both} give the tokens", next_step="pass one of them")
@@ -211,6 +214,11 @@ def build_request(values: OptionValues) -> CrossvalRequest:
 
         choice = parse_prompt_set(prompt_set, option=PROMPT_SET.flag)
         prompt, prompt_set = prompt_text(choice), choice.label
+    prompt_file = values[PROMPT_FILE]
+    if prompt_file is not None:
+        from bitnet_crossval.crossval.tokens import read_prompt_file
+
+        prompt = read_prompt_file(prompt_file)
     if prompt is not None:
         check_prompt_text(prompt)
     activation = values[BITNET_ACTIVATION]
@@ -222,6 +230,7 @@ def build_request(values: OptionValues) -> CrossvalRequest:
         backend=values[BACKEND],
         prompt=DEFAULT_PROMPT if prompt is None else prompt,
         prompt_set=prompt_set,
+        prompt_file=prompt_file,
         prompt_tokens=values[PROMPT_TOKENS] or None,
         tokens_file=values[TOKENS_FILE],
         tokenizer=values[TOKENIZER],

@@ -322,6 +322,7 @@ def judge(
     *,
     base: Thresholds,
     float_limit: float,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[ReferenceChoice, Thresholds, list[PositionMetrics]]:
     """Which reference the candidate follows, and every position judged against it at its limit
     (``base``: the thresholds of the model as given, which ``native`` on a quantised model keeps)."""
@@ -329,7 +330,11 @@ def judge(
     thresholds = thresholds_for(choice, base)
     followed = evaluated.logits[choice.followed]
     if choice.limits is None:
-        return choice, thresholds, compare_logits(followed, candidate, evaluated.tokens, thresholds=thresholds)
+        return (
+            choice,
+            thresholds,
+            compare_logits(followed, candidate, evaluated.tokens, thresholds=thresholds, progress=progress),
+        )
     unbounded = replace(thresholds, kl_max=sys.float_info.max)  # the KL is judged per position below
-    loose = compare_logits(followed, candidate, evaluated.tokens, thresholds=unbounded)
+    loose = compare_logits(followed, candidate, evaluated.tokens, thresholds=unbounded, progress=progress)
     return choice, thresholds, rejudge(loose, choice.limits)

@@ -1,7 +1,8 @@
 """What a cross-validation shows and writes: a table on stderr, the JSON report, JUnit XML, a plot.
 
 The table is for a person: every position of a short run; for a long run the first positions,
-every failing one (up to a limit) and the last, then a summary, never a wall of rows. Machines
+every failing one (up to a limit), the ones of highest KL and the last, then a summary, never a
+wall of rows. Machines
 read the JSON document (``--format json`` on stdout, ``--report FILE``) or the JUnit file.
 """
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 FULL_TABLE_ROWS = 24
 HEAD_ROWS = 4
 MAX_FAILED_ROWS = 20
+WORST_ROWS = 3
 
 
 def check_output_path(path: Path, *, what: str) -> None:
@@ -60,11 +62,16 @@ def check_plot_available() -> None:
 
 
 def rows_to_show(rows: list[PositionMetrics]) -> list[PositionMetrics | None]:
-    """The rows of the table; None marks a gap of rows left out."""
+    """The rows of the table; None marks a gap of rows left out.
+
+    A long run shows its first :data:`HEAD_ROWS` rows, its first :data:`MAX_FAILED_ROWS` failing
+    ones, the :data:`WORST_ROWS` of highest KL (:func:`worst_positions`) and its last row, in
+    position order, whatever the number of positions.
+    """
     if len(rows) <= FULL_TABLE_ROWS:
         return list(rows)
     failed = [row.position for row in rows if not row.passed]
-    keep = set(range(HEAD_ROWS)) | {len(rows) - 1} | set(failed[:MAX_FAILED_ROWS])
+    keep = set(range(HEAD_ROWS)) | {len(rows) - 1} | set(failed[:MAX_FAILED_ROWS]) | set(worst_positions(rows))
     shown: list[PositionMetrics | None] = []
     previous = -1
     for position in sorted(keep):
@@ -73,6 +80,13 @@ def rows_to_show(rows: list[PositionMetrics]) -> list[PositionMetrics | None]:
         shown.append(rows[position])
         previous = position
     return shown
+
+
+def worst_positions(rows: list[PositionMetrics], count: int = WORST_ROWS) -> list[int]:
+    """The positions of the ``count`` highest KL values above 0 (none when both sides agree
+    exactly), highest first; ties go to the earlier position."""
+    ranked = sorted((row for row in rows if row.kl > 0.0), key=lambda row: (-row.kl, row.position))
+    return [row.position for row in ranked[:count]]
 
 
 def print_table(result: CrossvalResult) -> None:
@@ -106,6 +120,7 @@ def print_table(result: CrossvalResult) -> None:
         ("verdict", "left"),
     ):
         table.add_column(column, justify=justify)
+    worst = set(worst_positions(result.rows)) if len(result.rows) > FULL_TABLE_ROWS else set()
     for row in rows_to_show(result.rows):
         if row is None:
             table.add_row(*(["…"] + [""] * (len(table.columns) - 1)))
@@ -117,6 +132,8 @@ def print_table(result: CrossvalResult) -> None:
             "" if row.p_next_ref is None or row.p_next_cand is None else f"{row.p_next_ref:.3f}/{row.p_next_cand:.3f}"
         )
         verdict = "[green]ok[/green]" if row.passed else f"[red]FAIL[/red] {'; '.join(row.reasons)}"
+        if row.position in worst:
+            verdict += " (highest KL)"
         table.add_row(
             str(row.position),
             f"{row.token} {piece!r}{marker}",

@@ -26,8 +26,11 @@ class CrossvalRequest:
     prompt: str = DEFAULT_PROMPT
     prompt_set: str | None = None
     """The built-in text set ``prompt`` was taken from (``classics/moby-dick``), for the report."""
+    prompt_file: Path | None = None
+    """The file ``prompt`` was read from (``--prompt-file``), for the report."""
     prompt_tokens: int | None = None
-    """Keep only the first N tokens of the prompt (of ``tokens_file`` too); None keeps them all."""
+    """Keep only the first N tokens of the prompt (of ``tokens_file`` too); None keeps them all.
+    With ``prompt_set``, exactly N: the set's texts are joined, and repeated, until there are N."""
     tokens_file: Path | None = None
     tokenizer: Path | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS

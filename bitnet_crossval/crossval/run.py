@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +36,7 @@ from bitnet_crossval.crossval.candidates import (
     TraceRequest,
     make_candidate,
 )
+from bitnet_crossval.crossval.facts import model_facts
 from bitnet_crossval.crossval.metrics import (
     DEFAULT_KL_MAX_FLOAT,
     DEFAULT_KL_MAX_QUANTIZED,
@@ -65,6 +66,7 @@ from bitnet_crossval.reference.lookup import recorded_shim
 from bitnet_crossval.store.sources import source_dirs
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import make_dir
+from bitnet_crossval.util.npy_rows import row_blocks, rows_per_block
 from bitnet_crossval.util.timefmt import file_stamp
 
 if TYPE_CHECKING:
@@ -109,19 +111,19 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
     shim = recorded_shim(ctx.constants, request.backend, env=ctx.env, log_dir=log_dir)
     with ui.progress("cross-validation: preparing the model", total=5) as bar:
         prepared = _prepare(request, ctx, shim, timer, bar)
-        model, info, n_vocab, prompt_tokens, model_facts, thresholds, reference = (
+        model, info, n_vocab, prompt_tokens, model_description, thresholds, reference = (
             prepared.model,
             prepared.info,
             prepared.n_vocab,
             prepared.prompt_tokens,
-            prepared.model_facts,
+            prepared.model_description,
             prepared.thresholds,
             prepared.reference,
         )
         if prepared.mismatch is not None:
             return CrossvalResult(
                 verdict="token-mismatch",
-                model=model_facts,
+                model=model_description,
                 reference=reference,
                 candidate={"label": request.candidate.label, "kind": request.candidate.kind},
                 tokens=list(prompt_tokens),
@@ -135,35 +137,38 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
             )
         bar.advance_to(2)
         bar.describe("cross-validation: loading the candidate")
+        candidate_progress = _Meter(bar)
         with timer.phase("candidate_load"):
-            candidate = _load_candidate(request, ctx, model=model, n_vocab=n_vocab, info=info)
-        bar.describe(f"cross-validation: the reference generates {request.max_tokens} tokens")
-        names = references.references_to_run(request.reference, quantized=model_facts["precision"] != "float")
-        evaluated = references.evaluate(
-            names,
+            candidate = _load_candidate(
+                request, ctx, model=model, n_vocab=n_vocab, info=info, progress=candidate_progress
+            )
+        evaluated, shim_documents = _evaluate_references(
+            request,
+            ctx,
+            shim,
             model=model,
-            prompt=prompt_tokens,
-            max_tokens=request.max_tokens,
-            run_reference=lambda n, path, prompt: _reference_run(
-                replace(request, max_tokens=n), shim, path, prompt, work_dir
-            ),
-            make_copy=lambda: _float_copy(request, ctx, shim, model, sha256=str(model_facts["sha256"])),
-            phase=timer.phase,
-            copy_optional=request.reference == "auto",
+            model_description=model_description,
+            prompt_tokens=prompt_tokens,
+            work_dir=work_dir,
+            timer=timer,
+            bar=bar,
         )
         tokens = evaluated.tokens
+        shim_doc = shim_documents[model]
         reference.update(evaluated.settings)
         if evaluated.float_copy is not None:
             reference["float_copy"] = evaluated.float_copy.to_json()
         result = functools.partial(
             CrossvalResult,
-            model=model_facts,
+            model=model_description,
             reference=reference,
             n_prompt=len(prompt_tokens),
             token_mismatch=None,
             trace_filtered=request.trace_layers is not None or request.trace_names is not None,
         )
-        reference_unreal = _unreal_reference(request, shim, evaluated, work_dir=work_dir, timer=timer, bar=bar)
+        reference_unreal = _unreal_reference(
+            request, shim, evaluated, shim_documents, work_dir=work_dir, timer=timer, bar=bar
+        )
         if reference_unreal is not None:
             # No candidate is run: nothing could be judged against these logits.
             return result(
@@ -171,7 +176,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                 thresholds=thresholds,
                 candidate={"label": candidate.label, "kind": request.candidate.kind},
                 tokens=list(tokens),
-                pieces=_pieces(shim, model, tokens),
+                pieces=_pieces(shim, model, tokens, shim_doc.get("pieces_hex")),
                 rows=[],
                 summary=None,
                 timings={**timer.seconds, "total": timer.total()},
@@ -182,9 +187,9 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         bar.advance_to(3)
         bar.describe(f"cross-validation: the candidate ({candidate.label}) evaluates {len(tokens)} positions")
         with timer.phase("candidate"):
-            output = _run_candidate(candidate, model, tokens, work_dir)
+            output = _run_candidate(candidate, model, tokens, work_dir, progress=candidate_progress)
         bar.advance_to(4)
-        bar.describe("cross-validation: comparing")
+        bar.describe(f"cross-validation: comparing {len(tokens)} positions")
         with timer.phase("compare"):
             choice, thresholds, rows = references.judge(
                 request.reference,
@@ -192,6 +197,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                 output.logits,
                 base=thresholds,
                 float_limit=request.kl_max if request.kl_max is not None else DEFAULT_KL_MAX_FLOAT,
+                progress=ui.Rate(bar, len(tokens)),
             )
             summary = summarize(rows)
             candidate_unreal = nonfinite.find(output.logits, side="candidate", label=f"the candidate {candidate.label}")
@@ -225,7 +231,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
                     first_failure=summary.first_failure,
                     work_dir=work_dir,
                     architecture=str(info.get("architecture")),
-                    precision=trace_precision(_followed_weight_types(model_facts["weight_types"], choice)),
+                    precision=trace_precision(_followed_weight_types(model_description["weight_types"], choice)),
                     thresholds=thresholds,
                 )
     verdict: Verdict = "non-finite" if candidate_unreal is not None else ("parity" if summary.passed else "divergence")
@@ -234,7 +240,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
         thresholds=thresholds,
         candidate={"label": candidate.label, "kind": request.candidate.kind, "details": dict(output.details)},
         tokens=list(tokens),
-        pieces=_pieces(shim, model, tokens),
+        pieces=_pieces(shim, model, tokens, shim_doc.get("pieces_hex")),
         rows=rows,
         summary=summary,
         timings={**timer.seconds, "candidate_compute": round(output.seconds, 4), "total": timer.total()},
@@ -253,7 +259,7 @@ class _Prepared:
     n_vocab: int
     prompt_tokens: list[int]
     mismatch: TokenMismatch | None
-    model_facts: dict[str, Any]
+    model_description: dict[str, Any]
     thresholds: Thresholds
     reference: dict[str, Any]
 
@@ -264,17 +270,18 @@ def _prepare(request: CrossvalRequest, ctx: SuiteContext, shim: Shim, timer: Tim
     assert record is not None
     with timer.phase("model"):
         model = resolve_model(request.model, cache=ctx.cache, env=ctx.env, source_dirs=source_dirs(record))
-        info = shim.info(model)
+        facts = model_facts(ctx.cache, shim.executable, model, ask=lambda: shim.info(model))
+        info = facts.info
         _check_hyperparameters(model)
     n_vocab = int(info["vocab_size"])
     add_bos = bool(info.get("add_bos")) if request.add_bos is None else request.add_bos
     bar.advance_to(1)
     bar.describe("cross-validation: tokenizing")
     with timer.phase("tokenize"):
-        prompt_tokens = _prompt_tokens(request, shim, model, add_bos=add_bos, n_vocab=n_vocab)
-        mismatch = _tokenizer_mismatch(request, prompt_tokens, add_bos=add_bos)
+        prompt_tokens, prompt_text = prompt_ids(request, shim, model, add_bos=add_bos, n_vocab=n_vocab)
+        mismatch = _tokenizer_mismatch(request, prompt_tokens, prompt_text, add_bos=add_bos)
     _check_context(len(prompt_tokens) + request.max_tokens, info, model)
-    model_facts, weight_types = _model_facts(model, info)
+    model_description, weight_types = _model_facts(model, info, sha256=facts.sha256)
     thresholds = Thresholds(
         kl_max=request.kl_max if request.kl_max is not None else _default_kl_max(weight_types),
         tie_margin=request.tie_margin,
@@ -285,7 +292,7 @@ def _prepare(request: CrossvalRequest, ctx: SuiteContext, shim: Shim, timer: Tim
         n_vocab=n_vocab,
         prompt_tokens=prompt_tokens,
         mismatch=mismatch,
-        model_facts=model_facts,
+        model_description=model_description,
         thresholds=thresholds,
         reference=_reference_facts(request, record, shim, info, add_bos=add_bos),
     )
@@ -303,6 +310,7 @@ def _reference_facts(
         "api": info.get("api"),
         "tokenization": {
             "tokens_from": "tokens-file" if request.tokens_file is not None else "reference tokenizer",
+            "prompt_file": str(request.prompt_file) if request.prompt_file is not None else None,
             "prompt_set": request.prompt_set,
             "prompt_tokens": request.prompt_tokens,
             "add_bos": add_bos,
@@ -313,7 +321,13 @@ def _reference_facts(
 
 
 def _load_candidate(
-    request: CrossvalRequest, ctx: SuiteContext, *, model: Path, n_vocab: int, info: dict[str, Any]
+    request: CrossvalRequest,
+    ctx: SuiteContext,
+    *,
+    model: Path,
+    n_vocab: int,
+    info: dict[str, Any],
+    progress: Callable[[float], None] | None = None,
 ) -> Candidate:
     return make_candidate(
         request.candidate,
@@ -327,6 +341,7 @@ def _load_candidate(
             kv_type=request.kv_type,
             bitnet_activation=request.bitnet_activation,
             shim_for=lambda backend: recorded_shim(ctx.constants, backend, env=ctx.env),
+            progress=progress,
         ),
     )
 
@@ -344,29 +359,49 @@ def _check_hyperparameters(model: Path) -> None:
     check_hyperparameters(gguf)
 
 
-def _prompt_tokens(request: CrossvalRequest, shim: Shim, model: Path, *, add_bos: bool, n_vocab: int) -> list[int]:
+def prompt_ids(
+    request: CrossvalRequest, shim: Shim, model: Path, *, add_bos: bool, n_vocab: int
+) -> tuple[list[int], str]:
+    """The prompt's ids as the run evaluates them, and the text they came from ("" for ids)."""
     if request.tokens_file is not None:
         tokens = read_tokens_file(request.tokens_file)
         check_token_ids(tokens, n_vocab=n_vocab, where=f"the tokens file {request.tokens_file}")
-        return fit_prompt(tokens, request)
+        return fit_prompt(tokens, request), ""
     if not request.prompt:
         raise BadInput("the prompt is empty", next_step="pass --prompt TEXT or --tokens-file FILE")
-    tokens = list(shim.tokenize(model, request.prompt, add_bos=add_bos, parse_special=request.parse_special).tokens)
+
+    def tokenize(text: str) -> list[int]:
+        return list(shim.tokenize(model, text, add_bos=add_bos, parse_special=request.parse_special).tokens)
+
+    text = request.prompt
+    tokens = tokenize(text)
     if not tokens:
         raise BadInput("the prompt tokenizes to no tokens", next_step="pass a longer --prompt, or --add-bos")
-    return fit_prompt(tokens, request)
+    wanted = request.prompt_tokens or 0
+    if request.prompt_set is not None and len(tokens) < wanted:
+        from bitnet_crossval.crossval.texts import joined_text, parse_prompt_set
+
+        choice = parse_prompt_set(request.prompt_set)
+        while len(tokens) < wanted:
+            # Each round asks for more characters than the text has (wanted > tokens), so it ends.
+            chars_per_token = len(text) / len(tokens)
+            text = joined_text(choice, int(wanted * chars_per_token * 1.1) + 64)
+            tokens = tokenize(text)
+    return fit_prompt(tokens, request), text
 
 
 def fit_prompt(tokens: list[int], request: CrossvalRequest) -> list[int]:
     """The prompt's ids as the run evaluates them: the first ``--prompt-tokens`` of them.
 
     The one place the length of the prompt is decided; a prompt shorter than asked for is
-    evaluated whole.
+    evaluated whole (a prompt set is first joined up to the length asked for, by the caller).
     """
     return tokens[: request.prompt_tokens] if request.prompt_tokens else tokens
 
 
-def _tokenizer_mismatch(request: CrossvalRequest, reference: list[int], *, add_bos: bool) -> TokenMismatch | None:
+def _tokenizer_mismatch(
+    request: CrossvalRequest, reference: list[int], text: str, *, add_bos: bool
+) -> TokenMismatch | None:
     if request.tokenizer is None:
         return None
     if request.tokens_file is not None:
@@ -374,7 +409,7 @@ def _tokenizer_mismatch(request: CrossvalRequest, reference: list[int], *, add_b
             "--tokenizer compares tokenizations of --prompt, which --tokens-file replaces",
             next_step="pass one of --tokenizer and --tokens-file",
         )
-    own = tokenizer_json_tokens(request.tokenizer, request.prompt, add_special_tokens=add_bos)
+    own = tokenizer_json_tokens(request.tokenizer, text, add_special_tokens=add_bos)
     return first_difference(reference, fit_prompt(own, request))
 
 
@@ -388,9 +423,8 @@ def _check_context(n_positions: int, info: dict[str, Any], model: Path) -> None:
         )
 
 
-def _model_facts(model: Path, info: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _model_facts(model: Path, info: dict[str, Any], *, sha256: str) -> tuple[dict[str, Any], list[str]]:
     from bitnet_crossval.crossval.engine import GGUFModelFile
-    from bitnet_crossval.util.files import file_sha256
 
     weight_types: list[str] = []
     try:
@@ -402,7 +436,7 @@ def _model_facts(model: Path, info: dict[str, Any]) -> tuple[dict[str, Any], lis
         weight_types = []  # the reference loaded it; the candidate will say what it cannot read
     facts = {
         "path": str(model),
-        "sha256": file_sha256(model),
+        "sha256": sha256,
         "size_bytes": model.stat().st_size,
         "architecture": info.get("architecture"),
         "name": info.get("name"),
@@ -427,18 +461,60 @@ def _default_kl_max(weight_types: list[str]) -> float:
     return DEFAULT_KL_MAX_FLOAT if weight_types and set(weight_types) <= FLOAT_TYPES else DEFAULT_KL_MAX_QUANTIZED
 
 
+def _evaluate_references(
+    request: CrossvalRequest,
+    ctx: SuiteContext,
+    shim: Shim,
+    *,
+    model: Path,
+    model_description: dict[str, Any],
+    prompt_tokens: list[int],
+    work_dir: Path,
+    timer: Timer,
+    bar: ui.ProgressTask,
+) -> tuple[references.Evaluated, dict[Path, dict[str, Any]]]:
+    """The references the request asks for, on the same ids, and the shim's own document of
+    each evaluation by the model it ran (its pieces, its count of values that are not finite)."""
+    names = references.references_to_run(request.reference, quantized=model_description["precision"] != "float")
+    shim_documents: dict[Path, dict[str, Any]] = {}
+
+    def run_reference(n: int, path: Path, prompt: list[int]) -> tuple[list[int], Any, dict[str, Any]]:
+        tokens, logits, facts, document = _reference_run(
+            replace(request, max_tokens=n), shim, path, prompt, work_dir, bar=bar
+        )
+        shim_documents[path] = document
+        return tokens, logits, facts
+
+    evaluated = references.evaluate(
+        names,
+        model=model,
+        prompt=prompt_tokens,
+        max_tokens=request.max_tokens,
+        run_reference=run_reference,
+        make_copy=lambda: _float_copy(request, ctx, shim, model, sha256=str(model_description["sha256"])),
+        phase=timer.phase,
+        copy_optional=request.reference == "auto",
+    )
+    return evaluated, shim_documents
+
+
 def _unreal_reference(
     request: CrossvalRequest,
     shim: Shim,
     evaluated: references.Evaluated,
+    shim_documents: dict[Path, dict[str, Any]],
     *,
     work_dir: Path,
     timer: Timer,
     bar: ui.ProgressTask,
 ) -> NonFinite | None:
     """The first reference whose logits hold NaN or infinity, explained; every reference must
-    also rank the vocabulary."""
+    also rank the vocabulary. The shim counts what is not finite as it writes; the rows are
+    looked at only if it found any."""
     for name, ref_logits in evaluated.logits.items():
+        if shim_documents.get(evaluated.models[name], {}).get("n_nonfinite") == 0:
+            _check_ranks(ref_logits)
+            continue
         label = "the reference" if name == "native" else "the reference on the float copy"
         found = nonfinite.find(ref_logits, side="reference", label=label)
         if found is not None:
@@ -460,17 +536,46 @@ def _float_copy(request: CrossvalRequest, ctx: SuiteContext, shim: Shim, model: 
     )
 
 
+REFERENCE_BLOCK = 64
+"""Tokens per ``llama_decode`` call of the reference. llama.cpp's output buffer holds a row of
+logits for each of them (64 MiB for Gemma 3's vocabulary), and the rows of a long sequence were
+identical to a one-batch evaluation's with blocks of 64 and 256 (Gemma 3 270M Q4_K_M, 600
+tokens), at the same speed: docs/reference/benchmarks.md."""
+
+
 def _reference_run(
-    request: CrossvalRequest, shim: Shim, model: Path, prompt: list[int], work_dir: Path
-) -> tuple[list[int], np.ndarray[Any, Any], dict[str, Any]]:
+    request: CrossvalRequest,
+    shim: Shim,
+    model: Path,
+    prompt: list[int],
+    work_dir: Path,
+    *,
+    bar: ui.ProgressTask | None = None,
+) -> tuple[list[int], np.ndarray[Any, Any], dict[str, Any], dict[str, Any]]:
+    """The reference's tokens (the prompt and its greedy continuation), their logits (a
+    read-only memory map of a file in ``work_dir`` written a block of positions at a time), the
+    run's facts for the report and the shim's own document (its pieces, its count of values
+    that are not finite)."""
     from bitnet_crossval.reference.client import run_report
 
     continuation: list[int] = []
     if request.max_tokens > 0:
+        if bar is not None:
+            bar.describe(f"cross-validation: the reference generates {request.max_tokens} tokens")
         generated = shim.generate(model, prompt, n=request.max_tokens, threads=request.threads, kv_type=request.kv_type)
         continuation = list(generated.tokens)
     tokens = [*prompt, *continuation]
-    logits, doc = shim.logits(model, tokens, threads=request.threads, kv_type=request.kv_type, out_dir=work_dir)
+    if bar is not None:
+        bar.describe(f"cross-validation: the reference evaluates {len(tokens)} positions")
+    logits, doc = shim.logits(
+        model,
+        tokens,
+        threads=request.threads,
+        kv_type=request.kv_type,
+        out_dir=work_dir,
+        block=REFERENCE_BLOCK,
+        progress=ui.Rate(bar, len(tokens)) if bar is not None else None,
+    )
     run = run_report(doc)
     settings = {
         "kv_type_k": run.kv_type_k,
@@ -484,7 +589,7 @@ def _reference_run(
         "causal": doc.get("causal", True),
         "generated": len(continuation),
     }
-    return tokens, np.asarray(logits), {"settings": settings}
+    return tokens, logits, {"settings": settings}, doc
 
 
 def _check_ranks(logits: np.ndarray[Any, Any]) -> None:
@@ -493,9 +598,12 @@ def _check_ranks(logits: np.ndarray[Any, Any]) -> None:
     constant candidate's row agreement."""
     if logits.shape[1] < 2:
         return
-    flat = np.flatnonzero(np.max(logits, axis=1) == np.min(logits, axis=1))
-    if flat.size == 0:
+    flat_rows: list[int] = []
+    for start, rows in row_blocks(logits, rows_per_block(logits.shape[1])):
+        flat_rows += [start + int(i) for i in np.flatnonzero(np.max(rows, axis=1) == np.min(rows, axis=1))]
+    if not flat_rows:
         return
+    flat = np.asarray(flat_rows)
     more = f" and {flat.size - 1} more" if flat.size > 1 else ""
     raise BadInput(
         f"the reference's logits at position {int(flat[0])}{more} are the same for every token, so they rank "
@@ -571,7 +679,13 @@ def _explain_candidate(
     return replace(found, traced=True, first_tensor=nonfinite.first_in_trace(order, positions))
 
 
-def _run_candidate(candidate: Candidate, model: Path, tokens: list[int], work_dir: Path) -> CandidateOutput:
+def _run_candidate(
+    candidate: Candidate, model: Path, tokens: list[int], work_dir: Path, *, progress: _Meter | None = None
+) -> CandidateOutput:
+    """The candidate's logits of ``tokens`` (a memory map of a file in ``work_dir`` for the
+    built-in engine, which tells ``progress`` how far it is)."""
+    if progress is not None:
+        progress.start(len(tokens))
     return candidate.run(model, np.asarray(tokens, dtype=np.int32), work_dir=work_dir, trace=False)
 
 
@@ -590,10 +704,15 @@ def _locate(
     thresholds: Thresholds,
 ) -> TraceComparison:
     """Trace both sides over positions 0..first_failure (the failing position depends on all of
-    them) in the same batch as the logits, and find the first tensor that departs. The reference
-    traced is the one the candidate follows (``reference_model``: the model as given or its float
-    copy); the candidate always runs the model as given."""
+    them) in the same batch as the logits of a run of one batch, and find the first tensor that
+    departs. The reference traced is the one the candidate follows (``reference_model``: the
+    model as given or its float copy); the candidate always runs the model as given."""
     positions = list(range(first_failure + 1))
+    if len(tokens) > first_failure + 1 + REFERENCE_BLOCK:
+        # The logits came in blocks already: trace what position first_failure depends on, and a
+        # block after it (a candidate that wrongly looks ahead must still be seen doing so), so a
+        # trace costs what the failure needs, not what the run's length would.
+        tokens = tokens[: first_failure + 1 + REFERENCE_BLOCK]
     trace_request = TraceRequest(positions=positions, layers=request.trace_layers, names=request.trace_names)
     reference = shim.trace(
         reference_model,
@@ -647,6 +766,27 @@ def _wanted(name: str, request: TraceRequest) -> bool:
     return request.names is None or re.fullmatch(request.names, name) is not None
 
 
-def _pieces(shim: Shim, model: Path, tokens: list[int]) -> list[str]:
-    detok = shim.detokenize(model, tokens)
-    return [piece.decode("utf-8", errors="replace") for piece in detok.pieces]
+def _pieces(shim: Shim, model: Path, tokens: list[int], pieces_hex: Any = None) -> list[str]:
+    """Each token's text for the table: as the reference's ``logits`` reported them, else from
+    its ``detokenize``."""
+    if isinstance(pieces_hex, list) and len(pieces_hex) == len(tokens):
+        raw = [bytes.fromhex(str(piece)) for piece in pieces_hex]
+    else:
+        raw = list(shim.detokenize(model, tokens).pieces)
+    return [piece.decode("utf-8", errors="replace") for piece in raw]
+
+
+class _Meter:
+    """The candidate's progress on the run's bar: built with the candidate (before the number of
+    positions is known), started when it evaluates."""
+
+    def __init__(self, bar: ui.ProgressTask) -> None:
+        self._bar = bar
+        self._rate: ui.Rate | None = None
+
+    def start(self, n_positions: int) -> None:
+        self._rate = ui.Rate(self._bar, n_positions)
+
+    def __call__(self, done: float) -> None:
+        if self._rate is not None:
+            self._rate(done)

@@ -1,10 +1,11 @@
 """The token ids both sides evaluate: from the reference's tokenizer, or given directly.
 
 The reference tokenizer is llama.cpp's (through the shim), with BOS and special-token parsing
-explicit. ``--tokens-file`` gives ids directly (a ``.npy`` integer array, a JSON list, or ids
-separated by whitespace or commas). ``--tokenizer tokenizer.json`` tokenizes the prompt a
-second time with the ``tokenizers`` library, so a tokenizer that disagrees with the reference
-is reported first, as its own verdict, before any logits are compared.
+explicit; the text is ``--prompt``, or read from ``--prompt-file``. ``--tokens-file`` gives ids
+directly (a ``.npy`` integer array, a JSON list, or ids separated by whitespace or commas).
+``--tokenizer tokenizer.json`` tokenizes the prompt a second time with the ``tokenizers``
+library, so a tokenizer that disagrees with the reference is reported first, as its own
+verdict, before any logits are compared.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.files import read_regular_file
 
 MAX_TOKENS_FILE_BYTES = 64 << 20
+MAX_PROMPT_FILE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +63,37 @@ def read_tokens_file(path: Path) -> list[int]:
     if not ids:
         raise BadInput(f"the tokens file {path} holds no token ids", next_step=next_step)
     return ids
+
+
+def read_prompt_file(path: Path) -> str:
+    """The text of ``--prompt-file``: a regular file of UTF-8 text, at most
+    :data:`MAX_PROMPT_FILE_BYTES`; anything else is bad input quoting a size or an offset, never
+    the content."""
+    next_step = f"pass a UTF-8 text file of at most {MAX_PROMPT_FILE_BYTES >> 20} MB with --prompt-file"
+    too_large = f"the prompt file {path} is larger than {MAX_PROMPT_FILE_BYTES >> 20} MB"
+    try:
+        size = os.stat(path).st_size
+        if size > MAX_PROMPT_FILE_BYTES:
+            raise BadInput(f"{too_large} ({size} bytes)", next_step=next_step)
+        raw = read_regular_file(path, limit=MAX_PROMPT_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise BadInput(f"the prompt file {path} does not exist", next_step=next_step) from None
+    except OSError as exc:
+        raise BadInput(f"the prompt file {path} cannot be read: {exc.strerror or exc}", next_step=next_step) from exc
+    if raw is None:
+        raise BadInput(f"the prompt file {path} is not a regular file", next_step=next_step)
+    if len(raw) > MAX_PROMPT_FILE_BYTES:
+        raise BadInput(f"{too_large} (more than {MAX_PROMPT_FILE_BYTES} bytes)", next_step=next_step)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(
+            f"the prompt file {path} is not UTF-8 text: the byte at offset {exc.start} does not decode",
+            next_step="save the prompt as UTF-8, or pass its token ids with --tokens-file",
+        ) from None
+    if not text.strip():
+        raise BadInput(f"the prompt file {path} holds no text", next_step=next_step)
+    return text
 
 
 def _parse_tokens(raw: bytes, path: Path) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -236,18 +236,29 @@ class Shim:
         threads: int = DEFAULT_THREADS,
         kv_type: KvType = DEFAULT_KV_TYPE,
         out_dir: Path | None = None,
+        block: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
-        """Logits of every position, ``[n_tokens, n_vocab]`` float32, evaluated causally in one batch.
+        """Logits of every position, ``[n_tokens, n_vocab]`` float32, evaluated causally: in one
+        batch, or ``block`` tokens per ``llama_decode`` call with the KV cache carrying the
+        earlier ones (the shim writes each block's rows to the file before the next).
 
         With ``out_dir`` the array is a read-only memory map of a file left there; without it
-        the array is read into memory and no file is kept.
+        the array is read into memory and no file is kept. ``progress`` hears how many
+        positions the shim has evaluated, after each block.
         """
+        options = _run_options(threads, kv_type)
+        if block is not None:
+            options += ["--block", str(block)]
+        if progress is not None:
+            options += ["--progress", "1"]
         doc, array = self._call(
             "logits",
             model,
             tokens=tokens,
-            options=_run_options(threads, kv_type),
+            options=options,
             out=_NpyOut(flag="--out", rows=len(tokens), directory=out_dir),
+            on_progress=progress,
         )
         assert array is not None
         return array, doc
@@ -340,6 +351,7 @@ class Shim:
         text: str | None = None,
         options: Sequence[str] = (),
         out: _NpyOut | None = None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> tuple[dict[str, Any], npt.NDArray[np.float32] | None]:
         """Run ``command`` on ``model`` with its inputs in files of a private temporary directory
         (token ids as JSON, text as UTF-8 bytes), and read the array it writes when ``out`` asks."""
@@ -352,12 +364,12 @@ class Shim:
                 text_file.write_bytes(text.encode("utf-8"))
                 args += ["--text-file", str(text_file)]
             if out is None:
-                return self._run([*args, *options]), None
+                return self._run([*args, *options], on_progress=on_progress), None
             out_path = _output_path(out.directory, Path(tmp), command)
-            doc = self._run([*args, out.flag, str(out_path), *options])
+            doc = self._run([*args, out.flag, str(out_path), *options], on_progress=on_progress)
             return doc, _load_npy(out_path, rows=out.rows, doc=doc, keep=out.directory is not None)
 
-    def _run(self, args: list[str]) -> dict[str, Any]:
+    def _run(self, args: list[str], *, on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         if not self.executable.is_file():
             raise BackendUnavailable(
                 f"the reference shim {self.executable} does not exist",
@@ -373,13 +385,16 @@ class Shim:
             # llama.cpp's log then arrives with the output; show it as debug lines.
             args = [*args, "--verbose"]
             stream_log = True
+        on_line: Callable[[str], None] | None = ui.debug if stream_log else None
+        if on_progress is not None:
+            on_line = _progress_lines(on_progress, otherwise=on_line)
         try:
             result = proc.run(
                 [str(self.executable), *args],
                 env=self._env,
                 check=False,
                 timeout=self._timeout,
-                on_line=ui.debug if stream_log else None,
+                on_line=on_line,
             )
         except ProgramCouldNotStart as exc:  # not executable, not a program, a bad ELF
             raise BackendUnavailable(
@@ -399,6 +414,27 @@ class _NpyOut:
     flag: str
     rows: int
     directory: Path | None
+
+
+_PROGRESS_PREFIX = "bitnet-shim: progress "
+
+
+def _progress_lines(
+    on_progress: Callable[[int], None], *, otherwise: Callable[[str], None] | None
+) -> Callable[[str], None]:
+    """An output-line handler that hands ``bitnet-shim: progress DONE/TOTAL`` lines' DONE to
+    ``on_progress`` and every other line to ``otherwise``."""
+
+    def handle(line: str) -> None:
+        if line.startswith(_PROGRESS_PREFIX):
+            done, _, _total = line[len(_PROGRESS_PREFIX) :].strip().partition("/")
+            if done.isdigit():
+                on_progress(int(done))
+                return
+        if otherwise is not None:
+            otherwise(line)
+
+    return handle
 
 
 def _flag(value: bool) -> str:

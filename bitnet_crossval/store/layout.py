@@ -180,6 +180,21 @@ class CacheLayout:
         return self.root / "hf-weights"
 
     @property
+    def checks(self) -> Path:
+        """Answers of checks that are costly and depend only on files (see :meth:`load_check`)."""
+        return self.root / "checks"
+
+    def model_facts(self, key: str) -> Path:
+        """What the reference said a model is, for the fingerprint ``key`` of the model and the
+        shim (crossval/facts.py)."""
+        return self.checks / f"model-{key[:32]}.json"
+
+    def load_check(self, backend: str) -> Path:
+        """The last passed library load check of ``backend``, with the fingerprint of what it
+        loaded (backends/detect.py)."""
+        return self.checks / f"load-{backend}.json"
+
+    @property
     def constants_file(self) -> Path:
         return self.root / CONSTANTS_FILENAME
 

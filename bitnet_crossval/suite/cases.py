@@ -29,9 +29,9 @@ spelled as its flag without the dashes (``max-tokens``, ``kl-max``, ``candidate`
 from that command's option table, so a new option of the command is a key here with nothing
 added; a value is checked by the same parser as on the command line. A case's options are the
 defaults, then its own values. The token source is one slot: a case that sets ``prompt``,
-``prompt-set`` or ``tokens-file`` drops the defaults' other two. ``prompt-set = "SET/*"`` (in
+``prompt-file``, ``prompt-set`` or ``tokens-file`` drops the defaults' others. ``prompt-set = "SET/*"`` (in
 ``[matrix]`` or a ``[[case]]``) stands for one value per passage of the built-in set. Paths
-(``model`` when a file, ``tokens-file``, ``tokenizer``) are relative to the cases file's
+(``model`` when a file, ``prompt-file``, ``tokens-file``, ``tokenizer``) are relative to the cases file's
 directory, which is also where each case runs (a ``cmd:`` line and a ``py:`` module resolve
 there). Anything the file gets wrong is one :class:`~bitnet_crossval.errors.BadInput` sentence
 naming the file and the place.
@@ -50,7 +50,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from bitnet_crossval.crossval.models import GEMMA_NAME, SYNTHETIC_PREFIX
-from bitnet_crossval.crossval.options import MODEL, PROMPT, PROMPT_SET, REQUEST_OPTIONS, TOKENS_FILE, build_request
+from bitnet_crossval.crossval.options import (
+    MODEL,
+    PROMPT,
+    PROMPT_FILE,
+    PROMPT_SET,
+    REQUEST_OPTIONS,
+    TOKENS_FILE,
+    build_request,
+)
 from bitnet_crossval.crossval.texts import expand_prompt_set
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.files import read_regular_file
@@ -81,7 +89,7 @@ def key_of(option: Option[Any]) -> str:
     return option.flag[2:]
 
 
-TOKEN_SOURCES = frozenset(key_of(option) for option in (PROMPT, PROMPT_SET, TOKENS_FILE))
+TOKEN_SOURCES = frozenset(key_of(option) for option in (PROMPT, PROMPT_FILE, PROMPT_SET, TOKENS_FILE))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -351,14 +359,18 @@ def _named_model(text: str) -> bool:
     return not raw or raw == GEMMA_NAME or raw.startswith(SYNTHETIC_PREFIX)
 
 
-SELF_EVIDENT = frozenset({"model", "prompt", "prompt-set", "tokens-file", "tokenizer", "candidate"})
+SELF_EVIDENT = frozenset({"model", "prompt", "prompt-file", "prompt-set", "tokens-file", "tokenizer", "candidate"})
 """Keys whose values say what they are in an id; any other shows as ``key=value``."""
 
 
 def _label(key: str, value: RawCaseValue) -> str:
     if isinstance(value, bool):
         return f"{key}={str(value).lower()}"
-    if key in {"model", "tokens-file", "tokenizer"} and "/" in value and not value.startswith(SYNTHETIC_PREFIX):
+    if (
+        key in {"model", "prompt-file", "tokens-file", "tokenizer"}
+        and "/" in value
+        and not value.startswith(SYNTHETIC_PREFIX)
+    ):
         value = Path(value).name
     return _short(value) if key in SELF_EVIDENT else _short(f"{key}={value}")
 

@@ -2,7 +2,7 @@
 same key in the cache is the result a new run would give.
 
 What goes in (:class:`KeyInputs`): the case's options as given (paths made absolute); the sha256
-of the model file it resolves to, of a tokens file and a tokenizer file, of the files a ``cmd:``
+of the model file it resolves to, of a prompt file, a tokens file and a tokenizer file, of the files a ``cmd:``
 candidate's command line names and of a ``py:`` candidate's module found under the cases file's
 directory; the reference backend's and a backend candidate's source identity, build flags and
 shim digest; the environment variables the suite hands to every child untouched
@@ -83,10 +83,10 @@ def backend_facts(record: BackendRecord | None) -> dict[str, Any]:
 
 
 def case_files(case: Case, directory: Path) -> dict[str, str]:
-    """The sha256 of the files a case reads besides the model: its tokens file and tokenizer, the
+    """The sha256 of the files a case reads besides the model: its prompt file, tokens file and tokenizer, the
     files its ``cmd:`` line names, its ``py:`` module when it lies under ``directory``."""
     paths: list[Path] = []
-    for key in ("tokens-file", "tokenizer"):
+    for key in ("prompt-file", "tokens-file", "tokenizer"):
         value = case.value(key)
         if isinstance(value, str) and value.strip():
             paths.append(Path(value))

@@ -94,17 +94,29 @@ class ProgressTask(Protocol):
         """Say what is being done now (one bar through several steps)."""
         ...
 
+    def status(self, text: str) -> None:
+        """A note on the current step that changes often (``1024/4096 positions, 51 positions/s``):
+        live beside the description on a terminal, in the periodic line otherwise; a new
+        :meth:`describe` clears it."""
+        ...
+
 
 class _RichTask:
     def __init__(self, progress: Progress, task_id: TaskID) -> None:
         self._progress = progress
         self._task_id = task_id
+        self._description = ""
 
     def advance_to(self, completed: float, total: float | None = None) -> None:
         self._progress.update(self._task_id, completed=completed, total=total)
 
     def describe(self, description: str) -> None:
+        self._description = description
         self._progress.update(self._task_id, description=description)
+
+    def status(self, text: str) -> None:
+        shown = f"{self._description}: {text}" if self._description else text
+        self._progress.update(self._task_id, description=shown)
 
 
 PROGRESS_INTERVAL_ENV = "BITNET_PROGRESS_INTERVAL"
@@ -117,6 +129,7 @@ class _QuietTask:
 
     def __init__(self, description: str, interval: float) -> None:
         self._description = description
+        self._status = ""
         self._completed: float = 0.0
         self._total: float | None = None
         self._started = time.monotonic()
@@ -130,17 +143,38 @@ class _QuietTask:
     def describe(self, description: str) -> None:
         # Without a live display every step gets its own line, so a log shows what ran when.
         self._description = description
+        self._status = ""
         say(f"{description} ...")
+
+    def status(self, text: str) -> None:
+        self._status = text  # shown by the next periodic line: a line per update would flood a log
 
     def _beat(self, interval: float) -> None:
         while not self._stop.wait(interval):
             elapsed = int(time.monotonic() - self._started)
             done = f" {self._completed:.0f}/{self._total:.0f}" if self._total else ""
-            say(f"{self._description}:{done} still running ({elapsed // 60}m{elapsed % 60:02d}s)")
+            note = f", {self._status}" if self._status else ""
+            say(f"{self._description}:{done} still running ({elapsed // 60}m{elapsed % 60:02d}s){note}")
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class Rate:
+    """``done/total positions, N positions/s`` for :meth:`ProgressTask.status`, timed from when
+    it was made (what a long evaluation shows while it runs)."""
+
+    def __init__(self, task: ProgressTask, total: int, *, unit: str = "positions") -> None:
+        self._task = task
+        self._total = total
+        self._unit = unit
+        self._started = time.monotonic()
+
+    def __call__(self, done: float) -> None:
+        elapsed = time.monotonic() - self._started
+        rate = f", {done / elapsed:.1f} {self._unit}/s" if elapsed > 0 and done > 0 else ""
+        self._task.status(f"{done:.0f}/{self._total} {self._unit}{rate}")
 
 
 def _progress_interval() -> float:

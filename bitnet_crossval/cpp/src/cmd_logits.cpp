@@ -1,5 +1,10 @@
 // `logits` (every position of one causal batch) and `generate` (greedy continuation).
+#include <algorithm>
+#include <cmath>
+#include <string>
+
 #include "commands.h"
+#include "diagnostics.h"
 #include "errors.h"
 #include "files.h"
 #include "json_writer.h"
@@ -11,6 +16,20 @@ namespace shim {
 
 namespace {
 
+// Rows of logits per llama_decode call unless --block says otherwise: the whole sequence, one
+// micro-batch (what every caller got before --block existed).
+uint32_t block_size(const Options & opts, uint32_t n) {
+    const auto block = static_cast<uint32_t>(opts.integer("block", n, 1, 1 << 24));
+    return std::min(block, n);
+}
+
+// A line on the real stderr (fd 2 carries llama.cpp's log to the log file while a command runs).
+void report_progress(bool enabled, size_t done, size_t total) {
+    if (enabled) {
+        Diagnostics::instance().report("bitnet-shim: progress " + std::to_string(done) + "/" + std::to_string(total));
+    }
+}
+
 int run_logits(const Options & opts) {
     const std::string & path = opts.required("model");
     const std::string & out = opts.required("out");
@@ -20,17 +39,40 @@ int run_logits(const Options & opts) {
     if (tokens.empty()) {
         throw ShimError(kExitUsage, "logits needs at least one token");
     }
+    const bool progress = opts.has("progress") && opts.flag01("progress");
     ModelPtr model = load_model(path, /*vocab_only=*/false);
     const int32_t vocab_size = n_vocab(model.get());
     check_token_ids(tokens, vocab_size);
 
+    // A long sequence goes through in blocks, as llama.cpp's own tools do with n_ubatch: each
+    // llama_decode call takes the next `block` tokens at their positions and attends to what the
+    // earlier ones left in the KV cache, and its rows go to the file before the next call, so
+    // neither llama.cpp's output buffer nor this process ever holds all the logits.
     const auto n = static_cast<uint32_t>(tokens.size());
-    OpenedContext context = open_context(model.get(), single_batch_settings(n, config), config.kv);
-    check_single_batch(context.report, n);
+    const uint32_t block = block_size(opts, n);
+    ContextSettings settings = single_batch_settings(block, config);
+    settings.n_ctx = n;
+    OpenedContext context = open_context(model.get(), settings, config.kv);
+    check_single_batch(context.report, block);
     clear_memory(context.ctx.get());
-    decode(context.ctx.get(), tokens, 0, /*all_logits=*/true);
-    const std::vector<float> logits = read_logits(context.ctx.get(), n, vocab_size);
-    write_npy_f32(out, logits.data(), n, static_cast<size_t>(vocab_size));
+    NpyRowWriter writer(out, n, static_cast<size_t>(vocab_size));
+    int64_t nonfinite = 0;
+    uint32_t decode_calls = 0;
+    for (uint32_t start = 0; start < n; start += block) {
+        const uint32_t stop = std::min(n, start + block);
+        const std::vector<int32_t> chunk(tokens.begin() + start, tokens.begin() + stop);
+        decode(context.ctx.get(), chunk, static_cast<int32_t>(start), /*all_logits=*/true);
+        ++decode_calls;
+        for (uint32_t i = 0; i < stop - start; ++i) {
+            const float * row = logits_row(context.ctx.get(), static_cast<int32_t>(i));
+            for (int32_t v = 0; v < vocab_size; ++v) {
+                nonfinite += std::isfinite(row[v]) ? 0 : 1;
+            }
+            writer.write_rows(row, 1);
+        }
+        report_progress(progress, stop, n);
+    }
+    writer.commit();
 
     JsonWriter json;
     json.begin_object();
@@ -38,8 +80,10 @@ int run_logits(const Options & opts) {
     json.key("n_tokens").value(n);
     json.key("n_vocab").value(vocab_size);
     json.key("dtype").value("float32");
-    json.key("n_decode_calls").value(1);
-    json.key("n_nonfinite").value(count_nonfinite(logits));
+    json.key("block").value(block);
+    json.key("n_decode_calls").value(decode_calls);
+    json.key("n_nonfinite").value(nonfinite);
+    write_pieces(json, model.get(), tokens, /*special=*/false);
     write_run_config(json, config, context);
     json.end_object();
     print_json(json);
@@ -113,8 +157,8 @@ int run_generate(const Options & opts) {
 const CommandSpec kLogitsCommand = {
     "logits",
     "  logits     --model M (--tokens-file F | --tokens LIST) --out X.npy [--threads N]\n"
-    "             [--kv-type auto|f32|f16] [--seed S]\n",
-    {"model", "tokens-file", "tokens", "out", "threads", "kv-type", "seed"},
+    "             [--kv-type auto|f32|f16] [--seed S] [--block N] [--progress 0|1]\n",
+    {"model", "tokens-file", "tokens", "out", "threads", "kv-type", "seed", "block", "progress"},
     run_logits,
 };
 

@@ -74,4 +74,36 @@ uint64_t write_npy_f32(const std::string & path, const float * data, size_t rows
     return write_npy_f32(path, data, {static_cast<int64_t>(rows), static_cast<int64_t>(cols)});
 }
 
+NpyRowWriter::NpyRowWriter(const std::string & path, size_t rows, size_t cols)
+    : file_(path, "output file"), rows_(rows), cols_(cols) {
+    const std::string header = npy_header({static_cast<int64_t>(rows), static_cast<int64_t>(cols)});
+    if (std::fwrite(header.data(), 1, header.size(), file_.stream()) != header.size()) {
+        const int err = errno != 0 ? errno : EIO;
+        throw ShimError(kExitOther, "cannot write " + file_.temp_path() + ": " + std::strerror(err));
+    }
+    bytes_ = header.size();
+}
+
+void NpyRowWriter::write_rows(const float * data, size_t count) {
+    if (written_ + count > rows_) {
+        throw ShimError(kExitOther, "internal error: more rows than the array holds for " + file_.target());
+    }
+    const size_t n = count * cols_;
+    if (n > 0 && std::fwrite(data, sizeof(float), n, file_.stream()) != n) {
+        const int err = errno != 0 ? errno : EIO;
+        throw ShimError(kExitOther, "cannot write " + file_.temp_path() + ": " + std::strerror(err));
+    }
+    written_ += count;
+    bytes_ += n * sizeof(float);
+}
+
+uint64_t NpyRowWriter::commit() {
+    if (written_ != rows_) {
+        throw ShimError(kExitOther, "internal error: " + std::to_string(written_) + " of " + std::to_string(rows_) +
+                                        " rows written to " + file_.target());
+    }
+    file_.commit();
+    return bytes_;
+}
+
 }  // namespace shim

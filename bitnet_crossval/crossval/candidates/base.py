@@ -61,6 +61,8 @@ class CandidateSetting:
     bitnet_activation: Literal["silu", "relu2"] | None = None
     shim_for: Callable[[str], Shim] | None = None
     """The shim of another backend, for a candidate that is one (``llama``, ``bitnet``)."""
+    progress: Callable[[float], None] | None = None
+    """Told how many positions a candidate that can say so has evaluated (the built-in engine)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +76,7 @@ class ReferenceFacts:
 @dataclass(frozen=True, kw_only=True)
 class CandidateOutput:
     logits: F32Array
+    """``[n_tokens, n_vocab]``: in memory, or a memory map of a file in the run's work directory."""
     seconds: float
     details: Mapping[str, Any] = field(default_factory=dict)
     trace_dir: Path | None = None

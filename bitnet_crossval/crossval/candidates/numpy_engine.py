@@ -4,6 +4,7 @@ the self-check runs)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from bitnet_crossval.crossval.candidates.base import (
     constant,
 )
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.util.npy_rows import NpyWriter
 
 if TYPE_CHECKING:
     from bitnet_crossval.crossval.engine import EngineOptions
@@ -54,34 +56,45 @@ class NumpyKind:
 
         assert isinstance(spec, NumpySpec)
         fault = Fault(name=FaultName(spec.fault)) if spec.fault else None
-        return NumpyCandidate(setting.model, EngineOptions(bitnet_activation=setting.bitnet_activation, fault=fault))
+        options = EngineOptions(bitnet_activation=setting.bitnet_activation, fault=fault, output_weights="stream")
+        return NumpyCandidate(setting.model, options, progress=setting.progress)
 
 
 class NumpyCandidate:
     """The built-in engine. It loads (and validates) the model when it is made, so an
-    unsupported architecture or tensor type is reported before the reference runs."""
+    unsupported architecture or tensor type is reported before the reference runs.
 
-    def __init__(self, model: Path, options: EngineOptions) -> None:
+    It evaluates as llama.cpp does a long sequence (``Engine.evaluate``: blocks of positions and
+    a KV cache) and writes the logits into a file in the run's work directory, handed over as a
+    read-only memory map, so its memory does not grow with the number of positions. The output matrix is streamed
+    (``output_weights="stream"``): for a small model with a large vocabulary its float32 copy
+    would be most of the memory (640 MiB of Gemma 3 270M's), and it is read once per run.
+    """
+
+    def __init__(self, model: Path, options: EngineOptions, *, progress: Callable[[float], None] | None = None) -> None:
         from bitnet_crossval.crossval.engine import load_engine
 
         self.label = "numpy"
         self.engine = load_engine(model, options)
+        self._progress = progress
 
     def follow(self, reference: ReferenceFacts) -> Candidate:
         if reference.kv_type_v == "f16" and self.engine.options.kv_cache != "f16":
             # The backend refused an F32 V cache (the 2024 bitnet.cpp fork): round as it does.
-            return NumpyCandidate(self.engine.model.path, replace(self.engine.options, kv_cache="f16"))
+            return NumpyCandidate(
+                self.engine.model.path, replace(self.engine.options, kv_cache="f16"), progress=self._progress
+            )
         return self
 
     def run(self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace: bool) -> CandidateOutput:
         started = time.monotonic()
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN is judged, not warned about
-            logits = self.engine.forward(tokens)
-        return CandidateOutput(
-            logits=np.asarray(logits, dtype=np.float32),
-            seconds=time.monotonic() - started,
-            details=self.engine.describe(),
-        )
+        out = NpyWriter(work_dir / "candidate-logits.npy", len(tokens), self.engine.n_vocab)
+        try:
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN is judged, not warned about
+                self.engine.evaluate(tokens, out=out, progress=self._progress)
+        finally:
+            out.close()
+        return CandidateOutput(logits=out.rows(), seconds=time.monotonic() - started, details=self.engine.describe())
 
     def trace(
         self, model: Path, tokens: npt.NDArray[np.int32], *, request: TraceRequest, work_dir: Path

@@ -8,9 +8,9 @@ shapes, decodable tensor types) before any weight is dequantised, so a bad model
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +18,7 @@ import numpy.typing as npt
 from bitnet_crossval.crossval.engine.archs import Architecture, architecture_of
 from bitnet_crossval.crossval.engine.faults import check_fault_applies, fault_site
 from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
-from bitnet_crossval.crossval.engine.graph import Run
+from bitnet_crossval.crossval.engine.graph import MASK_AHEAD_FAULT, KvCache, LogitsOut, Run, project_output
 from bitnet_crossval.crossval.engine.hparams import HParams, describe, read_hparams
 from bitnet_crossval.crossval.engine.options import EngineOptions
 from bitnet_crossval.crossval.engine.trace import TraceRecorder, TraceSite
@@ -28,6 +28,14 @@ F32Array = npt.NDArray[np.float32]
 
 # Optional tensors a graph reads when present (llama.cpp loads them with TENSOR_NOT_REQUIRED).
 _OPTIONAL_SUFFIXES = (".bias", ".scale")
+
+DEFAULT_BLOCK = 256
+"""Positions :meth:`Engine.evaluate` runs through the layers at once (llama.cpp's micro-batch)."""
+
+OutT = TypeVar("OutT", bound="npt.NDArray[np.float32] | LogitsOut")
+
+Progress = Callable[[float], None]
+"""Told how many positions are done so far (a fraction while the output matrix is applied)."""
 
 
 class Engine:
@@ -72,6 +80,79 @@ class Engine:
         ids = self._check_tokens(tokens)
         logits = self.architecture.forward(Run(self, ids, trace))
         return np.ascontiguousarray(logits, dtype=np.float32)
+
+    @overload
+    def evaluate(
+        self,
+        tokens: Sequence[int] | npt.NDArray[np.integer],
+        *,
+        out: None = None,
+        block: int = DEFAULT_BLOCK,
+        progress: Progress | None = None,
+    ) -> npt.NDArray[np.float32]: ...
+
+    @overload
+    def evaluate(
+        self,
+        tokens: Sequence[int] | npt.NDArray[np.integer],
+        *,
+        out: OutT,
+        block: int = DEFAULT_BLOCK,
+        progress: Progress | None = None,
+    ) -> OutT: ...
+
+    def evaluate(
+        self,
+        tokens: Sequence[int] | npt.NDArray[np.integer],
+        *,
+        out: npt.NDArray[np.float32] | LogitsOut | None = None,
+        block: int = DEFAULT_BLOCK,
+        progress: Progress | None = None,
+    ) -> npt.NDArray[np.float32] | LogitsOut:
+        """The logits of :meth:`forward` (the same values up to float rounding), evaluated as
+        llama.cpp evaluates a long sequence: ``block`` positions at a time through the layers,
+        each block attending to the keys and values the earlier ones left in a KV cache.
+
+        Memory stays bounded by the block, not by the sequence: the hidden states at the output
+        (``n_embd`` floats a position) and the KV cache (a sliding-window layer keeps only its
+        window) grow with it, and the logits go to ``out`` (``[n_tokens, n_vocab]`` float32: an
+        array, or a :class:`~.graph.LogitsOut` such as a file written by pieces) as the output
+        matrix is applied slab by slab after the last block. Without ``out`` an array is
+        allocated and returned. ``progress`` hears the positions done: a position counts half
+        once through the layers and whole when its logits are written.
+        """
+        ids = self._check_tokens(tokens)
+        n = int(ids.shape[0])
+        if out is None:
+            out = np.empty((n, self.n_vocab), dtype=np.float32)
+        if isinstance(out, np.ndarray) and (out.shape != (n, self.n_vocab) or out.dtype != np.float32):
+            raise ValueError(f"out is {out.dtype} {out.shape}, the logits are float32 {(n, self.n_vocab)}")
+        if self.options.fault is not None and self.options.fault.name == MASK_AHEAD_FAULT.name:
+            block = n  # each position also sees the next one: a block boundary would hide it
+        block = max(1, block)
+        cache = KvCache(capacity=n)
+        hidden: npt.NDArray[np.float32] | None = None
+        name = ""
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            run = Run(self, ids[start:stop], None, start=start, cache=cache, defer_output=True)
+            self.architecture.forward(run)
+            assert run.hidden is not None, f"{self.architecture.NAME}'s forward pass never reached Run.output"
+            if hidden is None:
+                hidden = np.empty((n, run.hidden.shape[1]), dtype=np.float32)
+                name = run.output_name
+            hidden[start:stop] = run.hidden
+            if progress is not None:
+                progress(stop / 2)
+        assert hidden is not None
+        del cache
+
+        def on_slab(done: int, total: int) -> None:
+            if progress is not None:
+                progress(n / 2 + n * done / (2 * total))
+
+        project_output(self, hidden, name, out, on_slab=on_slab)
+        return out
 
     def trace_names(self) -> list[str]:
         """Every key a full trace holds, in execution order (from a one-token pass)."""

@@ -390,6 +390,50 @@ def _decode_with_gguf(raw: npt.NDArray[np.uint8], info: TensorInfo) -> F32Array:
     return out.reshape(info.shape)
 
 
+Q8_0 = 8
+_Q8_0_BLOCK_BYTES = 34  # an fp16 scale, then 32 int8 values
+_Q8_0_BLOCKS_PER_STEP = 1 << 15
+
+
+def _decode_q8_0(raw: npt.NDArray[np.uint8], info: TensorInfo) -> F32Array:
+    """Q8_0 as ggml's dequantize_row_q8_0 (and gguf-py) computes it, ``float(q) * float(d)`` in
+    float32, bit for bit; a few times faster than gguf-py's, which matters for the vocabulary-
+    sized embeddings of small models (Gemma 3's: 168M values in every run)."""
+    blocks = raw.reshape(-1, _Q8_0_BLOCK_BYTES)
+    out = np.empty((blocks.shape[0], 32), dtype=np.float32)
+    for start in range(0, blocks.shape[0], _Q8_0_BLOCKS_PER_STEP):
+        part = blocks[start : start + _Q8_0_BLOCKS_PER_STEP]
+        scale = np.ascontiguousarray(part[:, :2]).view(np.float16).astype(np.float32)
+        np.multiply(part[:, 2:].view(np.int8), scale, out=out[start : start + part.shape[0]], dtype=np.float32)
+    return out.reshape(info.shape)
+
+
+Q5_0 = 6
+_Q5_0_BLOCK_BYTES = 22  # an fp16 scale, 32 fifth bits, then 16 bytes of two 4-bit values each
+_Q5_0_SHIFTS = np.arange(16, dtype=np.uint32)
+
+
+def _decode_q5_0(raw: npt.NDArray[np.uint8], info: TensorInfo) -> F32Array:
+    """Q5_0 as ggml's dequantize_row_q5_0 computes it, ``float(q - 16) * float(d)``, bit for bit
+    (the type of most of Gemma 3 270M Q4_K_M's layer weights)."""
+    blocks = raw.reshape(-1, _Q5_0_BLOCK_BYTES)
+    out = np.empty((blocks.shape[0], 32), dtype=np.float32)
+    for start in range(0, blocks.shape[0], _Q8_0_BLOCKS_PER_STEP):
+        part = blocks[start : start + _Q8_0_BLOCKS_PER_STEP]
+        scale = np.ascontiguousarray(part[:, :2]).view(np.float16).astype(np.float32)
+        high = np.ascontiguousarray(part[:, 2:6]).view("<u4")
+        low = part[:, 6:].astype(np.int32)
+        fifth_0 = (((high >> _Q5_0_SHIFTS) << 4) & 0x10).astype(np.int32)
+        fifth_1 = ((high >> (_Q5_0_SHIFTS + 12)) & 0x10).astype(np.int32)
+        target = out[start : start + part.shape[0]]
+        np.multiply(((low & 0x0F) | fifth_0) - 16, scale, out=target[:, :16], dtype=np.float32)
+        np.multiply(((low >> 4) | fifth_1) - 16, scale, out=target[:, 16:], dtype=np.float32)
+    return out.reshape(info.shape)
+
+
+_OWN_DECODERS: dict[int, Decoder] = {}
+
+
 @functools.cache
 def gguf_dequantizes(type_id: int) -> bool:
     """Whether gguf-py's public ``gguf.quants.dequantize`` decodes this ggml type: asked of the
@@ -440,7 +484,7 @@ def _decoder_for(info: TensorInfo, path: Path, byte_order: str) -> Decoder:
             f"{info.type_name} block size {block_size} (corrupt file?)",
             next_step="re-download or re-convert the model",
         )
-    return _decode_with_gguf
+    return _OWN_DECODERS.get(info.type_id, _decode_with_gguf)
 
 
 def _map(path: Path) -> mmap.mmap:
@@ -502,3 +546,8 @@ def _bad_key(path: Path, key: str, expected: str, value: Any) -> BadInput:
         f"the metadata key {key} of {path} should be {expected}, found {found}",
         next_step="check that the file is a complete model (re-convert it with a current converter)",
     )
+
+
+_OWN_DECODERS.update({Q8_0: _decode_q8_0, Q5_0: _decode_q5_0})
+"""Types decoded here rather than by gguf-py: the same values, bit for bit (tests/unit/crossval/
+test_gguf_file.py compares them on every block pattern), several times faster."""

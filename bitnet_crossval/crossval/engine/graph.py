@@ -10,8 +10,9 @@ applied; an architecture lists the ones that apply to it (see :mod:`.faults`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -91,6 +92,12 @@ ATTN_SCALE_FAULT = FaultSpec(
     default_value=1.25,
     value_meaning="factor applied to the attention scale",
 )
+FINAL_SOFTCAP_FAULT = FaultSpec(
+    name=FaultName("final_softcap"),
+    description="the final logits are soft-capped at a wrong value (a model without a cap gets one)",
+    default_value=15.0,
+    value_meaning="the cap used instead of the model's",
+)
 SLIDING_WINDOW_FAULT = FaultSpec(
     name=FaultName("sliding_window"),
     description="sliding-window layers use a wrong window",
@@ -105,6 +112,91 @@ def fault_window(fault: Fault, hp: HParams) -> int:
     return int(value) if value is not None else 2 * hp.n_swa
 
 
+class LogitsOut(Protocol):
+    """Where :func:`project_output` puts the logits: an array (:class:`ArrayOut`), or a file
+    written by pieces (``util.npy_rows.NpyWriter``)."""
+
+    def put(self, row: int, col: int, values: npt.NDArray[np.float32]) -> None:
+        """``values`` (2-D) go to rows ``row..`` and columns ``col..``."""
+        ...
+
+
+class ArrayOut:
+    def __init__(self, array: npt.NDArray[np.float32]) -> None:
+        self.array = array
+
+    def put(self, row: int, col: int, values: npt.NDArray[np.float32]) -> None:
+        self.array[row : row + values.shape[0], col : col + values.shape[1]] = values
+
+
+# The output matrix is read this many rows (vocabulary entries) at a time, and the logits of at
+# most OUTPUT_ROWS_PER_STEP positions are computed against each slab at once.
+OUTPUT_ROWS_PER_SLAB = 4096
+OUTPUT_ROWS_PER_STEP = 256
+
+
+def project_output(
+    engine: Engine,
+    x: F32Array,
+    name: str,
+    out: npt.NDArray[np.float32] | LogitsOut,
+    *,
+    on_slab: Callable[[int, int], None] | None = None,
+) -> None:
+    """The logits of the hidden states ``x`` (``[n, n_embd]``) through the matrix ``name`` into
+    ``out`` (``[n, n_vocab]``), then what llama.cpp does to the logits themselves: NVFP4's
+    ``output.scale`` and a final softcap (``tanh(logits / cap) * cap``, gemma's).
+
+    With ``output_weights="stream"`` the matrix is dequantised one slab of rows at a time and
+    never kept; a vocabulary-sized matrix costs its float32 copy otherwise (640 MiB for Gemma
+    3's embedding, 2.7x its Q8_0 bytes). Either way every slab meets every position before the
+    next slab is read, so the matrix is read once however many positions there are, and the
+    logits are made :data:`OUTPUT_ROWS_PER_STEP` positions by a slab at a time.
+    ``on_slab(done, total)`` follows the slabs.
+    """
+    model = engine.model
+    info = model.info(name)
+    if engine.options.emulate_activation_quant:
+        x = ops.round_activations(x, info.type_name)
+    n_rows, n_vocab = x.shape[0], info.shape[0]
+    stream = engine.options.output_weights == "stream"
+    scale = None
+    if name == "output.weight" and info.type_name == "NVFP4" and model.has_tensor("output.scale"):
+        scale = np.float32(engine.weight("output.scale").reshape(-1)[0])  # llama.cpp loads it for NVFP4 only
+    cap = engine.hparams.final_logit_softcap
+    fault = engine.options.fault
+    if fault is not None and fault.name == FINAL_SOFTCAP_FAULT.name:  # gemma3 lists it; the cap is applied here
+        cap = float(fault.magnitude or 0.0)
+    whole = None if stream else engine.weight(name)
+    if whole is not None and isinstance(out, np.ndarray) and on_slab is None:
+        np.matmul(x, whole.T, out=out)  # one product, as a single forward pass has always made it
+        _finish_logits(out, scale, cap)
+        return
+    target = ArrayOut(out) if isinstance(out, np.ndarray) else out
+    slabs = range(0, n_vocab, OUTPUT_ROWS_PER_SLAB)
+    for done, start in enumerate(slabs, start=1):
+        stop = min(n_vocab, start + OUTPUT_ROWS_PER_SLAB)
+        slab = whole[start:stop] if whole is not None else model.rows(name, np.arange(start, stop, dtype=np.int64))
+        for first in range(0, n_rows, OUTPUT_ROWS_PER_STEP):
+            logits = np.matmul(x[first : first + OUTPUT_ROWS_PER_STEP], slab.T)
+            _finish_logits(logits, scale, cap)
+            target.put(first, start, logits)
+        if stream:
+            model.release_file_pages(name, (start, stop))
+        if on_slab is not None:
+            on_slab(done, len(slabs))
+
+
+def _finish_logits(logits: npt.NDArray[np.float32], scale: np.float32 | None, cap: float) -> None:
+    """In place, element by element (so a slab gets what the whole array would)."""
+    if scale is not None:
+        np.multiply(logits, scale, out=logits, dtype=np.float32)
+    if cap:
+        np.multiply(logits, np.float32(1.0) / np.float32(cap), out=logits, dtype=np.float32)
+        logits[...] = np.tanh(logits.astype(np.float64)).astype(np.float32)
+        np.multiply(logits, np.float32(cap), out=logits, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class Qkv:
     q: F32Array  # [n_tokens, n_head, head_dim]
@@ -112,25 +204,113 @@ class Qkv:
     v: F32Array  # [n_tokens, n_head_kv, head_dim]
 
 
-class Run:
-    """State of one forward pass: the engine, the tokens, the trace, the active fault."""
+@dataclass
+class LayerKv:
+    """The keys and values one layer keeps, and the positions they belong to."""
 
-    def __init__(self, engine: Engine, tokens: npt.NDArray[np.int64], trace: TraceRecorder | None) -> None:
+    k: F32Array
+    v: F32Array
+    positions: npt.NDArray[np.int64]
+
+
+class KvCache:
+    """K and V of the positions evaluated so far, per layer: what llama.cpp's KV cache holds
+    between the micro-batches of a long sequence.
+
+    A sliding-window layer keeps only the keys its next queries can see (the window before the
+    block's first position); any other layer keeps them all, in arrays of ``capacity`` positions
+    made once, so a long sequence does not leave a trail of ever larger copies behind.
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = capacity
+        self.layers: dict[int, LayerKv] = {}
+        self._full: dict[int, LayerKv] = {}
+        self._held: dict[int, int] = {}
+
+    def extend(
+        self, il: int, k: F32Array, v: F32Array, positions: npt.NDArray[np.int64], *, window: int = 0
+    ) -> LayerKv:
+        """Layer ``il``'s keys and values for queries at ``positions``: the earlier ones a query
+        of this block can see (all of them without a ``window``) and those of ``positions``."""
+        held = self.layers.get(il)
+        if window <= 0 and self.capacity:
+            return self._append(il, k, v, positions)
+        if held is None:
+            current = LayerKv(k=k, v=v, positions=positions)
+        else:
+            keep = held.positions > int(positions[0]) - window if window > 0 else slice(None)
+            current = LayerKv(
+                k=np.concatenate([held.k[keep], k]),
+                v=np.concatenate([held.v[keep], v]),
+                positions=np.concatenate([held.positions[keep], positions]),
+            )
+        self.layers[il] = current
+        return current
+
+    def _append(self, il: int, k: F32Array, v: F32Array, positions: npt.NDArray[np.int64]) -> LayerKv:
+        full = self._full.get(il)
+        if full is None:
+            full = LayerKv(
+                k=np.empty((self.capacity, *k.shape[1:]), dtype=k.dtype),
+                v=np.empty((self.capacity, *v.shape[1:]), dtype=v.dtype),
+                positions=np.empty(self.capacity, dtype=np.int64),
+            )
+            self._full[il] = full
+        start = self._held.get(il, 0)
+        stop = start + k.shape[0]
+        full.k[start:stop], full.v[start:stop], full.positions[start:stop] = k, v, positions
+        self._held[il] = stop
+        current = LayerKv(k=full.k[:stop], v=full.v[:stop], positions=full.positions[:stop])
+        self.layers[il] = current
+        return current
+
+    def nbytes(self) -> int:
+        return sum(int(kv.k.nbytes + kv.v.nbytes) for kv in self.layers.values())
+
+
+class Run:
+    """State of one forward pass: the engine, the tokens, the trace, the active fault.
+
+    A pass over a block of a longer sequence starts at position ``start`` and attends to the
+    keys of the earlier blocks held in ``cache`` (then it adds its own). With
+    ``defer_output`` the pass stops before the output matrix: :meth:`output` keeps its input
+    in :attr:`hidden` and returns it unchanged, and the engine projects the hidden states of
+    every block at once afterwards (:func:`project_output`), so a vocabulary-sized matrix is
+    read once per sequence rather than once per block.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        tokens: npt.NDArray[np.int64],
+        trace: TraceRecorder | None,
+        *,
+        start: int = 0,
+        cache: KvCache | None = None,
+        defer_output: bool = False,
+    ) -> None:
         self.engine = engine
         self.hp: HParams = engine.hparams
         self.options: EngineOptions = engine.options
         self.fault: Fault | None = engine.options.fault
         self.tokens = tokens
         self.n_tokens = int(tokens.shape[0])
-        self.positions = np.arange(self.n_tokens, dtype=np.int64)
+        self.positions = np.arange(start, start + self.n_tokens, dtype=np.int64)
         self.trace = trace
+        self.cache = cache
+        self.defer_output = defer_output
+        self.hidden: F32Array | None = None
+        """The input of the output matrix, kept when the output is deferred."""
+        self.output_name = ""
+        """The matrix :meth:`output` multiplies by (``output.weight`` or ``token_embd.weight``)."""
         eps = self.hp.rms_eps
         if self.faulty(NORM_EPS_FAULT.name):
             assert self.fault is not None and self.fault.magnitude is not None
             eps = self.fault.magnitude
         self.eps = eps
         self._rope_cache: dict[tuple[float, float], tuple[F32Array, F32Array]] = {}
-        self._mask_cache: dict[int, npt.NDArray[np.bool_]] = {}
+        self._mask_cache: dict[tuple[int, int, int], npt.NDArray[np.bool_]] = {}
 
     def faulty(self, name: str) -> bool:
         return self.fault is not None and self.fault.name == name
@@ -185,38 +365,26 @@ class Run:
     def embed(self) -> F32Array:
         """build_inp_embd: rows of token_embd (named ``embd``)."""
         x = self.engine.model.rows("token_embd.weight", self.tokens)
+        # Each row read faults in its file pages (and their neighbours): over thousands of
+        # distinct tokens that is much of a vocabulary-sized matrix, resident for nothing.
+        self.engine.model.release_file_pages("token_embd.weight")
         self.rec("embd", -1, x)
         return x
 
     def output(self, x: F32Array, *, tied_only: bool = False) -> F32Array:
-        """The lm head: ``output`` when the file has one (and the graph reads it), else token_embd."""
+        """The lm head: ``output`` when the file has one (and the graph reads it), else token_embd;
+        then what llama.cpp applies to the logits themselves (NVFP4's ``output.scale``, a final
+        softcap). With :attr:`defer_output`, ``x`` itself (see the class)."""
         name = "token_embd.weight" if tied_only or not self.has("output.weight") else "output.weight"
-        stream = self.options.output_weights == "stream"
-        logits = self._streamed_matmul(x, name) if stream else self.matmul(x, name)
-        if name == "output.weight" and self.engine.model.info(name).type_name == "NVFP4":
-            s = self.opt("output.scale")  # llama.cpp loads output.scale for NVFP4 only
-            if s is not None:
-                logits = np.multiply(logits, s.reshape(-1)[0], dtype=np.float32)
+        self.output_name = name
+        if self.defer_output:
+            self.hidden = x
+            return x
+        logits = np.empty((x.shape[0], self.engine.model.info(name).shape[0]), dtype=np.float32)
+        project_output(self.engine, x, name, logits)
         return logits
 
-    def _streamed_matmul(self, x: F32Array, name: str, *, rows_per_slab: int = 4096) -> F32Array:
-        """x @ W^T with W dequantised a slab of rows at a time and never kept whole.
-
-        For a vocabulary-sized matrix this trades a dequantisation per forward pass for not
-        holding its float32 copy (640 MiB for Gemma 3's embedding, 2.7x its Q8_0 bytes).
-        """
-        model = self.engine.model
-        if self.options.emulate_activation_quant:
-            x = ops.round_activations(x, model.info(name).type_name)
-        n_rows = model.info(name).shape[0]
-        out = np.empty((x.shape[0], n_rows), dtype=np.float32)
-        for start in range(0, n_rows, rows_per_slab):
-            stop = min(n_rows, start + rows_per_slab)
-            slab = model.rows(name, np.arange(start, stop, dtype=np.int64))
-            np.matmul(x, slab.T, out=out[:, start:stop])
-            model.release_file_pages(name, (start, stop))
-        return out
-
+    # --- attention ---
     # --- attention ---
 
     def qkv(self, x: F32Array, il: int) -> Qkv:
@@ -286,29 +454,36 @@ class Run:
             window = hp.n_swa
             if self.fault is not None and self.faulty(SLIDING_WINDOW_FAULT.name):
                 window = fault_window(self.fault, hp)
-        allowed = self._mask_cache.get(window)
+        k, v, k_positions = qkv.k, qkv.v, self.positions
+        if self.cache is not None:
+            held = self.cache.extend(il, qkv.k, qkv.v, self.positions, window=window)
+            k, v, k_positions = held.k, held.v, held.positions
+        key = (window, int(k_positions[0]), int(k_positions.shape[0]))
+        allowed = self._mask_cache.get(key)
         if allowed is None:
-            allowed = ops.causal_mask(
-                self.n_tokens,
+            allowed = ops.attention_mask(
+                self.positions,
+                k_positions,
                 window=window,
                 ahead=1 if self.faulty(MASK_AHEAD_FAULT.name) else 0,
                 include_self=not self.faulty(MASK_NO_SELF_FAULT.name),
             )
-            self._mask_cache[window] = allowed
+            self._mask_cache[key] = allowed
         if self.fault is not None and self.faulty(ATTN_SCALE_FAULT.name):
             assert self.fault.magnitude is not None
             kq_scale = float(np.float32(kq_scale) * np.float32(self.fault.magnitude))
         heads = np.arange(hp.n_head, dtype=np.int64)
         kv_head = heads % hp.n_head_kv if self.faulty(GQA_MAPPING_FAULT.name) else heads // hp.n_group
-        return ops.attention(
+        out = ops.attention(
             qkv.q,
-            qkv.k,
-            qkv.v,
+            k,
+            v,
             allowed=allowed,
             kq_scale=kq_scale,
             kv_head=kv_head,
             kv_f16=self.options.kv_cache == "f16",
         )
+        return out
 
     # --- feed-forward ---
 

@@ -98,14 +98,34 @@ def causal_mask(
     q - k >= window are hidden as well. ``ahead`` and ``include_self`` exist for the
     deliberate mask faults only.
     """
-    q = np.arange(n_tokens)[:, None]
-    k = np.arange(n_tokens)[None, :]
+    positions = np.arange(n_tokens)
+    return attention_mask(positions, positions, window=window, ahead=ahead, include_self=include_self)
+
+
+def attention_mask(
+    q_positions: npt.NDArray[np.int64],
+    k_positions: npt.NDArray[np.int64],
+    *,
+    window: int = 0,
+    ahead: int = 0,
+    include_self: bool = True,
+) -> npt.NDArray[np.bool_]:
+    """:func:`causal_mask` between queries and keys at the given positions (a block of queries
+    against the keys of a KV cache)."""
+    q = q_positions[:, None]
+    k = k_positions[None, :]
     allowed = k <= q + ahead
     if not include_self:
         allowed &= k != q
     if window > 0:
         allowed &= (q - k) < window
     return allowed
+
+
+# Scores held at once by :func:`attention` (float32 elements): long sequences take their heads a
+# few at a time (one, for 256 queries against 4,096 keys), so what attention holds at once
+# stays a few MB however long the sequence is.
+ATTENTION_SCORES_BUDGET = 1 << 20
 
 
 def attention(
@@ -120,13 +140,40 @@ def attention(
 ) -> F32Array:
     """Multi-head attention, ggml's non-flash path, returning ``[n_tokens, n_head * head_dim_v]``.
 
-    ``kv_head[h]`` is the K/V head query head ``h`` reads (``h // (n_head / n_head_kv)`` in
-    llama.cpp). Scores are k·q in float, then ``softmax(scores * kq_scale + mask)`` with the
-    maximum subtracted and the denominator summed in double, as ggml_soft_max_ext does. A row
-    with no visible key (possible only under a mask fault) gives zeros, not NaN.
-    With ``kv_f16`` the cache rounding of an F16 KV cache is reproduced: K, V, Q and the
-    probabilities pass through fp16, as ggml converts them for its f16 dot products.
+    ``q`` is ``[n_tokens, n_head, head_dim]``, ``k`` and ``v`` ``[n_kv, n_head_kv, ...]`` (the
+    same tokens, or a KV cache that holds them and the ones before), ``allowed`` ``[n_tokens,
+    n_kv]``. ``kv_head[h]`` is the K/V head query head ``h`` reads (``h // (n_head /
+    n_head_kv)`` in llama.cpp). Scores are k·q in float, then ``softmax(scores * kq_scale +
+    mask)`` with the maximum subtracted and the denominator summed in double, as
+    ggml_soft_max_ext does. A row with no visible key (possible only under a mask fault) gives
+    zeros, not NaN. With ``kv_f16`` the cache rounding of an F16 KV cache is reproduced: K, V, Q
+    and the probabilities pass through fp16, as ggml converts them for its f16 dot products.
+    Heads are independent, so taking them a few at a time changes no value.
     """
+    n_tokens, n_head = q.shape[0], q.shape[1]
+    n_kv = k.shape[0]
+    step = max(1, min(n_head, ATTENTION_SCORES_BUDGET // max(1, n_tokens * n_kv)))
+    if step >= n_head:
+        return _attention_heads(q, k, v, allowed=allowed, kq_scale=kq_scale, kv_head=kv_head, kv_f16=kv_f16)
+    parts = [
+        _attention_heads(
+            q[:, h : h + step], k, v, allowed=allowed, kq_scale=kq_scale, kv_head=kv_head[h : h + step], kv_f16=kv_f16
+        ).reshape(n_tokens, -1, v.shape[2])
+        for h in range(0, n_head, step)
+    ]
+    return f32(np.concatenate(parts, axis=1).reshape(n_tokens, -1))
+
+
+def _attention_heads(
+    q: F32Array,
+    k: F32Array,
+    v: F32Array,
+    *,
+    allowed: npt.NDArray[np.bool_],
+    kq_scale: float,
+    kv_head: npt.NDArray[np.int64],
+    kv_f16: bool,
+) -> F32Array:
     qh = np.ascontiguousarray(q.transpose(1, 0, 2))  # [n_head, n_tokens, head_dim]
     kh = np.ascontiguousarray(k.transpose(1, 0, 2))[kv_head]  # [n_head, n_kv, head_dim]
     vh = np.ascontiguousarray(v.transpose(1, 0, 2))[kv_head]
@@ -140,6 +187,7 @@ def attention(
     row_max = scores.max(axis=-1, keepdims=True)
     row_max = np.where(np.isfinite(row_max), row_max, np.float32(0.0))
     probs = np.exp(scores - row_max)
+    del scores
     denom = probs.sum(axis=-1, dtype=np.float64, keepdims=True)
     with np.errstate(divide="ignore"):
         inv = np.where(denom > 0, 1.0 / np.where(denom > 0, denom, 1.0), 0.0).astype(np.float32)

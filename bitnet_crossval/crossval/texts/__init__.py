@@ -13,7 +13,9 @@ A prompt set is named ``SET`` (every passage of the set, in order, separated by 
     expand_prompt_set("classics/*")  # ["classics/gettysburg", "classics/declaration", ...]
 
 How many positions are evaluated is the crossval's business: ``--prompt-tokens N`` keeps the
-first N tokens of whatever the prompt tokenizes to.
+first N tokens of whatever the prompt tokenizes to, and with a prompt set asks for exactly N:
+when the set's text is shorter, :func:`joined_text` continues it with the set's passages, in
+order and over again, so a context of thousands of positions is filled with real text.
 """
 
 from __future__ import annotations
@@ -113,3 +115,18 @@ def prompt_text(choice: PromptSet) -> str:
     """The prompt a prompt set stands for: one passage, or every passage joined by a blank line."""
     texts = choice.set.texts if choice.text is None else (choice.text,)
     return "\n\n".join(text.read(choice.set.name) for text in texts)
+
+
+def joined_text(choice: PromptSet, min_chars: int) -> str:
+    """The text of ``choice``, continued with every passage of its set in order (from the first,
+    over and over) and joined by blank lines, until it is at least ``min_chars`` characters long."""
+    parts = [prompt_text(choice)]
+    length = len(parts[0])
+    passages = [text.read(choice.set.name) for text in choice.set.texts]
+    while length < min_chars:
+        for passage in passages:
+            parts.append(passage)
+            length += len(passage) + 2
+            if length >= min_chars:
+                break
+    return "\n\n".join(parts)

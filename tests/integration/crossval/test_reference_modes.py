@@ -142,7 +142,9 @@ def test_the_selfcheck_catches_and_locates_every_fault_on_quantised_weights(
     assert len(cases) > 1 and cases[0]["fault"] is None and cases[0]["verdict"] == "parity"
     not_ok = [(c["fault"], c["verdict"], c["expected_site"], c["found_site"]) for c in cases if not c["ok"]]
     assert not_ok == []
-    print(f"\n{arch} {weights}: " + ", ".join(f"{c['fault']} {c['kl_at_first_failure']:.3g}" for c in cases if c["fault"]))
+    print(
+        f"\n{arch} {weights}: " + ", ".join(f"{c['fault']} {c['kl_at_first_failure']:.3g}" for c in cases if c["fault"])
+    )
 
 
 @pytest.mark.slow

@@ -102,3 +102,26 @@ def test_rows_of_a_short_run_against_the_same_rows_of_a_longer_one(
     for k in (1, 3, 5, 8, 9):
         part, _ = shim.logits(quantized, tokens[:k])
         np.testing.assert_allclose(part, qfull[:k], rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("block", [2, 3, 7])
+def test_logits_in_blocks_equal_one_batch(shim: Shim, tiny_model: Path, prompt: tuple[int, ...], block: int) -> None:
+    """Decoding a few tokens per call with the KV cache gives the rows of one batch: on this F32
+    model llama.cpp's kernels give any run of 2 or more tokens exactly a longer run's rows."""
+    tokens = prompt * 4
+    whole, _ = shim.logits(tiny_model, tokens)
+    seen: list[int] = []
+    blocked, meta = shim.logits(tiny_model, tokens, block=block, progress=seen.append)
+    assert meta["block"] == block and meta["n_decode_calls"] == -(-len(tokens) // block)
+    assert meta["n_ubatch"] == block
+    np.testing.assert_allclose(blocked, whole, rtol=0, atol=1e-5)
+    assert seen == [min(n, len(tokens)) for n in range(block, len(tokens) + block, block)]
+    assert meta["pieces_hex"] and len(meta["pieces_hex"]) == len(tokens)
+
+
+def test_logits_in_blocks_stream_to_the_file(shim: Shim, tiny_model: Path, prompt: tuple[int, ...], work: Path) -> None:
+    """The rows arrive in the file block by block and the array comes back as a memory map."""
+    tokens = prompt * 8
+    array, meta = shim.logits(tiny_model, tokens, block=4, out_dir=work / "blocked")
+    assert isinstance(array, np.memmap) and array.shape[0] == len(tokens)
+    assert meta["n_nonfinite"] == 0 and np.isfinite(array).all()

@@ -68,7 +68,15 @@ class ProbeCounter:
         self.problem = problem
         self.calls: list[tuple[str, dict[str, Path]]] = []
 
-    def __call__(self, spec: BackendSpec, libraries: Mapping[str, Path], *, python: str | None = None) -> str:
+    def __call__(
+        self,
+        spec: BackendSpec,
+        libraries: Mapping[str, Path],
+        *,
+        python: str | None = None,
+        record: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> str:
         self.calls.append((spec.name, dict(libraries)))
         return self.problem
 
@@ -498,3 +506,78 @@ def test_the_detector_passes_its_interpreter_to_the_load_check(tmp_path: Path, c
     found = Detector(env={}, cache=cache, python=python).detect(LLAMA)
     assert found.available, found.reason
     assert got.exists()  # our fake interpreter ran the check
+
+
+# --- the load check's answer, remembered across processes -------------------------------------
+
+
+class FreshChecks:
+    """Stands in for the interpreter that loads the libraries: counts the loads, answers ``problem``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, problem: str = "") -> None:
+        self.problem = problem
+        self.count = 0
+        monkeypatch.setattr(detect_mod, "_load_in_fresh_interpreter", self)
+
+    def __call__(self, spec: BackendSpec, libraries: Mapping[str, Path], *, python: str | None) -> str:
+        self.count += 1
+        return self.problem
+
+
+def test_a_passed_load_check_is_taken_from_its_record_while_the_libraries_are_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = install_prefix(tmp_path / "prefix")
+    libraries = find_libraries(LLAMA, root)
+    record = tmp_path / "cache" / "checks" / "load-llama.json"
+    fresh = FreshChecks(monkeypatch)
+    assert check_loadable(LLAMA, libraries, record=record, env={}) == ""
+    assert fresh.count == 1 and record.is_file()
+    for _ in range(3):  # later processes: the record answers
+        assert check_loadable(LLAMA, libraries, record=record, env={}) == ""
+    assert fresh.count == 1
+
+
+@pytest.mark.parametrize("change", ["rewritten", "touched", "replaced", "loader path"])
+def test_a_changed_library_is_checked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    root = install_prefix(tmp_path / "prefix")
+    libraries = find_libraries(LLAMA, root)
+    record = tmp_path / "checks" / "load-llama.json"
+    fresh = FreshChecks(monkeypatch)
+    check_loadable(LLAMA, libraries, record=record, env={})
+    ggml = libraries["ggml"]
+    env: dict[str, str] = {}
+    if change == "rewritten":
+        ggml.write_bytes(ggml.read_bytes() + b"\0")
+    elif change == "touched":
+        st = ggml.stat()
+        os.utime(ggml, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    elif change == "replaced":
+        replacement = ggml.with_name("new.so")
+        replacement.write_bytes(ggml.read_bytes())
+        os.replace(replacement, ggml)
+    else:
+        env = {"LD_LIBRARY_PATH": str(tmp_path)}
+    fresh.problem = "the libraries do not load: libggml.so: invalid ELF header"
+    assert check_loadable(LLAMA, libraries, record=record, env=env) == fresh.problem
+    assert fresh.count == 2
+
+
+def test_a_failed_load_check_is_not_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = install_prefix(tmp_path / "prefix")
+    libraries = find_libraries(LLAMA, root)
+    record = tmp_path / "checks" / "load-llama.json"
+    fresh = FreshChecks(monkeypatch, problem="the libraries do not load: boom")
+    assert check_loadable(LLAMA, libraries, record=record, env={}) == "the libraries do not load: boom"
+    assert check_loadable(LLAMA, libraries, record=record, env={}) == "the libraries do not load: boom"
+    assert fresh.count == 2 and not record.exists()
+
+
+def test_a_detector_in_a_new_process_takes_the_cache_s_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: CacheLayout
+) -> None:
+    cache_install(cache)
+    fresh = FreshChecks(monkeypatch)
+    assert Detector(env={}, cache=cache).detect(LLAMA).available
+    assert Detector(env={}, cache=cache).detect(LLAMA).available  # another process, the same cache
+    assert fresh.count == 1 and cache.load_check("llama").is_file()

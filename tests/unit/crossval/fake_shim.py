@@ -142,11 +142,12 @@ commands:
 """
 
 _RUN_OPTIONS = ("threads", "kv-type", "seed")
+_STDERR_LINES = "_stderr_lines"  # what a handler's document says the call prints on stderr (not printed as JSON)
 COMMANDS: dict[str, tuple[str, ...]] = {
     "info": ("model", "weights"),
     "tokenize": ("model", "text-file", "add-bos", "parse-special"),
     "detokenize": ("model", "tokens-file", "tokens", "remove-special", "unparse-special"),
-    "logits": ("model", "tokens-file", "tokens", "out", *_RUN_OPTIONS),
+    "logits": ("model", "tokens-file", "tokens", "out", "block", "progress", *_RUN_OPTIONS),
     "generate": ("model", "tokens-file", "tokens", "n", "out-logits", *_RUN_OPTIONS),
     "trace": ("model", "tokens-file", "tokens", "out-dir", "layers", "names", "positions", *_RUN_OPTIONS),
     "quantize": ("model", "out", "type", "threads", "allow-requantize"),
@@ -477,11 +478,19 @@ class Reference:
                 ) from None
         return self._engines[key]
 
-    def logits(self, path: str, kv_cache: str, tokens: list[int]) -> F32Array:
-        def compute() -> F32Array:
-            return self.engine(path, kv_cache).forward(tokens)
+    def logits(self, path: str, kv_cache: str, tokens: list[int], *, block: int | None = None) -> F32Array:
+        """One batch (the engine's forward), or ``block`` tokens at a time with a KV cache."""
 
-        result: F32Array = self._memoised(("logits", *_file_key(path), kv_cache, tuple(tokens)), compute)
+        def compute() -> F32Array:
+            engine = self.engine(path, kv_cache)
+            return (
+                engine.forward(tokens)
+                if block is None or block >= len(tokens)
+                else engine.evaluate(tokens, block=block)
+            )
+
+        key = ("logits", *_file_key(path), kv_cache, tuple(tokens), block if block and block < len(tokens) else None)
+        result: F32Array = self._memoised(key, compute)
         return result
 
     def trace(self, path: str, kv_cache: str, tokens: list[int]) -> dict[str, F32Array]:
@@ -703,23 +712,34 @@ def run_logits(call: Call) -> dict[str, Any]:
     out = opts.required("out")
     check_output_target(out, "--out")
     tokens = read_tokens(opts)
-    config = RunConfig(opts, call.env, len(tokens), len(tokens))
+    block = min(opts.integer("block", len(tokens), 1, 1 << 24), max(1, len(tokens)))
+    progress = opts.has("progress") and opts.flag01("progress")
+    config = RunConfig(opts, call.env, len(tokens), block)
     if not tokens:
         raise ShimError(EXIT_USAGE, "logits needs at least one token")
     _, vocab = open_model(call.reference, path)
     check_token_ids(tokens, len(vocab.tokens))
-    logits = call.reference.logits(path, config.engine_kv, tokens)
+    logits = call.reference.logits(path, config.engine_kv, tokens, block=block)
     if call.inf_logit:
         logits = logits.copy()
         logits[-1, int(logits[-1].argmax())] = float("inf")
     write_npy(out, widen(logits, call.wrong_shape))
+    n_calls = -(-len(tokens) // block)
+    # The real shim prints these on stderr as each block's rows are written.
+    lines = [
+        f"bitnet-shim: progress {min(done, len(tokens))}/{len(tokens)}"
+        for done in range(block, len(tokens) + block, block)
+    ]
     return {
+        _STDERR_LINES: lines if progress else [],
         "out": out,
         "n_tokens": len(tokens),
         "n_vocab": len(vocab.tokens),
         "dtype": "float32",
-        "n_decode_calls": 1,
+        "block": block,
+        "n_decode_calls": n_calls,
         "n_nonfinite": count_nonfinite(logits),
+        **pieces_fields(vocab, tokens, special=False),
         **config.fields(),
     }
 
@@ -1083,7 +1103,8 @@ def respond(argv: list[str], env: Mapping[str, str], reference: Reference) -> Re
         doc = HANDLERS[command](Call(opts, env, reference, mode=mode))
         if mode == "no-json":
             return Reply(stdout="fake bitnet-shim: done, and no document\n", stderr="", code=0, signal=0)
-        stderr = "fake bitnet-shim: llama.cpp's log would be here\n" if opts.has("verbose") else ""
+        stderr = "".join(line + "\n" for line in doc.pop(_STDERR_LINES, []))
+        stderr += "fake bitnet-shim: llama.cpp's log would be here\n" if opts.has("verbose") else ""
         return Reply(stdout=json.dumps(doc, allow_nan=False) + "\n", stderr=stderr, code=0, signal=0)
     except ShimError as exc:
         line = " ".join(exc.message.splitlines())

@@ -330,3 +330,22 @@ def test_a_long_wrong_value_is_cut_in_the_sentence(tiny_vocab: Path) -> None:
     with pytest.raises(BadInput) as caught:
         GGUFModelFile(tiny_vocab).get_int("tokenizer.ggml.scores")
     assert caught.value.message.endswith("…") and len(caught.value.message.split("found ", 1)[1]) == 81
+
+
+@pytest.mark.parametrize(("type_id", "name", "block_bytes"), [(8, "Q8_0", 34), (6, "Q5_0", 22)])
+def test_own_decoders_give_gguf_py_s_values_bit_for_bit(type_id: int, name: str, block_bytes: int) -> None:
+    """Random blocks (every code, every fifth-bit pattern) with finite fp16 scales of every size."""
+    from bitnet_crossval.crossval.engine import gguf_file
+
+    rng = np.random.default_rng(type_id)
+    n_blocks = 4096
+    raw = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
+    scales = (rng.standard_normal(n_blocks) * 10.0 ** rng.integers(-6, 4, n_blocks)).astype(np.float16)
+    raw[:, :2] = scales.view(np.uint8).reshape(n_blocks, 2)
+    info = gguf_file.TensorInfo(
+        name="t", type_id=type_id, type_name=name, ne=(64, n_blocks // 2), offset=0, n_bytes=raw.size
+    )
+    own = gguf_file._OWN_DECODERS[type_id](raw.reshape(-1), info)
+    reference = gguf_file._decode_with_gguf(raw.reshape(-1), info)
+    assert own.shape == reference.shape == (n_blocks // 2, 64)
+    assert np.array_equal(own.view(np.uint32), reference.view(np.uint32))

@@ -23,6 +23,7 @@ from bitnet_crossval.crossval.report import (
     check_output_path,
     print_table,
     rows_to_show,
+    worst_positions,
     write_junit,
     write_outputs,
     write_plot,
@@ -103,10 +104,34 @@ def test_a_long_run_that_agrees_shows_the_head_and_the_last_row() -> None:
     assert positions(rows_to_show(result(40).rows)) == [*range(HEAD_ROWS), None, 39]
 
 
+def test_a_long_run_shows_its_rows_of_highest_kl_even_when_they_pass() -> None:
+    r = result(4000, failing=(2500,))
+    rows = [
+        replace(row, kl=1e-4 * (row.position % 7) + (0.05 if row.position in (1800, 3100) else 0.0)) for row in r.rows
+    ]
+    rows[2500] = replace(rows[2500], kl=0.9, passed=False)
+    worst = worst_positions(rows)
+    assert worst == [2500, 3100, 1800]  # 3100 % 7 > 1800 % 7
+    assert positions(rows_to_show(rows)) == [*range(HEAD_ROWS), None, 1800, None, 2500, None, 3100, None, 3999]
+
+
+def test_the_table_of_a_long_run_stays_short_and_marks_the_highest_kl(capfd: pytest.CaptureFixture[str]) -> None:
+    r = result(3000)
+    rows = [replace(row, kl=1e-6 + 1e-9 * row.position) for row in r.rows]  # the last rows are the worst
+    print_table(replace(r, rows=rows))
+    err = capfd.readouterr().err
+    table = [line for line in err.splitlines() if line.startswith("│")]
+    assert len(table) == HEAD_ROWS + 1 + 3  # 0-3, a gap, 2997-2999 (the three worst, the last among them)
+    assert err.count("(highest KL)") == 3
+
+
 def test_many_failures_are_cut_at_the_limit() -> None:
     failing = tuple(range(5, 45))
-    shown = positions(rows_to_show(result(50, failing=failing).rows))
-    assert [p for p in shown if p is not None and p in failing] == list(failing[:MAX_FAILED_ROWS])
+    r = result(50, failing=failing)
+    shown = positions(rows_to_show(r.rows))
+    beyond = [p for p in shown if p is not None and p in failing[MAX_FAILED_ROWS:]]
+    assert [p for p in shown if p is not None and p in failing[:MAX_FAILED_ROWS]] == list(failing[:MAX_FAILED_ROWS])
+    assert set(beyond) <= set(worst_positions(r.rows))  # past the limit, only the worst ones
     assert shown[-1] == 49
 
 

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from bitnet_crossval.crossval import CrossvalRequest, parse_model, run_crossval
 from bitnet_crossval.crossval.options import REQUEST_OPTIONS, build_request
-from bitnet_crossval.crossval.texts import TEXT_SETS, expand_prompt_set, parse_prompt_set, prompt_text
+from bitnet_crossval.crossval.run import prompt_ids
+from bitnet_crossval.crossval.texts import TEXT_SETS, expand_prompt_set, joined_text, parse_prompt_set, prompt_text
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.options import OptionValues, RawValue
 from tests.unit.crossval.fake_reference import FakeCache
@@ -107,3 +110,86 @@ def test_prompt_tokens_keeps_the_first_n_ids_of_real_text(fake_cache: FakeCache)
     assert cut.tokens == whole.tokens[:12] and cut.n_prompt == 12 and cut.passed
     assert cut.reference["tokenization"]["prompt_set"] == "classics/gettysburg"
     assert cut.reference["tokenization"]["prompt_tokens"] == 12
+
+
+def test_joined_text_continues_with_the_set_in_order_and_over_again() -> None:
+    choice = parse_prompt_set("classics/alice")
+    alice = prompt_text(choice)
+    whole = prompt_text(parse_prompt_set("classics"))
+    joined = joined_text(choice, 3 * len(whole))
+    assert len(joined) >= 3 * len(whole)
+    assert joined.startswith(alice + "\n\n" + whole)  # the passage asked for, then the set from its first
+    assert joined.count("Four score and seven years ago") >= 2
+    assert joined_text(choice, 10) == alice  # long enough already
+
+
+class LetterTokenizer:
+    """A reference tokenizer stand-in: one id per character (BOS 1 first), counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def tokenize(self, model: Path, text: str, *, add_bos: bool, parse_special: bool) -> Any:
+        self.calls += 1
+        return SimpleNamespace(tokens=([1] if add_bos else []) + [ord(c) % 250 + 3 for c in text])
+
+
+@pytest.mark.parametrize("wanted", [100, 5_000, 40_000])
+def test_prompt_tokens_past_a_passage_joins_the_sets_texts(wanted: int) -> None:
+    passage = prompt_text(parse_prompt_set("classics/gettysburg"))
+    tokenizer = LetterTokenizer()
+    r = CrossvalRequest(prompt=passage, prompt_set="classics/gettysburg", prompt_tokens=wanted, max_tokens=0)
+    ids, text = prompt_ids(r, tokenizer, Path("m.gguf"), add_bos=True, n_vocab=256)  # type: ignore[arg-type]
+    assert len(ids) == wanted
+    assert ids == tokenizer.tokenize(Path("m.gguf"), text, add_bos=True, parse_special=False).tokens[:wanted]
+    assert text.startswith(passage)
+    if wanted > len(passage):
+        assert text[len(passage) :].startswith("\n\nFour score and seven years ago")  # then the set, in order
+    assert tokenizer.calls <= 4
+
+
+def test_prompt_tokens_cut_a_prompt_without_a_set_and_never_lengthen_it() -> None:
+    r = CrossvalRequest(prompt="Four score", prompt_tokens=50, max_tokens=0)
+    ids, text = prompt_ids(r, LetterTokenizer(), Path("m.gguf"), add_bos=True, n_vocab=256)  # type: ignore[arg-type]
+    assert len(ids) == 11 and text == "Four score"
+
+
+def test_a_prompt_file_is_the_prompt_and_excludes_the_other_sources(tmp_path: Path) -> None:
+    path = tmp_path / "prompt.txt"
+    path.write_text("Call me Ishmael. Some years ago", encoding="utf-8")
+    r = request(prompt_file=str(path))
+    assert r.prompt == "Call me Ishmael. Some years ago" and r.prompt_file == path
+    with pytest.raises(BadInput, match=r"^--prompt and --prompt-file both give the tokens"):
+        request(prompt="Hi", prompt_file=str(path))
+
+
+@pytest.mark.parametrize(
+    ("content", "sentence"),
+    [
+        (None, "the prompt file {path} does not exist"),
+        (b"caf\xe9 au lait", "the prompt file {path} is not UTF-8 text: the byte at offset 3 does not decode"),
+        (b"  \n\t", "the prompt file {path} holds no text"),
+        ("dir", "the prompt file {path} is not a regular file"),
+    ],
+)
+def test_a_bad_prompt_file_is_one_sentence(tmp_path: Path, content: bytes | str | None, sentence: str) -> None:
+    path = tmp_path / "prompt.txt"
+    if content == "dir":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    with pytest.raises(BadInput) as caught:
+        request(prompt_file=str(path))
+    assert caught.value.message == sentence.format(path=path)
+    assert "--prompt-file" in caught.value.next_step or "--tokens-file" in caught.value.next_step
+
+
+@pytest.mark.usefixtures("one_blas_thread_here")
+def test_a_prompt_file_gives_the_tokens_of_the_same_prompt(fake_cache: FakeCache, tmp_path: Path) -> None:
+    ctx = fake_cache.context()
+    path = tmp_path / "prompt.txt"
+    path.write_text("Four score and seven years ago", encoding="utf-8")
+    from_file = run_crossval(request(model="synthetic:llama", prompt_file=str(path), max_tokens="2"), ctx)
+    given = run_crossval(request(model="synthetic:llama", prompt="Four score and seven years ago", max_tokens="2"), ctx)
+    assert from_file.tokens == given.tokens and from_file.passed
+    assert from_file.reference["tokenization"]["prompt_file"] == str(path)

@@ -4,8 +4,8 @@ Embeddings scaled by sqrtf(n_embd) in float; per layer: RMSNorm, per-head RMSNor
 RoPE NEOX with the layer's own base (sliding-window layers use ``rope.freq_base_swa``, global
 layers ``rope.freq_base`` and the rope scaling), Q scaled by the attention scale before
 attention (kq_scale 1), a sliding-window causal mask on SWA layers, post-attention norm,
-GELU(tanh)-gated FFN, post-FFN norm; final norm, logits, optional final softcap. Norm weights
-in a GGUF already include Gemma's +1.
+GELU(tanh)-gated FFN, post-FFN norm; final norm, logits, optional final softcap (``Run.output``
+applies it with the output matrix). Norm weights in a GGUF already include Gemma's +1.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from bitnet_crossval.crossval.engine.faults import FaultName, FaultSpec, Located
 from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
 from bitnet_crossval.crossval.engine.graph import (
     ATTN_SCALE_FAULT,
+    FINAL_SOFTCAP_FAULT,
     GQA_MAPPING_FAULT,
     MASK_AHEAD_FAULT,
     MASK_NO_SELF_FAULT,
@@ -54,12 +55,6 @@ ROPE_TYPE: RopeType = "neox"
 MISSING_QK_NORM_FAULT = FaultSpec(
     name=FaultName("missing_qk_norm"),
     description="gemma3's per-head RMSNorm of Q and K is skipped",
-)
-FINAL_SOFTCAP_FAULT = FaultSpec(
-    name=FaultName("final_softcap"),
-    description="the final logits are soft-capped at a wrong value (a model without a cap gets one)",
-    default_value=15.0,
-    value_meaning="the cap used instead of the model's",
 )
 
 
@@ -168,14 +163,7 @@ def forward(run: Run) -> F32Array:
 
     cur = run.norm(x, "output_norm.weight", -1)
     run.rec("result_norm", -1, cur)
-    logits = run.output(cur)
-    cap = hp.final_logit_softcap
-    if run.fault is not None and run.faulty(FINAL_SOFTCAP_FAULT.name):
-        cap = float(run.fault.magnitude or 0.0)
-    if cap:
-        logits = np.multiply(logits, np.float32(1.0) / np.float32(cap), dtype=np.float32)
-        logits = np.tanh(logits.astype(np.float64)).astype(np.float32)
-        logits = np.multiply(logits, np.float32(cap), dtype=np.float32)
+    logits = run.output(cur)  # the final softcap too (graph.project_output)
     run.rec("result_output", -1, logits)
     return logits
 
