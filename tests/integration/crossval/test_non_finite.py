@@ -199,4 +199,4 @@ def test_an_all_nan_traced_tensor_departs_and_shows_no_cosine(
     ) in " ".join(result.stderr.split())
     row = next(line for line in result.stderr.splitlines() if "attn_norm-0" in line and "departs" in line)
     cells = [cell.strip() for cell in row.split("│")]
-    assert cells[5:7] == ["nan", "nan"] and "1.0000" not in row  # rel. error and cosine: no number
+    assert (cells[5], cells[7]) == ("nan", "nan") and "1.0000" not in row  # rel. error and cosine: no number
