@@ -14,7 +14,10 @@ and the real NumPy engine.
 
 The cache these tests use is their own: a constants file recording the session's shim (built
 once by tests/conftest.py's ``llama_shim``) against the session's llama.cpp (``LLAMA_CPP_DIR``),
-and llama.cpp's SentencePiece vocabulary under ``sources/`` for the synthetic models.
+and llama.cpp's SentencePiece vocabulary under ``sources/`` for the synthetic models. The bitnet
+cases (slow) use the 2024 bitnet.cpp built from ``../shared/data/bitnet-cpp-2024.tar.gz`` and a
+shim against it (the fixtures of tests/integration/reference/test_dequantize_bitnet2024.py), and
+skip when the archive, or clang to build it, is absent.
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ from bitnet_crossval.store.constants import write_constants
 from bitnet_crossval.util.files import file_sha256
 from tests.conftest import child_env
 from tests.helpers import REPO_ROOT, run_invoke
+from tests.integration.reference.test_dequantize_bitnet2024 import (  # noqa: F401 (the fixtures)
+    ARCHIVE,
+    INSTALL_ENV,
+    _have_clang,
+    bitnet,
+    bitnet_install,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -97,6 +107,34 @@ def cache(
         shim_source=shim_source_digest(),
     )
     write_constants(ctx.cache.constants_file, {"llama": llama, "bitnet": record_for(ctx.detector.detect(BITNET))})
+    return TraceCache(root=root, env=env, ctx=load_context(env), vocab=vocab)
+
+
+@pytest.fixture(scope="module")
+def bitnet_trace_cache(
+    tmp_path_factory: pytest.TempPathFactory,
+    cache: TraceCache,
+    bitnet_install: Path,  # noqa: F811
+    bitnet: Shim,  # noqa: F811
+) -> TraceCache:
+    """The same for the 2024 bitnet.cpp (``BITNET_CPP_DIR``) and a shim built against it."""
+    root = tmp_path_factory.mktemp("trace-real-bitnet") / "cache"
+    vocab = root / "sources" / "llama-vocab" / "models" / VOCAB_NAME
+    vocab.parent.mkdir(parents=True)
+    shutil.copyfile(cache.vocab, vocab)
+    env = child_env(root)
+    env[BITNET.dir_env] = str(bitnet_install)
+    ctx = load_context(env)
+    found = ctx.detector.detect(BITNET)
+    assert found.available, found.reason
+    record = replace(
+        record_for(found),
+        shim=str(bitnet.executable),
+        shim_api=str(bitnet.info()["api"]),
+        shim_sha256=file_sha256(bitnet.executable),
+        shim_source=shim_source_digest(),
+    )
+    write_constants(ctx.cache.constants_file, {"llama": record_for(ctx.detector.detect(LLAMA)), "bitnet": record})
     return TraceCache(root=root, env=env, ctx=load_context(env), vocab=vocab)
 
 
@@ -216,18 +254,20 @@ def test_the_located_tensor_is_the_first_in_the_references_order_that_departs(
 # --- a correct candidate: parity and no trace noise ----------------------------------------------
 
 
-def _skip_unless_backend(cache: TraceCache, backend: str) -> None:
+def _cache_for(request: pytest.FixtureRequest, cache: TraceCache, backend: str, arch: str) -> TraceCache:
+    """The llama.cpp cache, or for bitnet the 2024 bitnet.cpp's (built from the archive when present)."""
     if backend == "llama":
-        return
-    found = cache.ctx.detector.detect(BITNET)
-    record = cache.ctx.constants.record("bitnet")
-    if found.available and record is not None and record.available and record.shim:
-        return
-    pytest.skip(
-        f"the bitnet backend is not installable here: {found.reason or 'no shim is recorded for it'}; bitnet.cpp "
-        f"comes only from git ({BITNET.default_source}, no PyPI fallback) and this machine reaches no network "
-        "but PyPI, so there is neither a bitnet.cpp build nor a shim against it"
-    )
+        return cache
+    if not ARCHIVE.is_file():
+        pytest.skip(
+            f"needs the 2024 bitnet.cpp source archive at {ARCHIVE}: bitnet.cpp comes only from git "
+            f"({BITNET.default_source}, no PyPI fallback)"
+        )
+    if not os.environ.get(INSTALL_ENV) and not _have_clang():
+        pytest.skip("building bitnet.cpp needs clang >= 18")
+    if arch == "gemma3":
+        pytest.skip("the 2024 bitnet.cpp's llama.cpp fork predates the gemma3 architecture")
+    return request.getfixturevalue("bitnet_trace_cache")  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -255,13 +295,15 @@ def trace_spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("backend", ["llama", "bitnet"])
+@pytest.mark.parametrize(
+    "backend", ["llama", pytest.param("bitnet", marks=[pytest.mark.slow, pytest.mark.timeout(1800)])]
+)
 def test_a_correct_candidate_with_trace_traces_nothing(
-    cache: TraceCache, tmp_path: Path, trace_spy: Spy, backend: str, arch: str
+    request: pytest.FixtureRequest, cache: TraceCache, tmp_path: Path, trace_spy: Spy, backend: str, arch: str
 ) -> None:
-    _skip_unless_backend(cache, backend)
-    request = CrossvalRequest(model=parse_model(f"synthetic:{arch}"), backend=backend, trace=True)  # type: ignore[arg-type]
-    result = run_crossval(request, cache.ctx, work_dir=tmp_path)
+    cache = _cache_for(request, cache, backend, arch)
+    crossval = CrossvalRequest(model=parse_model(f"synthetic:{arch}"), backend=backend, trace=True)  # type: ignore[arg-type]
+    result = run_crossval(crossval, cache.ctx, work_dir=tmp_path)
     assert result.verdict == "parity", result.failure_sentence()
     assert result.trace is None and result.to_json()["trace"] is None
     assert trace_spy.calls == []
