@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.bitnet2024 import bitnet, bitnet_install, bitnet_models  # noqa: F401 (session fixtures)
 from tests.integration.hardening_support import FinishedCache, build_finished_cache
 from tests.shared_builds import shared_build, shared_result
 

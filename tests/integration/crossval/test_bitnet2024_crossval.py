@@ -7,13 +7,12 @@ float: it follows the float copy at float precision, and is further from what bi
 on the model as given (bitnet.cpp rounds the activations to 8 bits before its ternary kernels). An
 engine fault is caught and, with ``--trace``, named at its tensor on the float copy.
 
-The install, the shim and the models are those of
-tests/integration/reference/test_dequantize_bitnet2024.py (same archive, same skips; slow).
+The install, the shim and the models are the session's (tests/bitnet2024.py: one install from
+the archive, made before the first test; slow).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,27 +28,12 @@ from bitnet_crossval.reference.sources import shim_source_digest
 from bitnet_crossval.repair.rebuild import record_for
 from bitnet_crossval.store.constants import write_constants
 from bitnet_crossval.util.files import file_sha256
+from tests.bitnet2024 import SKIPS
 from tests.conftest import child_env
 from tests.helpers import run_invoke
 from tests.integration.crossval.conftest import assert_one_error, strict_json
-from tests.integration.reference.test_dequantize_bitnet2024 import (  # noqa: F401 (the fixtures)
-    ARCHIVE,
-    INSTALL_ENV,
-    _have_clang,
-    bitnet,
-    bitnet_install,
-    models,
-)
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    pytest.mark.timeout(1800),
-    pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"needs the 2024 bitnet.cpp source archive at {ARCHIVE}"),
-    pytest.mark.skipif(
-        not os.environ.get(INSTALL_ENV) and not _have_clang(), reason="building bitnet.cpp needs clang >= 18"
-    ),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800), *SKIPS]
 
 FLOAT_KL, QUANTISED_KL = 0.002, 0.1
 DIVERGENCE = 10
@@ -78,7 +62,7 @@ class BitnetCache:
 
 
 @pytest.fixture(scope="module")
-def bitnet_cache(tmp_path_factory: pytest.TempPathFactory, bitnet_install: Path, bitnet: Shim) -> BitnetCache:  # noqa: F811
+def bitnet_cache(tmp_path_factory: pytest.TempPathFactory, bitnet_install: Path, bitnet: Shim) -> BitnetCache:
     """What `invoke rebuild` writes for the install, with the module's shim instead of a second build."""
     root = tmp_path_factory.mktemp("bitnet-2024-crossval") / "cache"
     env = child_env(root)
@@ -105,10 +89,10 @@ def _distances(doc: dict[str, Any]) -> str:
 @pytest.mark.parametrize("tensor_type", TERNARY)
 def test_the_numpy_engine_follows_the_float_copy_of_a_ternary_model(
     bitnet_cache: BitnetCache,
-    models: dict[str, Path],  # noqa: F811
+    bitnet_models: dict[str, Path],
     tensor_type: str,
 ) -> None:
-    model = models[tensor_type]
+    model = bitnet_models[tensor_type]
 
     auto, auto_doc = bitnet_cache.run(model, "--reference", "auto")
     assert auto.returncode == 0, auto.stderr[-3000:]
@@ -155,10 +139,10 @@ def test_the_numpy_engine_follows_the_float_copy_of_a_ternary_model(
 @pytest.mark.parametrize("tensor_type", TERNARY)
 def test_an_engine_fault_is_named_at_its_tensor_on_the_float_copy(
     bitnet_cache: BitnetCache,
-    models: dict[str, Path],  # noqa: F811
+    bitnet_models: dict[str, Path],
     tensor_type: str,
 ) -> None:
-    model = models[tensor_type]
+    model = bitnet_models[tensor_type]
     site = load_engine(model, EngineOptions(fault=Fault(name="norm_eps"))).fault_site()  # type: ignore[arg-type]
     assert site is not None and site.key == "attn_norm-0"
     result, doc = bitnet_cache.run(model, "--candidate", "numpy:norm_eps", "--trace")

@@ -51,15 +51,9 @@ from bitnet_crossval.reference.sources import shim_source_digest
 from bitnet_crossval.repair.rebuild import record_for
 from bitnet_crossval.store.constants import write_constants
 from bitnet_crossval.util.files import file_sha256
+from tests.bitnet2024 import SKIPS
 from tests.conftest import child_env
 from tests.helpers import REPO_ROOT, run_invoke
-from tests.integration.reference.test_dequantize_bitnet2024 import (  # noqa: F401 (the fixtures)
-    ARCHIVE,
-    INSTALL_ENV,
-    _have_clang,
-    bitnet,
-    bitnet_install,
-)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -114,8 +108,8 @@ def cache(
 def bitnet_trace_cache(
     tmp_path_factory: pytest.TempPathFactory,
     cache: TraceCache,
-    bitnet_install: Path,  # noqa: F811
-    bitnet: Shim,  # noqa: F811
+    bitnet_install: Path,
+    bitnet: Shim,
 ) -> TraceCache:
     """The same for the 2024 bitnet.cpp (``BITNET_CPP_DIR``) and a shim built against it."""
     root = tmp_path_factory.mktemp("trace-real-bitnet") / "cache"
@@ -254,22 +248,6 @@ def test_the_located_tensor_is_the_first_in_the_references_order_that_departs(
 # --- a correct candidate: parity and no trace noise ----------------------------------------------
 
 
-def _cache_for(request: pytest.FixtureRequest, cache: TraceCache, backend: str, arch: str) -> TraceCache:
-    """The llama.cpp cache, or for bitnet the 2024 bitnet.cpp's (built from the archive when present)."""
-    if backend == "llama":
-        return cache
-    if not ARCHIVE.is_file():
-        pytest.skip(
-            f"needs the 2024 bitnet.cpp source archive at {ARCHIVE}: bitnet.cpp comes only from git "
-            f"({BITNET.default_source}, no PyPI fallback)"
-        )
-    if not os.environ.get(INSTALL_ENV) and not _have_clang():
-        pytest.skip("building bitnet.cpp needs clang >= 18")
-    if arch == "gemma3":
-        pytest.skip("the 2024 bitnet.cpp's llama.cpp fork predates the gemma3 architecture")
-    return request.getfixturevalue("bitnet_trace_cache")  # type: ignore[no-any-return]
-
-
 @dataclass
 class Spy:
     calls: list[str]
@@ -294,14 +272,7 @@ def trace_spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
     return spy
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize(
-    "backend", ["llama", pytest.param("bitnet", marks=[pytest.mark.slow, pytest.mark.timeout(1800)])]
-)
-def test_a_correct_candidate_with_trace_traces_nothing(
-    request: pytest.FixtureRequest, cache: TraceCache, tmp_path: Path, trace_spy: Spy, backend: str, arch: str
-) -> None:
-    cache = _cache_for(request, cache, backend, arch)
+def _traces_nothing(cache: TraceCache, tmp_path: Path, trace_spy: Spy, backend: str, arch: str) -> None:
     crossval = CrossvalRequest(model=parse_model(f"synthetic:{arch}"), backend=backend, trace=True)  # type: ignore[arg-type]
     result = run_crossval(crossval, cache.ctx, work_dir=tmp_path)
     assert result.verdict == "parity", result.failure_sentence()
@@ -320,6 +291,25 @@ def test_a_correct_candidate_with_trace_traces_nothing(
     assert "parity: the candidate agrees" in cli.stderr
     noise = [line for line in cli.stderr.splitlines() if "trac" in line.lower()]
     assert noise == [], noise
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_correct_candidate_with_trace_traces_nothing(
+    cache: TraceCache, tmp_path: Path, trace_spy: Spy, arch: str
+) -> None:
+    _traces_nothing(cache, tmp_path, trace_spy, "llama", arch)
+
+
+# The 2024 bitnet.cpp's llama.cpp fork predates the gemma3 architecture.
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "gemma3"])
+@SKIPS[0]
+@SKIPS[1]
+def test_a_correct_candidate_with_trace_traces_nothing_on_the_2024_bitnet_cpp(
+    bitnet_trace_cache: TraceCache, tmp_path: Path, trace_spy: Spy, arch: str
+) -> None:
+    _traces_nothing(bitnet_trace_cache, tmp_path, trace_spy, "bitnet", arch)
 
 
 # --- external candidates with a partial trace in their own layout ---------------------------------

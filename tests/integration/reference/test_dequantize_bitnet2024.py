@@ -14,8 +14,6 @@ clone without it skips. Building it takes minutes, so the module is slow;
 
 from __future__ import annotations
 
-import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -23,95 +21,21 @@ import numpy.typing as npt
 import pytest
 
 from bitnet_crossval.crossval.engine import EngineOptions, GGUFModelFile, load_engine
-from bitnet_crossval.crossval.synthetic import write_synthetic_model
-from bitnet_crossval.errors import BuildFailed
-from bitnet_crossval.provision.bitnet_build import find_clang
-from bitnet_crossval.reference.build import build_shim
 from bitnet_crossval.reference.client import Shim
 from bitnet_crossval.reference.dequantize import float_copy, quantized_tensors
 from bitnet_crossval.reference.gguf_container import read_layout
 from bitnet_crossval.store.layout import CacheLayout
-from tests.conftest import child_env
-from tests.helpers import run_invoke
+from tests.bitnet2024 import SKIPS
 from tests.integration.reference.test_dequantize_real import PROMPT, assert_is_the_backends_float_copy, kl_per_position
 
-ARCHIVE = Path(
-    os.environ.get("BITNET_TEST_BITNET_ARCHIVE")
-    or Path(__file__).resolve().parents[3].parent / "shared" / "data" / "bitnet-cpp-2024.tar.gz"
-)
-VOCAB_MEMBER = "BitNet-c82b5e6/3rdparty/llama.cpp/models/ggml-vocab-llama-spm.gguf"
-INSTALL_ENV = "BITNET_TEST_BITNET_INSTALL"
 I2_S = 36
 
-
-def _have_clang() -> bool:
-    try:
-        find_clang({"PATH": "/usr/bin:/usr/local/bin"})
-    except BuildFailed:
-        return False
-    return True
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800), *SKIPS]
 
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    pytest.mark.timeout(1800),
-    pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"needs the 2024 bitnet.cpp source archive at {ARCHIVE}"),
-    pytest.mark.skipif(
-        not os.environ.get(INSTALL_ENV) and not _have_clang(), reason="building bitnet.cpp needs clang >= 18"
-    ),
-]
-
-
-@pytest.fixture(scope="module")
-def bitnet_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    override = os.environ.get(INSTALL_ENV)
-    if override:
-        return Path(override)
-    cache = tmp_path_factory.mktemp("bitnet-2024") / "cache"
-    env = {**child_env(cache), "BITNET_CPP_SOURCE": str(ARCHIVE)}
-    result = run_invoke(["setup-cpp-auto", "--backend", "bitnet"], env=env, timeout=1500)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return cache / "installs" / "bitnet"
-
-
-@pytest.fixture(scope="module")
-def bitnet(bitnet_install: Path, tmp_path_factory: pytest.TempPathFactory) -> Shim:
-    work = tmp_path_factory.mktemp("bitnet-2024-shim")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITNET_", "LLAMA_CPP_"))}
-    built = build_shim(
-        include_dirs=[bitnet_install / "include"],
-        lib_dir=bitnet_install / "lib",
-        build_dir=work / "build",
-        log_path=work / "build.log",
-        env=env,
-        backend="bitnet",
-        backend_commit="unknown",  # what `invoke rebuild` compiles in for an archive source
-        build_flags="",
-    )
-    shim = Shim(built.executable, env=env, log_dir=work / "logs")
-    assert shim.info()["api"] == "legacy"
-    return shim
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, bitnet: Shim) -> dict[str, Path]:
-    """A synthetic ternary `bitnet` model as F32 and TQ2_0 (written here), and as I2_S written by
-    bitnet.cpp's own quantiser from the F32 one."""
-    directory = tmp_path_factory.mktemp("bitnet-2024-models")
-    with tarfile.open(ARCHIVE) as archive:
-        member = archive.extractfile(VOCAB_MEMBER)
-        assert member is not None
-        vocab = directory / "ggml-vocab-llama-spm.gguf"
-        vocab.write_bytes(member.read())
-    made = {
-        t: write_synthetic_model(directory / f"bitnet-{t}.gguf", arch="bitnet", tensor_type=t, vocab=vocab)
-        for t in ("F32", "TQ2_0")
-    }
-    made["I2_S"] = directory / "bitnet-I2_S.gguf"
-    # One thread: bitnet.cpp's I2_S quantiser writes one scale per call, so chunks would each get theirs.
-    bitnet.quantize(made["F32"], made["I2_S"], "I2_S", threads=1)
-    return made
+@pytest.fixture
+def models(bitnet_models: dict[str, Path]) -> dict[str, Path]:
+    return bitnet_models
 
 
 def _kernel_product(
