@@ -128,6 +128,14 @@ def test_gemma3_270m_at_the_defaults_follows_the_float_copy(crossval_cache: Cros
     assert refs["distances"]["dequantized"]["max_kl"] < FLOAT_KL
 
 
+def _tensor_types(cache: CrossvalCache, pattern: str) -> set[str]:
+    """The tensor types of the one cached model whose name matches ``pattern``."""
+    import gguf
+
+    (path,) = (cache.root / "models").glob(pattern)
+    return {tensor.tensor_type.name for tensor in gguf.GGUFReader(path).tensors}
+
+
 @pytest.mark.parametrize(
     ("arch", "weights"),
     # Q4_K: llama.cpp's quantiser makes it from the F32 synthetic model (its Q4_K_M mix).
@@ -146,6 +154,8 @@ def test_the_selfcheck_catches_and_locates_every_fault_on_quantised_weights(
     assert len(cases) > 1 and cases[0]["fault"] is None and cases[0]["verdict"] == "parity"
     not_ok = [(c["fault"], c["verdict"], c["expected_site"], c["found_site"]) for c in cases if not c["ok"]]
     assert not_ok == []
+    if weights == "Q4_K":
+        assert "Q4_K" in _tensor_types(crossval_cache, f"synthetic-{arch}-q4_k-*.gguf")
     print(
         f"\n{arch} {weights}: " + ", ".join(f"{c['fault']} {c['kl_at_first_failure']:.3g}" for c in cases if c["fault"])
     )

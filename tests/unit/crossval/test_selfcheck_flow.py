@@ -147,7 +147,7 @@ def test_a_window_fault_runs_past_the_window_on_the_prompt_set(
     fake_cache: FakeCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     requests: list[CrossvalRequest] = []
-    real = selfcheck.run_crossval
+    from bitnet_crossval.crossval.run import run_crossval as real
 
     def recording(request: CrossvalRequest, ctx: SuiteContext) -> CrossvalResult:
         requests.append(request)
