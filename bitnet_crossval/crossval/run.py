@@ -43,7 +43,7 @@ from bitnet_crossval.crossval.metrics import (
     Thresholds,
     summarize,
 )
-from bitnet_crossval.crossval.models import resolve_model
+from bitnet_crossval.crossval.models import resolve_model, shim_quantizer
 from bitnet_crossval.crossval.nonfinite import NonFinite, TracedTensor
 from bitnet_crossval.crossval.request import CrossvalRequest
 from bitnet_crossval.crossval.result import CrossvalResult, Verdict
@@ -269,7 +269,10 @@ def _prepare(request: CrossvalRequest, ctx: SuiteContext, shim: Shim, timer: Tim
     record = ctx.constants.record(request.backend)
     assert record is not None
     with timer.phase("model"):
-        model = resolve_model(request.model, cache=ctx.cache, env=ctx.env, source_dirs=source_dirs(record))
+        quantizer = shim_quantizer(ctx.constants, request.backend, env=ctx.env)
+        model = resolve_model(
+            request.model, cache=ctx.cache, env=ctx.env, source_dirs=source_dirs(record), quantizer=quantizer
+        )
         facts = model_facts(ctx.cache, shim.executable, model, ask=lambda: shim.info(model))
         info = facts.info
         _check_hyperparameters(model)

@@ -7,7 +7,10 @@ lists (wrong RoPE variant or base, wrong norm epsilon, a missing bitnet sub-norm
 gate/up, a GQA head mapping mix-up, an off-by-one causal mask either way, a wrong ternary
 scale, a missing gemma3 Q/K norm, a wrong sliding window, ...). Each faulty run must end in
 divergence, and ``--trace`` must name the tensor the fault first changes (the engine knows it:
-``Engine.fault_site``). Anything else is a failure of the checker.
+``Engine.fault_site``). Anything else is a failure of the checker. A fault that leaves the
+first positions alone says how many positions it needs (``Engine.fault_positions``: the
+sliding window's, its window and a few more); its case runs on exactly that many tokens of
+the built-in ``classics`` prompt set, so Gemma 3's window of 512 is crossed too.
 
 When the hf extra is installed, the ``hf`` candidate (Hugging Face transformers, as it is) runs
 on each architecture's synthetic model too, and must reach parity; an architecture whose GGUF
@@ -21,7 +24,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bitnet_crossval.crossval.candidates import parse_candidate
-from bitnet_crossval.crossval.models import SYNTHETIC_ARCHS, ModelChoice, parse_model, resolve_model
+from bitnet_crossval.crossval.models import (
+    SYNTHETIC_ARCHS,
+    ModelChoice,
+    parse_model,
+    resolve_model,
+    shim_quantizer,
+)
 from bitnet_crossval.crossval.request import CrossvalRequest
 from bitnet_crossval.crossval.run import run_crossval
 from bitnet_crossval.errors import BadInput
@@ -33,6 +42,8 @@ if TYPE_CHECKING:
 
 ARCHITECTURES = SYNTHETIC_ARCHS
 """The architectures the self-check covers: every registered one with a synthetic model (a live view)."""
+SELFCHECK_PROMPT_SET = "classics"
+"""The built-in prompt set of a fault that needs a run longer than the default prompt (``--prompt-set``)."""
 CANDIDATES = ("numpy", "hf")
 """The candidates the self-check runs: the NumPy engine with its faults, transformers as it is."""
 
@@ -153,26 +164,42 @@ def _numpy_cases(
     from bitnet_crossval.crossval.engine import FAULTS, EngineOptions, Fault, FaultName, load_engine
 
     results: list[SelfcheckCase] = []
+    quantizer = shim_quantizer(ctx.constants, backend, env=ctx.env)
     for arch, choice in models:
         base = CrossvalRequest(model=choice, backend=backend, trace=True)
         for fault in cases_for(arch):
             expected = None
+            request = base
             if fault is not None:
-                path = resolve_model(choice, cache=ctx.cache, env=ctx.env, source_dirs=[])
+                path = resolve_model(choice, cache=ctx.cache, env=ctx.env, source_dirs=[], quantizer=quantizer)
                 try:
-                    site = load_engine(path, EngineOptions(fault=Fault(name=FaultName(fault)))).fault_site()
+                    engine = load_engine(path, EngineOptions(fault=Fault(name=FaultName(fault))))
+                    site = engine.fault_site()
                 except BadInput as exc:
                     if not own_model:
                         raise  # every fault an architecture lists applies to its synthetic model
                     results.append(_not_applicable(arch, fault, exc.message))
                     continue
                 expected = site.key if site is not None else None
+                request = _long_enough(base, engine.fault_positions())
             candidate = parse_candidate(f"numpy:{fault}" if fault else "numpy")
-            result = run_crossval(replace(base, candidate=candidate), ctx)
+            result = run_crossval(replace(request, candidate=candidate), ctx)
             description = FAULTS[FaultName(fault)].description if fault else "the engine as it is"
             case = _case(result, architecture=arch, candidate="numpy", fault=fault, description=description)
             results.append(replace(case, expected_site=expected))
     return results
+
+
+def _long_enough(request: CrossvalRequest, positions: int | None) -> CrossvalRequest:
+    """``request`` with a prompt of exactly ``positions`` tokens from the built-in prompt set, for a
+    fault that leaves the first positions alone (a sliding window longer than the default prompt);
+    the trace still stops at the first failing position."""
+    if positions is None:
+        return request
+    from bitnet_crossval.crossval.texts import parse_prompt_set, prompt_text
+
+    choice = parse_prompt_set(SELFCHECK_PROMPT_SET)
+    return replace(request, prompt=prompt_text(choice), prompt_set=choice.label, prompt_tokens=positions)
 
 
 def _hf_cases(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from bitnet_crossval.backends.specs import BACKEND
 from bitnet_crossval.crossval.candidates import parse_candidate
 from bitnet_crossval.crossval.candidates.backend import ShimSpec
-from bitnet_crossval.crossval.models import parse_model, resolve_model
+from bitnet_crossval.crossval.models import parse_model, resolve_model, shim_quantizer
 from bitnet_crossval.errors import CommandTimedOut, Interrupted, SuiteError
 from bitnet_crossval.store.sources import source_dirs
 from bitnet_crossval.suite.cases import Case, CasesFile, case_options, key_of
@@ -198,7 +198,11 @@ def _model(
         try:
             record = ctx.constants.record(backend)
             path = resolve_model(
-                parse_model(text), cache=ctx.cache, env=ctx.env, source_dirs=source_dirs(record) if record else []
+                parse_model(text),
+                cache=ctx.cache,
+                env=ctx.env,
+                source_dirs=source_dirs(record) if record else [],
+                quantizer=shim_quantizer(ctx.constants, backend, env=ctx.env),
             )
             known[(text, backend)] = (path, file_sha256(path), path.stat().st_size, None)
         except SuiteError as exc:

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_crossval.crossval.engine.archs import Architecture, architecture_of
-from bitnet_crossval.crossval.engine.faults import check_fault_applies, fault_site
+from bitnet_crossval.crossval.engine.faults import check_fault_applies, fault_site, positions_needed
 from bitnet_crossval.crossval.engine.gguf_file import GGUFModelFile
 from bitnet_crossval.crossval.engine.graph import MASK_AHEAD_FAULT, KvCache, LogitsOut, Run, project_output
 from bitnet_crossval.crossval.engine.hparams import HParams, describe, read_hparams
@@ -165,6 +165,12 @@ class Engine:
         if self.options.fault is None:
             return None
         return fault_site(self.options.fault, self.hparams)
+
+    def fault_positions(self) -> int | None:
+        """How many positions a run needs for the configured fault to show (None: any run)."""
+        if self.options.fault is None:
+            return None
+        return positions_needed(self.options.fault, self.hparams)
 
     def preload(self) -> float:
         """Dequantise every weight now (not a streamed output matrix); returns the seconds it took."""

@@ -44,7 +44,9 @@ class FaultSpec:
 
     ``check`` raises :class:`BadInput` when the fault cannot change a model with these
     hyperparameters (so a self-check cannot pass by accident). ``change_weight`` is for faults
-    in the weights themselves; the engine applies it to every weight it reads.
+    in the weights themselves; the engine applies it to every weight it reads. ``positions``
+    is for faults that leave the first positions of a run alone: how many positions a run of a
+    model with these hyperparameters needs for the fault to show (None: any run shows it).
     """
 
     name: FaultName
@@ -53,6 +55,7 @@ class FaultSpec:
     value_meaning: str = "unused"
     check: Callable[[HParams], None] | None = None
     change_weight: WeightChange | None = None
+    positions: Callable[[HParams], int] | None = None
 
     @property
     def families(self) -> frozenset[str]:
@@ -130,6 +133,12 @@ def check_fault_applies(fault: Fault, hp: HParams) -> LocatedFault:
     if spec.check is not None:
         spec.check(hp)
     return located
+
+
+def positions_needed(fault: Fault, hp: HParams) -> int | None:
+    """How many positions a run needs for ``fault`` to show on this model (None: any run shows it)."""
+    rule = fault.spec.positions
+    return rule(hp) if rule is not None else None
 
 
 def fault_site(fault: Fault, hp: HParams) -> TraceSite:

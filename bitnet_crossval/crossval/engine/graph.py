@@ -52,6 +52,16 @@ def _needs_sliding_layers(hp: HParams) -> None:
         )
 
 
+# Positions past the model's window, beyond the first one whose window differs (position n_swa):
+# each later position drops one more of the tokens the wider window still sees.
+_PAST_WINDOW = 16
+
+
+def _past_the_window(hp: HParams) -> int:
+    """A window fault changes nothing before position ``n_swa``: a run must go past it."""
+    return hp.n_swa + _PAST_WINDOW
+
+
 ROPE_TYPE_FAULT = FaultSpec(
     name=FaultName("rope_type"),
     description="RoPE of the wrong variant: NEOX (halves) where the model needs NORM (pairs), and back",
@@ -103,6 +113,7 @@ SLIDING_WINDOW_FAULT = FaultSpec(
     description="sliding-window layers use a wrong window",
     value_meaning="the window used instead of the model's (default: twice the model's)",
     check=_needs_sliding_layers,
+    positions=_past_the_window,
 )
 
 

@@ -92,3 +92,15 @@ def test_faults_that_cannot_act_are_refused(
 def test_unknown_fault_is_bad_input() -> None:
     with pytest.raises(BadInput, match="unknown fault 'bad_luck'"):
         Fault(name="bad_luck")  # type: ignore[arg-type]
+
+
+def test_only_the_window_fault_needs_a_run_past_the_window(model_factory: Any) -> None:
+    path = model_factory("gemma3")
+    needs = {
+        name: load_engine(path, EngineOptions(fault=Fault(name=name))).fault_positions()
+        for name, spec in FAULTS.items()
+        if "gemma3" in spec.families
+    }
+    # The synthetic gemma3 window is 6: the first position it changes is 6, the run goes 16 past.
+    assert needs.pop(FaultName("sliding_window")) == 6 + 16
+    assert set(needs.values()) == {None}

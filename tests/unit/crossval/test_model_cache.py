@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bitnet_crossval.crossval import synthetic
-from bitnet_crossval.crossval.models import VOCABULARY_FILE, parse_model, synthetic_model
+from bitnet_crossval.crossval.models import VOCABULARY_FILE, Quantizer, parse_model, synthetic_model
+from bitnet_crossval.errors import BadInput
 from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.util.files import file_sha256
 
@@ -95,3 +96,37 @@ def test_a_model_only_touched_is_hashed_and_kept(cache: CacheLayout, writes: Wri
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000))
     assert resolve(cache) == path
     assert writes.count == 1
+
+
+class FakeQuantizer:
+    """llama.cpp's quantiser stood in for: the output is the F32 model with a marker appended."""
+
+    def __init__(self, identity: str = "shim-a") -> None:
+        self.calls: list[tuple[Path, str]] = []
+        self.identity = identity
+
+    def quantizer(self) -> Quantizer:
+        def quantize(model: Path, out: Path, tensor_type: str) -> None:
+            self.calls.append((model, tensor_type))
+            out.write_bytes(model.read_bytes() + tensor_type.encode())
+
+        return Quantizer(identity=self.identity, quantize=quantize)
+
+
+def test_a_k_quant_is_the_quantisers_output_from_the_f32_model_cached_by_its_identity(cache: CacheLayout) -> None:
+    fake = FakeQuantizer()
+    choice = parse_model("synthetic:llama:Q4_K")
+    path = synthetic_model(choice, cache=cache, source_dirs=[], quantizer=fake.quantizer())
+    f32 = resolve(cache)
+    assert fake.calls == [(f32, "Q4_K_M")]
+    assert path.read_bytes() == f32.read_bytes() + b"Q4_K_M"
+    assert synthetic_model(choice, cache=cache, source_dirs=[], quantizer=fake.quantizer()) == path
+    assert len(fake.calls) == 1  # cached
+    other = FakeQuantizer("shim-b")
+    assert synthetic_model(choice, cache=cache, source_dirs=[], quantizer=other.quantizer()) != path
+    assert other.calls == [(f32, "Q4_K_M")]  # another quantiser's model is made again
+
+
+def test_a_k_quant_without_a_quantiser_is_bad_input(cache: CacheLayout) -> None:
+    with pytest.raises(BadInput, match="made by llama\\.cpp's quantiser"):
+        synthetic_model(parse_model("synthetic:gemma3:Q6_K"), cache=cache, source_dirs=[])

@@ -6,6 +6,8 @@ changes only the candidate."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from bitnet_crossval.crossval import selfcheck
@@ -13,6 +15,11 @@ from bitnet_crossval.crossval.engine import FAULTS
 from bitnet_crossval.crossval.engine.graph import Run
 from bitnet_crossval.crossval.selfcheck import ARCHITECTURES, cases_for, run_selfcheck
 from tests.unit.crossval.fake_reference import FakeCache
+
+if TYPE_CHECKING:
+    from bitnet_crossval.context import SuiteContext
+    from bitnet_crossval.crossval.request import CrossvalRequest
+    from bitnet_crossval.crossval.result import CrossvalResult
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread_here")
 
@@ -134,3 +141,26 @@ def test_a_fault_that_cannot_apply_to_a_model_of_ones_own_is_reported_not_run(
     # On the synthetic models every fault listed must apply: one that does not is the checker's error.
     with pytest.raises(BadInput, match="missing_qk_norm"):
         run_selfcheck(ctx, architectures=("llama",), candidates=("numpy",))
+
+
+def test_a_window_fault_runs_past_the_window_on_the_prompt_set(
+    fake_cache: FakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests: list[CrossvalRequest] = []
+    from bitnet_crossval.crossval.run import run_crossval as real
+
+    def recording(request: CrossvalRequest, ctx: SuiteContext) -> CrossvalResult:
+        requests.append(request)
+        return real(request, ctx)
+
+    monkeypatch.setattr(selfcheck, "run_crossval", recording)
+    cases = run_selfcheck(fake_cache.context(), architectures=("gemma3",), candidates=("numpy",))
+
+    assert all(c.ok for c in cases)
+    by_fault = {r.candidate.text.partition(":")[2] or None: r for r in requests}
+    window = by_fault["sliding_window"]
+    # The synthetic gemma3 window is 6: the run goes 16 positions past it, on the built-in texts.
+    assert (window.prompt_set, window.prompt_tokens) == ("classics", 6 + 16)
+    window_case = next(c for c in cases if c.fault == "sliding_window")
+    assert window_case.first_failure is not None and window_case.first_failure >= 6
+    assert all(r.prompt_tokens is None and r.prompt_set is None for f, r in by_fault.items() if f != "sliding_window")
