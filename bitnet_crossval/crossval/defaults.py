@@ -20,6 +20,9 @@ DEFAULT_TIE_MARGIN = 0.5
 
 DEFAULT_CANDIDATE_TIMEOUT = 600.0
 
+DEFAULT_MODEL = "synthetic:llama"
+SYNTHETIC_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "TQ1_0", "TQ2_0")
+
 DEFAULT_PROMPT = "The capital of France is Paris. The quick brown fox jumps over the lazy dog, and then"
 DEFAULT_MAX_TOKENS = 16
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from bitnet_crossval.crossval.defaults import DEFAULT_MODEL, SYNTHETIC_TYPES
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.store.layout import CacheLayout, short_key
 from bitnet_crossval.util import ui
@@ -40,7 +41,6 @@ from bitnet_crossval.util.files import (
 )
 from bitnet_crossval.util.views import LiveSequence
 
-DEFAULT_MODEL = "synthetic:llama"
 SYNTHETIC_PREFIX = "synthetic:"
 
 
@@ -53,7 +53,6 @@ def _synthetic_architectures() -> tuple[str, ...]:
 
 SYNTHETIC_ARCHS: LiveSequence[str] = LiveSequence(_synthetic_architectures)
 """The architectures ``synthetic:ARCH`` may name (those of the engine's registry with a synthetic model)."""
-SYNTHETIC_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "TQ1_0", "TQ2_0")
 SYNTHETIC_SEED = 0
 # Bumped whenever the synthetic writer changes what it writes, so old cache entries are not reused.
 SYNTHETIC_VERSION = 1

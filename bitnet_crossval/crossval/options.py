@@ -18,14 +18,15 @@ from bitnet_crossval.crossval.defaults import (
     DEFAULT_KL_MAX_FLOAT,
     DEFAULT_KL_MAX_QUANTIZED,
     DEFAULT_MAX_TOKENS,
+    DEFAULT_MODEL,
     DEFAULT_PROMPT,
     DEFAULT_TIE_MARGIN,
     FLOAT_TYPE_CHOICES,
     REFERENCE_MODES,
+    SYNTHETIC_TYPES,
     FloatTypeChoice,
     ReferenceMode,
 )
-from bitnet_crossval.crossval.models import DEFAULT_MODEL, SYNTHETIC_TYPES, parse_model
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.options import (
     Choice,
@@ -212,6 +213,7 @@ def build_request(values: OptionValues) -> CrossvalRequest:
     # Here rather than at the top: the tables above are read by every command, even
     # ``invoke --list``, and these bring NumPy and the candidates with them.
     from bitnet_crossval.crossval.candidates import parse_candidate
+    from bitnet_crossval.crossval.models import parse_model
     from bitnet_crossval.crossval.request import CrossvalRequest
     from bitnet_crossval.crossval.trace import parse_layers, parse_names
 
