@@ -37,8 +37,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.measure_dequantized_reference import GENERATED, PROMPTS  # noqa: E402
 from bitnet_crossval.context import load_context  # noqa: E402
 from bitnet_crossval.crossval import CrossvalRequest, parse_model, run_crossval  # noqa: E402
-from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_QUANTIZED  # noqa: E402
-from bitnet_crossval.crossval.references import ReferenceMode  # noqa: E402
+from bitnet_crossval.crossval.defaults import DEFAULT_KL_MAX_QUANTIZED, ReferenceMode  # noqa: E402
 from bitnet_crossval.crossval.result import CrossvalResult  # noqa: E402
 
 

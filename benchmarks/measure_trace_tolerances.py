@@ -42,6 +42,7 @@ from bitnet_crossval.context import load_context  # noqa: E402
 from bitnet_crossval.crossval import parse_candidate, parse_model  # noqa: E402
 from bitnet_crossval.crossval.candidates import make_candidate  # noqa: E402
 from bitnet_crossval.crossval.candidates.base import CandidateSetting, TraceRequest  # noqa: E402
+from bitnet_crossval.crossval.defaults import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED  # noqa: E402
 from bitnet_crossval.crossval.engine import (  # noqa: E402
     EngineOptions,
     Fault,
@@ -49,7 +50,7 @@ from bitnet_crossval.crossval.engine import (  # noqa: E402
     load_engine,
 )
 from bitnet_crossval.crossval.engine.archs import ALL_ARCHITECTURES  # noqa: E402
-from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED, Thresholds  # noqa: E402
+from bitnet_crossval.crossval.metrics import Thresholds  # noqa: E402
 from bitnet_crossval.crossval.models import resolve_model  # noqa: E402
 from bitnet_crossval.crossval.trace import RefTensor, TensorComparison, compare_tensor  # noqa: E402
 from bitnet_crossval.crossval.trace_tolerance import (  # noqa: E402

@@ -34,20 +34,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_crossval.crossval.defaults import (
+    DEFAULT_KL_MAX_QUANTIZED,
+    DEFAULT_TIE_MARGIN,
+)
 from bitnet_crossval.crossval.statistics import PositionValues, kl_statistics
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.jsonsafe import jsonable
 from bitnet_crossval.util.npy_rows import release_rows, rows_per_block
 
-# Defaults from the measurements in docs/explanation/verdict.md. Float weights (F32/F16/BF16): a
-# correct engine stays below KL 2.5e-4 (BF16), every deliberate bug of the self-check reaches
-# 7.9e-3 or more. Quantised weights: llama.cpp quantises activations on the fly, so a correct
-# float engine reaches KL 0.038 on Gemma 3 270M Q4_K_M (worst of 264 positions over six
-# prompts), while the bugs reach 0.3 and more on quantised synthetic models.
-DEFAULT_KL_MAX_FLOAT = 2e-3
-DEFAULT_KL_MAX_QUANTIZED = 0.1
 DEFAULT_KL_MAX = DEFAULT_KL_MAX_QUANTIZED
-DEFAULT_TIE_MARGIN = 0.5
 TOP_K = 5
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from bitnet_crossval.crossval.defaults import DEFAULT_MODEL, QUANTIZED_BY_LLAMA, SYNTHETIC_TYPES
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.store.layout import CacheLayout, short_key
 from bitnet_crossval.util import ui
@@ -45,7 +46,6 @@ from bitnet_crossval.util.views import LiveSequence
 if TYPE_CHECKING:
     from bitnet_crossval.store.constants import Constants
 
-DEFAULT_MODEL = "synthetic:llama"
 SYNTHETIC_PREFIX = "synthetic:"
 
 
@@ -58,9 +58,6 @@ def _synthetic_architectures() -> tuple[str, ...]:
 
 SYNTHETIC_ARCHS: LiveSequence[str] = LiveSequence(_synthetic_architectures)
 """The architectures ``synthetic:ARCH`` may name (those of the engine's registry with a synthetic model)."""
-QUANTIZED_BY_LLAMA = {"Q4_K": "Q4_K_M", "Q6_K": "Q6_K"}
-"""Synthetic types llama.cpp's quantiser makes from the F32 model, with the type it is asked for."""
-SYNTHETIC_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "TQ1_0", "TQ2_0", *QUANTIZED_BY_LLAMA)
 SYNTHETIC_SEED = 0
 # Bumped whenever the synthetic writer changes what it writes, so old cache entries are not reused.
 SYNTHETIC_VERSION = 1

@@ -9,20 +9,24 @@ here takes a lock, reads a model or starts a process.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bitnet_crossval.backends.specs import BACKEND
-from bitnet_crossval.crossval.candidates import DEFAULT_CANDIDATE_TIMEOUT, parse_candidate, syntaxes
-from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED, DEFAULT_TIE_MARGIN
-from bitnet_crossval.crossval.models import DEFAULT_MODEL, SYNTHETIC_TYPES, parse_model
-from bitnet_crossval.crossval.references import (
+from bitnet_crossval.crossval.defaults import (
+    CANDIDATE_SYNTAXES,
+    DEFAULT_CANDIDATE_TIMEOUT,
+    DEFAULT_KL_MAX_FLOAT,
+    DEFAULT_KL_MAX_QUANTIZED,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_MODEL,
+    DEFAULT_PROMPT,
+    DEFAULT_TIE_MARGIN,
     FLOAT_TYPE_CHOICES,
     REFERENCE_MODES,
+    SYNTHETIC_TYPES,
     FloatTypeChoice,
     ReferenceMode,
 )
-from bitnet_crossval.crossval.request import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, CrossvalRequest
-from bitnet_crossval.crossval.trace import parse_layers, parse_names
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.options import (
     Choice,
@@ -36,6 +40,9 @@ from bitnet_crossval.util.options import (
     PathOption,
     Text,
 )
+
+if TYPE_CHECKING:
+    from bitnet_crossval.crossval.request import CrossvalRequest
 
 MAX_GENERATED = 4096
 MAX_THREADS = 512
@@ -75,7 +82,7 @@ MAX_TOKENS = Integer(
     default=DEFAULT_MAX_TOKENS,
     maximum=MAX_GENERATED,
 )
-CANDIDATE = Text(name="candidate", help=f"the implementation under test: {syntaxes()}", default_text="numpy")
+CANDIDATE = Text(name="candidate", help=f"the implementation under test: {CANDIDATE_SYNTAXES}", default_text="numpy")
 ADD_BOS: Choice[AddBos] = Choice(
     name="add_bos",
     help="whether the prompt starts with BOS",
@@ -203,6 +210,13 @@ SELFCHECK_MODEL = Text(
 
 def build_request(values: OptionValues) -> CrossvalRequest:
     """The request the options describe; every problem is :class:`BadInput`."""
+    # Here rather than at the top: the tables above are read by every command, even
+    # ``invoke --list``, and these bring NumPy and the candidates with them.
+    from bitnet_crossval.crossval.candidates import parse_candidate
+    from bitnet_crossval.crossval.models import parse_model
+    from bitnet_crossval.crossval.request import CrossvalRequest
+    from bitnet_crossval.crossval.trace import parse_layers, parse_names
+
     given = [option.flag for option in (PROMPT, PROMPT_FILE, PROMPT_SET, TOKENS_FILE) if values.given(option)]
     if len(given) > 1:
         both = f"{given[0]} and {given[1]} both" if len(given) == 2 else f"{', '.join(given[:-1])} and {given[-1]} all"

@@ -43,6 +43,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_crossval.crossval.defaults import (
+    ReferenceMode,
+)
 from bitnet_crossval.crossval.metrics import PositionMetrics, Thresholds, compare_logits, kl_divergence, kl_reason
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.jsonsafe import finite_or_none
@@ -50,11 +53,7 @@ from bitnet_crossval.util.jsonsafe import finite_or_none
 if TYPE_CHECKING:
     from bitnet_crossval.reference.dequantize import FloatCopy
 
-ReferenceMode = Literal["auto", "native", "dequantized"]
-REFERENCE_MODES: tuple[ReferenceMode, ...] = ("auto", "native", "dequantized")
 ReferenceName = Literal["native", "dequantized"]
-FloatTypeChoice = Literal["auto", "F32", "F16", "BF16"]
-FLOAT_TYPE_CHOICES: tuple[FloatTypeChoice, ...] = ("auto", "F32", "F16", "BF16")
 
 NOISE_FACTOR = 4.0
 """How many times the native reference's own rounding noise at a position a candidate that

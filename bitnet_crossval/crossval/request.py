@@ -6,17 +6,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from bitnet_crossval.crossval.candidates import DEFAULT_CANDIDATE_TIMEOUT, CandidateSpec, parse_candidate
-from bitnet_crossval.crossval.metrics import DEFAULT_TIE_MARGIN
+from bitnet_crossval.crossval.candidates import CandidateSpec, parse_candidate
+from bitnet_crossval.crossval.defaults import (
+    DEFAULT_CANDIDATE_TIMEOUT,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_PROMPT,
+    DEFAULT_TIE_MARGIN,
+    FloatTypeChoice,
+    ReferenceMode,
+)
 from bitnet_crossval.crossval.models import ModelChoice, parse_model
-from bitnet_crossval.crossval.references import FloatTypeChoice, ReferenceMode
 
 if TYPE_CHECKING:
     from bitnet_crossval.backends.specs import BackendName
     from bitnet_crossval.reference.client import KvType
-
-DEFAULT_PROMPT = "The capital of France is Paris. The quick brown fox jumps over the lazy dog, and then"
-DEFAULT_MAX_TOKENS = 16
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,13 +36,9 @@ from bitnet_crossval.crossval.candidates import (
     TraceRequest,
     make_candidate,
 )
+from bitnet_crossval.crossval.defaults import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED
 from bitnet_crossval.crossval.facts import model_facts
-from bitnet_crossval.crossval.metrics import (
-    DEFAULT_KL_MAX_FLOAT,
-    DEFAULT_KL_MAX_QUANTIZED,
-    Thresholds,
-    summarize,
-)
+from bitnet_crossval.crossval.metrics import Thresholds, summarize
 from bitnet_crossval.crossval.models import resolve_model, shim_quantizer
 from bitnet_crossval.crossval.nonfinite import NonFinite, TracedTensor
 from bitnet_crossval.crossval.request import CrossvalRequest

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_crossval.crossval.defaults import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED
 from bitnet_crossval.crossval.engine.trace import split_key
-from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED, Thresholds, compare_row
+from bitnet_crossval.crossval.metrics import Thresholds, compare_row
 from bitnet_crossval.crossval.trace_tolerance import BANDS, TOLERANCES, TracePrecision, judged_by_kl, tolerance_for
 from bitnet_crossval.errors import BadInput, CandidateFailed, UnreadableArray
 from bitnet_crossval.util.jsonsafe import finite_or_none

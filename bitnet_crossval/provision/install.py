@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bitnet_crossval.backends.detect import Detection, Detector, probe
-from bitnet_crossval.backends.specs import BACKEND_NAMES, BackendSpec
+from bitnet_crossval.backends.specs import BackendSpec
 from bitnet_crossval.errors import BuildFailed
 from bitnet_crossval.provision import cmake, sources
 from bitnet_crossval.provision.recipes import RECIPES, Recipe
@@ -35,24 +35,10 @@ from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.store.marker import InstallMarker, write_marker
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import make_dir, os_error, remove_tree
-from bitnet_crossval.util.options import Choice, Flag, Text
 from bitnet_crossval.util.proc import process_alive
 from bitnet_crossval.util.retry import RetryPolicy
 
 Action = Literal["installed", "up-to-date", "rebuilt"]
-
-
-SetupBackend = Literal["llama", "bitnet", "all"]
-SETUP_BACKEND: Choice[SetupBackend] = Choice(
-    name="backend", help="the backend to set up", choices=(*BACKEND_NAMES, "all"), default="llama"
-)
-SOURCE = Text(
-    name="source",
-    help="a local directory, a git URL (URL@REF), a .tar.gz/.zip archive, or pypi (llama only)",
-    default_text="$LLAMA_CPP_SOURCE / $BITNET_CPP_SOURCE, else the pinned commit",
-)
-REF = Text(name="ref", help="the git commit, tag or branch to build (overrides @REF)")
-FORCE = Flag(name="force", help="rebuild and reinstall even when the install is up to date")
 
 
 @dataclass(frozen=True, kw_only=True)

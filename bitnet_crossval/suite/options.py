@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bitnet_crossval.crossval.options import MAX_CANDIDATE_TIMEOUT, REPORT
 from bitnet_crossval.errors import BadInput
-from bitnet_crossval.suite.runner import DEFAULT_CASE_TIMEOUT, SuiteRequest
+from bitnet_crossval.suite.defaults import DEFAULT_CASE_TIMEOUT
 from bitnet_crossval.suite.shard import ShardOption
 from bitnet_crossval.util.options import Flag, Integer, Number, Option, OptionValues, PathOption, Text
+
+if TYPE_CHECKING:
+    from bitnet_crossval.suite.runner import SuiteRequest
 
 MAX_JOBS = 256
 
@@ -66,6 +69,7 @@ def cases_path(values: OptionValues) -> Path:
 def build_suite_request(values: OptionValues, *, verbose: bool) -> SuiteRequest:
     """The suite the options describe, its cases file read and checked; every problem is :class:`BadInput`."""
     from bitnet_crossval.suite.cases import read_cases_file
+    from bitnet_crossval.suite.runner import SuiteRequest  # NumPy and the run: not for every command
 
     return SuiteRequest(
         cases=read_cases_file(cases_path(values)),

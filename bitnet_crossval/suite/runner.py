@@ -29,6 +29,7 @@ from bitnet_crossval.crossval.models import parse_model, resolve_model, shim_qua
 from bitnet_crossval.errors import CommandTimedOut, Interrupted, SuiteError
 from bitnet_crossval.store.sources import source_dirs
 from bitnet_crossval.suite.cases import Case, CasesFile, case_options, key_of
+from bitnet_crossval.suite.defaults import DEFAULT_CASE_TIMEOUT
 from bitnet_crossval.suite.keys import KeyInputs, backend_facts, case_files, passed_through, suite_version
 from bitnet_crossval.suite.outcome import CaseOutcome, not_run, outcome_from_child, timed_out
 from bitnet_crossval.suite.resources import available_memory, job_limit, usable_cores
@@ -41,8 +42,6 @@ from bitnet_crossval.util.options import Flag
 
 if TYPE_CHECKING:
     from bitnet_crossval.context import SuiteContext
-
-DEFAULT_CASE_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True, kw_only=True)

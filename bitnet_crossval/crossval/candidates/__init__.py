@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from bitnet_crossval.crossval.candidates import backend, command, hf, numpy_engine, python
 from bitnet_crossval.crossval.candidates.base import (
-    DEFAULT_CANDIDATE_TIMEOUT,
     Candidate,
     CandidateKind,
     CandidateOutput,
@@ -29,6 +28,7 @@ from bitnet_crossval.crossval.candidates.base import (
     TraceRequest,
     check_logits,
 )
+from bitnet_crossval.crossval.defaults import DEFAULT_CANDIDATE_TIMEOUT
 from bitnet_crossval.errors import BadInput
 
 DEFAULT_CANDIDATE = "numpy"

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_crossval.crossval.defaults import (
+    DEFAULT_CANDIDATE_TIMEOUT,
+)
 from bitnet_crossval.errors import CandidateFailed, CommandTimedOut, UnreadableArray
 from bitnet_crossval.util.files import make_dir, os_error
 
 if TYPE_CHECKING:
     from bitnet_crossval.reference.client import KvType, Shim
 
-DEFAULT_CANDIDATE_TIMEOUT = 600.0
 
 F32Array = npt.NDArray[np.float32]
 Traced = Mapping[str, Callable[[], F32Array]]

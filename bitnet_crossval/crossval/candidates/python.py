@@ -26,7 +26,6 @@ import numpy.typing as npt
 
 from bitnet_crossval.crossval.candidates import py_runner
 from bitnet_crossval.crossval.candidates.base import (
-    DEFAULT_CANDIDATE_TIMEOUT,
     Candidate,
     CandidateOutput,
     CandidateSetting,
@@ -41,6 +40,7 @@ from bitnet_crossval.crossval.candidates.base import (
     timed_out,
     traced_from_dir,
 )
+from bitnet_crossval.crossval.defaults import DEFAULT_CANDIDATE_TIMEOUT
 from bitnet_crossval.errors import BadInput, CandidateFailed, CommandFailed, CommandTimedOut
 from bitnet_crossval.util import ui
 

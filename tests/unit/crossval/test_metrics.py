@@ -8,15 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from bitnet_crossval.crossval.metrics import (
-    DEFAULT_KL_MAX_FLOAT,
-    DEFAULT_KL_MAX_QUANTIZED,
-    DEFAULT_TIE_MARGIN,
-    Thresholds,
-    compare_logits,
-    compare_row,
-    summarize,
-)
+from bitnet_crossval.crossval.defaults import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED, DEFAULT_TIE_MARGIN
+from bitnet_crossval.crossval.metrics import Thresholds, compare_logits, compare_row, summarize
 from bitnet_crossval.errors import BadInput
 
 T = Thresholds()

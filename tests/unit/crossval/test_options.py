@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bitnet_crossval.crossval.candidates import DEFAULT_CANDIDATE_TIMEOUT
 from bitnet_crossval.crossval.candidates.numpy_engine import NumpySpec
-from bitnet_crossval.crossval.metrics import DEFAULT_TIE_MARGIN
+from bitnet_crossval.crossval.defaults import (
+    DEFAULT_CANDIDATE_TIMEOUT,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_PROMPT,
+    DEFAULT_TIE_MARGIN,
+)
 from bitnet_crossval.crossval.options import (
     MAX_GENERATED,
     OUTPUT_OPTIONS,
@@ -18,7 +22,7 @@ from bitnet_crossval.crossval.options import (
     build_request,
     output_paths,
 )
-from bitnet_crossval.crossval.request import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, CrossvalRequest
+from bitnet_crossval.crossval.request import CrossvalRequest
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.options import OptionValues, RawValue
 

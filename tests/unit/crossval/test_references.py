@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED, PositionMetrics, Thresholds
+from bitnet_crossval.crossval.defaults import DEFAULT_KL_MAX_FLOAT, DEFAULT_KL_MAX_QUANTIZED, ReferenceMode
+from bitnet_crossval.crossval.metrics import PositionMetrics, Thresholds
 from bitnet_crossval.crossval.references import (
     NOISE_FACTOR,
     Distance,
     Evaluated,
     ReferenceChoice,
-    ReferenceMode,
     decide,
     evaluate,
     judge,

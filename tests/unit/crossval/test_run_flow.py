@@ -19,8 +19,8 @@ import pytest
 
 from bitnet_crossval.context import SuiteContext
 from bitnet_crossval.crossval import CrossvalRequest, CrossvalResult, parse_candidate, parse_model, run_crossval
+from bitnet_crossval.crossval.defaults import DEFAULT_KL_MAX_FLOAT
 from bitnet_crossval.crossval.engine import EngineOptions, Fault, load_engine
-from bitnet_crossval.crossval.metrics import DEFAULT_KL_MAX_FLOAT
 from bitnet_crossval.crossval.models import resolve_model
 from bitnet_crossval.errors import (
     BackendUnavailable,
