@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from bitnet_crossval.backends.detect import Detection
-from bitnet_crossval.backends.specs import BackendSpec
+from bitnet_crossval.backends.specs import SPECS, BackendSpec
 from bitnet_crossval.context import SuiteContext
 from bitnet_crossval.errors import PermissionDenied, SuiteError
 from bitnet_crossval.reference.sources import shim_source_digest
 from bitnet_crossval.store import lock
 from bitnet_crossval.store.constants import BackendRecord, is_current, shim_problem, write_constants
 from bitnet_crossval.util import ui
+from bitnet_crossval.util.files import remove_tree
 from bitnet_crossval.util.options import Flag
 
 CHECK = Flag(name="check", help="build and write nothing; exit 1 when the constants file is out of date")
@@ -64,6 +65,10 @@ def rebuild(ctx: SuiteContext) -> RebuildResult:
     with lock.exclusive_lock(ctx.cache.lock_path(REBUILD_LOCK), purpose="rebuild the shims", timeout=timeout):
         records: dict[str, BackendRecord] = {}
         failures: dict[str, SuiteError] = {}
+        # A rebuild detects afresh: each backend's libraries are loaded again, whatever an earlier
+        # check remembered (a system library they need may have changed under the same files).
+        for spec in SPECS.values():
+            remove_tree(ctx.cache.load_check(spec.name))
         for spec, detection in ctx.detector.detect_all():
             record = record_for(detection)
             state = "available" if detection.available else f"not available ({detection.reason})"
