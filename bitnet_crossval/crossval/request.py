@@ -56,3 +56,8 @@ class CrossvalRequest:
     """On a divergence, compare both sides' intermediates to find the first tensor that departs."""
     trace_layers: tuple[int, int] | None = None
     trace_names: str | None = None
+
+    @property
+    def trace_filtered(self) -> bool:
+        """Whether ``--trace-layers`` or ``--trace-names`` narrowed the trace."""
+        return self.trace_layers is not None or self.trace_names is not None

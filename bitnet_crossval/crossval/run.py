@@ -67,7 +67,7 @@ from bitnet_crossval.util.timefmt import file_stamp
 
 if TYPE_CHECKING:
     from bitnet_crossval.context import SuiteContext
-    from bitnet_crossval.reference.client import Shim
+    from bitnet_crossval.reference.client import Shim, TraceResult
     from bitnet_crossval.reference.dequantize import FloatCopy
     from bitnet_crossval.store.constants import BackendRecord
 
@@ -160,7 +160,7 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
             reference=reference,
             n_prompt=len(prompt_tokens),
             token_mismatch=None,
-            trace_filtered=request.trace_layers is not None or request.trace_names is not None,
+            trace_filtered=request.trace_filtered,
         )
         reference_unreal = _unreal_reference(
             request, shim, evaluated, shim_documents, work_dir=work_dir, timer=timer, bar=bar
@@ -650,16 +650,8 @@ def _explain_candidate(
     """The first tensor of the candidate's trace holding NaN or infinity, in the reference's
     execution order (then the names only the candidate wrote), up to the first bad position."""
     positions = list(range(found.positions[0] + 1))
-    trace_request = TraceRequest(positions=positions, layers=request.trace_layers, names=request.trace_names)
-    reference = shim.trace(
-        reference_model,
-        tokens,
-        out_dir=work_dir / "reference-trace",
-        layers=request.trace_layers,
-        names=request.trace_names,
-        positions=positions,
-        threads=request.threads,
-        kv_type=request.kv_type,
+    trace_request, reference = _trace_reference(
+        request, shim, reference_model, tokens, positions=positions, work_dir=work_dir
     )
     traced = candidate.trace(model, np.asarray(tokens, dtype=np.int32), request=trace_request, work_dir=work_dir)
     if not traced:
@@ -676,6 +668,31 @@ def _explain_candidate(
         if name not in known
     ]
     return replace(found, traced=True, first_tensor=nonfinite.first_in_trace(order, positions))
+
+
+def _trace_reference(
+    request: CrossvalRequest,
+    shim: Shim,
+    reference_model: Path,
+    tokens: list[int],
+    *,
+    positions: list[int],
+    work_dir: Path,
+) -> tuple[TraceRequest, TraceResult]:
+    """The reference's trace of ``positions`` under the request's filters, and the same request
+    for the candidate's trace."""
+    trace_request = TraceRequest(positions=positions, layers=request.trace_layers, names=request.trace_names)
+    reference = shim.trace(
+        reference_model,
+        tokens,
+        out_dir=work_dir / "reference-trace",
+        layers=request.trace_layers,
+        names=request.trace_names,
+        positions=positions,
+        threads=request.threads,
+        kv_type=request.kv_type,
+    )
+    return trace_request, reference
 
 
 def _run_candidate(
@@ -712,21 +729,13 @@ def _locate(
         # block after it (a candidate that wrongly looks ahead must still be seen doing so), so a
         # trace costs what the failure needs, not what the run's length would.
         tokens = tokens[: first_failure + 1 + REFERENCE_BLOCK]
-    trace_request = TraceRequest(positions=positions, layers=request.trace_layers, names=request.trace_names)
-    reference = shim.trace(
-        reference_model,
-        tokens,
-        out_dir=work_dir / "reference-trace",
-        layers=request.trace_layers,
-        names=request.trace_names,
-        positions=positions,
-        threads=request.threads,
-        kv_type=request.kv_type,
+    trace_request, reference = _trace_reference(
+        request, shim, reference_model, tokens, positions=positions, work_dir=work_dir
     )
     ref_tensors = [
         RefTensor(name=t.name, layer=t.layer, op=t.op, shape=t.shape, load=t.load) for t in reference.tensors
     ]
-    filtered = request.trace_layers is not None or request.trace_names is not None
+    filtered = request.trace_filtered
     if not ref_tensors and filtered:
         # Nothing to compare whatever the candidate writes: the filters are the answer, not the candidate.
         return TraceComparison(
