@@ -32,17 +32,20 @@ def test_writes_reach_open_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not stdio.stdout_closed()
 
 
+def unusable(stream: str | None) -> io.StringIO | None:
+    """A stream that is missing (None), closed, or raises on every write."""
+    if stream == "closed":
+        target = io.StringIO()
+        target.close()
+        return target
+    return Broken() if stream == "broken" else None
+
+
 @pytest.mark.parametrize("stream", [None, "closed", "broken"])
 def test_a_missing_closed_or_broken_stdout_is_reported_not_raised(
     monkeypatch: pytest.MonkeyPatch, stream: str | None
 ) -> None:
-    target: io.StringIO | None = None
-    if stream == "closed":
-        target = io.StringIO()
-        target.close()
-    elif stream == "broken":
-        target = Broken()
-    monkeypatch.setattr(sys, "stdout", target)
+    monkeypatch.setattr(sys, "stdout", unusable(stream))
     assert stdio.write_stdout("doc\n") is False
     assert stdio.stdout_closed()
     assert stdio.write_stdout("more\n") is False
@@ -52,13 +55,7 @@ def test_a_missing_closed_or_broken_stdout_is_reported_not_raised(
 def test_a_missing_closed_or_broken_stderr_swallows_the_text(
     monkeypatch: pytest.MonkeyPatch, stream: str | None
 ) -> None:
-    target: io.StringIO | None = None
-    if stream == "closed":
-        target = io.StringIO()
-        target.close()
-    elif stream == "broken":
-        target = Broken()
-    monkeypatch.setattr(sys, "stderr", target)
+    monkeypatch.setattr(sys, "stderr", unusable(stream))
     assert stdio.write_stderr("note\n") is False
     safe = stdio.SafeStderr()
     assert safe.write("note\n") == 5
