@@ -12,9 +12,13 @@
 3. A cold `setup-cpp-auto` of a llama.cpp source tree, as a ratio to a plain
    `cmake -S/-B` + `cmake --build` of the same tree with the same flags and target.
 
-Every interpreter caches its bytecode in a private directory (PYTHONPYCACHEPREFIX), as an
-installed suite has its .pyc files, even where PYTHONDONTWRITEBYTECODE is set; one untimed round
-fills it. --no-bytecode-cache measures with the environment as it is instead.
+Every interpreter finds its bytecode in a private directory (PYTHONPYCACHEPREFIX), even where
+PYTHONDONTWRITEBYTECODE is set: the suite's modules are compiled into it first, as pip compiles
+an installed package (invoke turns bytecode writing off before it loads a task collection, so no
+invoke run ever writes the suite's .pyc files), and one untimed round fills in the rest. In the
+same loop `invoke preflight` also runs against a second directory holding no bytecode of the
+suite's modules: a checkout where nothing else has imported them compiles them on every run.
+--no-bytecode-cache measures with the environment as it is instead.
 
 Usage: python benchmarks/measure_setup.py --cache DIR [--runs 15] [--source TREE] [--skip-cold]
 DIR must hold a llama.cpp install made by the suite (e.g. after `invoke preflight --repair auto`
@@ -108,14 +112,19 @@ def main() -> None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(scratch_dir / "pycache")
     py = sys.executable
+    bare_env = dict(env)  # a checkout: the suite's own modules are compiled on every run
+    if not args.no_bytecode_cache:
+        bare_env["PYTHONPYCACHEPREFIX"] = str(scratch_dir / "pycache-checkout")
+        package = REPO / "bitnet_crossval"
+        subprocess.run([py, "-m", "compileall", "-q", str(package)], env=env, check=True, stdout=subprocess.DEVNULL)
     empty_project = scratch_dir / "empty-project"  # tasks.py with one no-op task
     empty_project.mkdir()
     (empty_project / "tasks.py").write_text(EMPTY_TASKS, encoding="utf-8")
     elsewhere = scratch_dir / "elsewhere"  # no tasks.py: the console script needs none
     elsewhere.mkdir()
 
-    # name -> (command, working directory); run interleaved, one of each per round.
-    commands: dict[str, tuple[list[str], Path]] = {
+    # name -> (command, working directory[, environment]); run interleaved, one of each per round.
+    commands: dict[str, tuple[list[str], Path] | tuple[list[str], Path, dict[str, str]]] = {
         "import_invoke": ([py, "-c", "import invoke"], REPO),
         "invoke_list": ([py, "-m", "invoke", "--list"], REPO),
         "empty_task": ([py, "-m", "invoke", "noop"], empty_project),
@@ -123,17 +132,25 @@ def main() -> None:
         "console_preflight_present": ([_console_script(), "preflight", "--backend", "llama"], elsewhere),
         "setup_noop": ([py, "-m", "invoke", "setup-cpp-auto", "--backend", "llama"], REPO),
     }
-    for cmd, cwd in commands.values():  # untimed: fills the bytecode cache, warms the page cache
-        timed(cmd, env, cwd)
+    if not args.no_bytecode_cache:
+        commands["preflight_checkout"] = ([py, "-m", "invoke", "preflight", "--backend", "llama"], REPO, bare_env)
+
+    def run_one(name: str) -> float:
+        cmd, cwd, *rest = commands[name]
+        return timed(cmd, rest[0] if rest else env, cwd)
+
+    for name in commands:  # untimed: fills the bytecode caches, warms the page cache
+        run_one(name)
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.runs):
-        for name, (cmd, cwd) in commands.items():
-            times[name].append(timed(cmd, env, cwd))
+        for name in commands:
+            times[name].append(run_one(name))
     figures: dict[str, float] = {f"{name}_median_s": statistics.median(values) for name, values in times.items()}
     figures["setup_noop_max_s"] = max(times["setup_noop"])
     bare = figures["import_invoke_median_s"]
-    for name in ("invoke_list", "empty_task", "preflight_present", "console_preflight_present"):
-        figures[f"{name}_ratio_to_import_invoke"] = figures[f"{name}_median_s"] / bare
+    for name in ("invoke_list", "empty_task", "preflight_present", "console_preflight_present", "preflight_checkout"):
+        if name in times:
+            figures[f"{name}_ratio_to_import_invoke"] = figures[f"{name}_median_s"] / bare
     figures["preflight_present_ratio_to_empty_task"] = (
         figures["preflight_present_median_s"] / figures["empty_task_median_s"]
     )

@@ -129,7 +129,7 @@ class HungUp(Stopped):
 
 
 class TerminationRequested(BaseException):
-    """SIGTERM or SIGHUP arrived (see :func:`bitnet_crossval.util.proc.stop_on_termination`).
+    """SIGTERM or SIGHUP arrived (see :func:`bitnet_crossval.util.signals.stop_on_termination`).
 
     A ``BaseException``, as ``KeyboardInterrupt`` is: no ``except Exception`` on the way out may
     swallow it, and every ``finally`` and context manager runs (children stopped, temporary

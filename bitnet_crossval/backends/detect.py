@@ -34,7 +34,7 @@ from bitnet_crossval.backends.specs import SPECS, BackendSpec
 from bitnet_crossval.errors import SuiteError
 from bitnet_crossval.store.layout import CacheLayout
 from bitnet_crossval.store.marker import MARKER_NAME, InstallMarker, read_marker
-from bitnet_crossval.util import proc, ui
+from bitnet_crossval.util import ui
 
 # Where a library may sit below a backend root: an install prefix, a llama.cpp build tree,
 # or a bitnet.cpp build tree (its llama.cpp is a subproject under 3rdparty/).
@@ -290,6 +290,8 @@ def _load_in_fresh_interpreter(spec: BackendSpec, libraries: Mapping[str, Path],
     groups = [list(group) for group in spec.required_symbols]
     # Tests count these lines to prove a process checks each install once.
     ui.debug(f"load check of {spec.display}: {Path(ordered[-1]).parent} (pid {os.getpid()})")
+    from bitnet_crossval.util import proc  # the subprocess machinery: only when a check runs
+
     try:
         result = proc.run(
             [python or probe_interpreter(), "-I", "-S", "-c", _PROBE, json.dumps(ordered), json.dumps(groups)]

@@ -13,7 +13,6 @@ from bitnet_crossval.errors import BuildFailed, CommandFailed, ProgramNotFound
 from bitnet_crossval.store.sources import read_cmake_cache
 from bitnet_crossval.util import proc, ui
 from bitnet_crossval.util.files import ensure_writable, make_dir, remove_tree, write_text
-from bitnet_crossval.util.options import Integer
 
 # Ninja prints "[12/345] Building ...", Make prints "[ 42%] Building ...".
 _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]", re.MULTILINE)
@@ -42,17 +41,6 @@ class CMakeProject:
 
 # The program each generator runs; a tree whose generator's program is gone must start over.
 _GENERATOR_PROGRAMS = {"Ninja": "ninja", "Ninja Multi-Config": "ninja", "Unix Makefiles": "make"}
-
-
-MAX_JOBS = 1024
-JOBS = Integer(
-    name="jobs",
-    help="parallel compile jobs",
-    default=0,
-    maximum=MAX_JOBS,
-    example=2,
-    default_text="0, one per CPU",
-)
 
 
 def preferred_generator(env: Mapping[str, str]) -> str | None:

@@ -11,19 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Literal
 
 from bitnet_crossval.errors import BadInput
-from bitnet_crossval.util.options import OptionalChoice
-
-Shell = Literal["sh", "fish", "pwsh", "cmd"]
-SHELLS: tuple[Shell, ...] = ("sh", "fish", "pwsh", "cmd")
-EMIT: OptionalChoice[Shell] = OptionalChoice(
-    name="emit",
-    help="print only the shell lines that point a shell at the install, for this shell",
-    choices=SHELLS,
-    default_text="none: build and install only",
-)
+from bitnet_crossval.provision.options import SHELLS, Shell
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # PowerShell closes a single-quoted string on any of these, not only on ASCII ' (about_Quoting_Rules).

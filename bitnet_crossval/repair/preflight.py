@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn, get_args
+from typing import Any, NoReturn
 
 from bitnet_crossval.backends.detect import Detection
 from bitnet_crossval.backends.platform import library_path_variable
@@ -27,12 +27,9 @@ from bitnet_crossval.context import SuiteContext
 from bitnet_crossval.errors import BackendUnavailable, BadInput, BuildFailed, RevalidationFailed
 from bitnet_crossval.reference.sources import shim_source_digest
 from bitnet_crossval.repair.guard import is_repair_child
+from bitnet_crossval.repair.options import RepairMode
 from bitnet_crossval.store.constants import shim_problem
 from bitnet_crossval.util import ui
-from bitnet_crossval.util.options import OptionalChoice
-
-RepairMode = Literal["auto", "never", "always"]
-REPAIR_MODES: tuple[RepairMode, ...] = get_args(RepairMode)
 
 # Set by the common CI services; a pipeline must not start a multi-minute build by surprise.
 CI_VARIABLES = (
@@ -54,14 +51,6 @@ CI_VARIABLES = (
 
 def running_in_ci(env: Mapping[str, str]) -> bool:
     return any(env.get(name, "").strip().lower() not in {"", "0", "false", "no"} for name in CI_VARIABLES)
-
-
-REPAIR: OptionalChoice[RepairMode] = OptionalChoice(
-    name="repair",
-    help="when the backend is missing: auto installs it, never stops, always reinstalls it anyway",
-    choices=REPAIR_MODES,
-    default_text="never when a CI variable (CI, GITHUB_ACTIONS, ...) is set, else auto",
-)
 
 
 def repair_mode_from(value: RepairMode | None, env: Mapping[str, str]) -> RepairMode:

@@ -21,9 +21,6 @@ from bitnet_crossval.store import lock
 from bitnet_crossval.store.constants import BackendRecord, is_current, shim_problem, write_constants
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import remove_tree
-from bitnet_crossval.util.options import Flag
-
-CHECK = Flag(name="check", help="build and write nothing; exit 1 when the constants file is out of date")
 
 REBUILD_LOCK = "rebuild"
 

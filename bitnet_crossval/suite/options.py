@@ -7,17 +7,18 @@ A case's own options are not here: they are ``crossval-per-token``'s, set in the
 from __future__ import annotations
 
 import glob
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bitnet_crossval.crossval.options import MAX_CANDIDATE_TIMEOUT, REPORT
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.suite.defaults import DEFAULT_CASE_TIMEOUT
-from bitnet_crossval.suite.shard import ShardOption
-from bitnet_crossval.util.options import Flag, Integer, Number, Option, OptionValues, PathOption, Text
+from bitnet_crossval.util.options import Flag, Integer, Number, Option, OptionValues, PathOption, RawValue, Text
 
 if TYPE_CHECKING:
     from bitnet_crossval.suite.runner import SuiteRequest
+    from bitnet_crossval.suite.shard import Shard
 
 MAX_JOBS = 256
 
@@ -29,6 +30,25 @@ JOBS = Integer(
     maximum=MAX_JOBS,
     example=2,
 )
+
+
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+class ShardOption(Option["Shard | None"]):
+    """``--shard I/N``; None when not given (every case runs)."""
+
+    def parse(self, raw: RawValue) -> Shard | None:
+        from bitnet_crossval.suite.shard import parse_shard
+
+        text = "" if raw is None else str(raw)
+        return parse_shard(text, flag=self.flag) if text.strip() else None
+
+    def type_phrase(self) -> str:
+        return "I/N, the I-th of N shards"
+
+    def default_phrase(self) -> str:
+        return self.default_text or "every case"
+
+
 SHARD = ShardOption(name="shard", help="run only the I-th of N shards of the cases (for N CI jobs)")
 FRESH = Flag(name="fresh", help="run every case again, ignoring the results earlier runs left in the cache")
 CASE_TIMEOUT = Number(

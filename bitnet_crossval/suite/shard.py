@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bitnet_crossval.errors import BadInput
-from bitnet_crossval.util.options import Option, RawValue
 
 MAX_SHARDS = 10_000
 _SHARD = re.compile(r"\s*([0-9]{1,6})\s*/\s*([0-9]{1,6})\s*")
@@ -46,18 +45,3 @@ def parse_shard(text: str, *, flag: str = "--shard") -> Shard:
         f"{flag} {text!r} is not I/N with 1 <= I <= N <= {MAX_SHARDS}",
         next_step=f"pass {flag} 1/4 (the first of four shards)",
     )
-
-
-@dataclass(frozen=True, kw_only=True)
-class ShardOption(Option[Shard | None]):
-    """``--shard I/N``; None when not given (every case runs)."""
-
-    def parse(self, raw: RawValue) -> Shard | None:
-        text = "" if raw is None else str(raw)
-        return parse_shard(text, flag=self.flag) if text.strip() else None
-
-    def type_phrase(self) -> str:
-        return "I/N, the I-th of N shards"
-
-    def default_phrase(self) -> str:
-        return self.default_text or "every case"

@@ -7,7 +7,7 @@ task body gets the parsed values. A body raises :class:`~bitnet_crossval.errors.
 the runner prints its sentence and next step on stderr and exits with its code through
 ``invoke.Exit``. Anything else is a bug: one sentence without a traceback, unless ``--verbose``
 asked for it. Ctrl-C is exit 130, SIGTERM 143 and SIGHUP 129, each after the command's own
-cleanup ran (:func:`bitnet_crossval.util.proc.stop_on_termination`). With ``--format json`` the
+cleanup ran (:func:`bitnet_crossval.util.signals.stop_on_termination`). With ``--format json`` the
 runner also prints the one JSON document of a failure on stdout (every task the same shape),
 unless the body printed its own.
 """
@@ -24,7 +24,7 @@ from invoke.parser.argument import Argument
 from invoke.tasks import Task
 
 from bitnet_crossval.errors import Interrupted, SuiteError, TerminationRequested, UnclassifiedError
-from bitnet_crossval.util import proc, stdio, ui
+from bitnet_crossval.util import signals, stdio, ui
 from bitnet_crossval.util.files import dump_json
 from bitnet_crossval.util.options import FORMAT, VERBOSE, Option, OptionValues, RawValue
 
@@ -143,7 +143,7 @@ def _run_body(
     try:
         values = OptionValues(options, raw)
         values.check_all()
-        with proc.stop_on_termination():
+        with signals.stop_on_termination():
             body(values)
     except SuiteError as exc:
         _fail(exc, command=command, raw=raw, json_error=json_error, verbose=verbose)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bitnet_crossval.crossval.options import OUTPUT_OPTIONS, PLOT, REQUEST_OPTIONS, build_request, output_paths
 from bitnet_crossval.errors import BadInput, CandidateFailed, ParityFailed, SuiteError
-from bitnet_crossval.repair.preflight import REPAIR
+from bitnet_crossval.repair.options import REPAIR
 from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
 
 from ._runner import print_json, suite_context, suite_task

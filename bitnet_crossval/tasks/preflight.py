@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bitnet_crossval.backends.specs import BACKEND
-from bitnet_crossval.repair.preflight import REPAIR
+from bitnet_crossval.repair.options import REPAIR
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.options import FORMAT, VERBOSE, Flag, OptionValues, RawValue
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bitnet_crossval.repair.rebuild import CHECK
+from bitnet_crossval.repair.options import CHECK
 from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
 
 from ._runner import print_json, suite_context, suite_task

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bitnet_crossval.backends.specs import BACKEND
 from bitnet_crossval.crossval.options import ARCH, SELFCHECK_CANDIDATE, SELFCHECK_MODEL, SELFCHECK_WEIGHTS
 from bitnet_crossval.errors import SelfcheckFailed
-from bitnet_crossval.repair.preflight import REPAIR
+from bitnet_crossval.repair.options import REPAIR
 from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
 
 from ._runner import print_json, suite_context, suite_task

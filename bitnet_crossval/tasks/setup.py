@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from bitnet_crossval.provision.cmake import JOBS
-from bitnet_crossval.provision.emit import EMIT
-from bitnet_crossval.provision.options import FORCE, REF, SETUP_BACKEND, SOURCE
+from bitnet_crossval.provision.options import EMIT, FORCE, JOBS, REF, SETUP_BACKEND, SOURCE
 from bitnet_crossval.util import stdio, ui
 from bitnet_crossval.util.options import FORMAT, VERBOSE, OptionValues
 

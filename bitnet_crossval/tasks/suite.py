@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from bitnet_crossval.errors import Interrupted, SuiteError, error_class_for
 from bitnet_crossval.repair.guard import REPAIR_PARENT_ENV
-from bitnet_crossval.repair.preflight import REPAIR
+from bitnet_crossval.repair.options import REPAIR
 from bitnet_crossval.suite.options import (
     LIST,
     MERGE_OPTIONS,

@@ -1,7 +1,7 @@
 """Command options declared once: name, type, bounds, default and help, in one table per command.
 
 Each command's options are a tuple of :class:`Option` objects beside the library code they
-configure (``crossval.options.CROSSVAL_OPTIONS``, ``repair.preflight.REPAIR``, ...). From that one
+configure (``crossval.options.CROSSVAL_OPTIONS``, ``repair.options.REPAIR``, ...). From that one
 declaration come the command's flags and their help (``bitnet_crossval.tasks`` hands the table
 to invoke), the parsing of what the user typed into a typed value, and its validation: a bad
 value is :class:`~bitnet_crossval.errors.BadInput` (exit 6) with one sentence naming the flag
@@ -38,9 +38,14 @@ FlagKind = Literal["text", "int", "flag"]
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Option(Generic[T]):
-    """One option: ``name`` is the Python name (``max_tokens`` is the flag ``--max-tokens``)."""
+    """One option: ``name`` is the Python name (``max_tokens`` is the flag ``--max-tokens``).
+
+    Options are compared by identity (each is declared once, as a module constant), so the option
+    classes leave out the generated ``__eq__``, ``__hash__`` and ``__repr__``: each generated
+    method costs an ``exec`` when its class is created, and every command loads every option class.
+    """
 
     name: str
     help: str
@@ -53,6 +58,9 @@ class Option(Generic[T]):
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.flag})"
 
     @property
     def flag_kind(self) -> FlagKind:
@@ -81,7 +89,7 @@ class Option(Generic[T]):
         return BadInput(f"{self.flag} {raw!r} is not {what}", next_step=f"pass {self.flag} {example}")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Flag(Option[bool]):
     """An on/off switch: ``--trace``."""
 
@@ -93,7 +101,7 @@ class Flag(Option[bool]):
         return bool(raw)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Text(Option[str | None]):
     """Free text; ``None`` when the option was not given (``--prompt ""`` is the empty text)."""
 
@@ -108,7 +116,7 @@ class Text(Option[str | None]):
         return self.default_text or (self.default or "")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class PathOption(Option[Path | None]):
     """A file or directory: ``~`` expanded, made absolute; ``None`` when not given or empty."""
 
@@ -121,7 +129,7 @@ class PathOption(Option[Path | None]):
         return Path(text).expanduser().absolute()
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Integer(Option[int]):
     """A whole number in ``[minimum, maximum]``."""
 
@@ -151,7 +159,7 @@ class Integer(Option[int]):
         return self.default_text or str(self.default)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class _Bounded:
     """The bounds of a number option, and how it reads the text typed."""
 
@@ -181,7 +189,7 @@ class _Bounded:
         return f"a number{unit}, {low}{high}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Number(_Bounded, Option[float]):
     """A finite number within bounds, with a default."""
 
@@ -198,7 +206,7 @@ class Number(_Bounded, Option[float]):
         return self.default_text or f"{self.default:g}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class OptionalNumber(_Bounded, Option[float | None]):
     """A finite number within bounds; ``None`` when not given (the default is decided later,
     which ``default_text`` says)."""
@@ -210,7 +218,7 @@ class OptionalNumber(_Bounded, Option[float | None]):
         return self._phrase()
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Choice(Option[L]):
     """One of a fixed set of words; parsed into that word (typed as the ``Literal`` of the set)."""
 
@@ -228,7 +236,7 @@ class Choice(Option[L]):
         return self.default_text or str(self.default)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class OptionalChoice(Option[L | None]):
     """One of a fixed set of words, or ``None`` when not given (the default is decided later,
     which ``default_text`` says)."""

@@ -10,8 +10,8 @@ Memory stays bounded whatever a child prints: the end of its output is kept
 (:data:`OUTPUT_LIMIT` characters, enough for every document a caller parses from the last
 lines), all of it goes to the log file when there is one. A time limit holds even for a child
 that stops writing, or whose own children keep its output open after it exits.
-:func:`stop_on_termination` turns SIGTERM and SIGHUP into an exception, so that every way out
-stops the children and removes temporary files, as Ctrl-C does.
+:func:`bitnet_crossval.util.signals.stop_on_termination` turns SIGTERM and SIGHUP into an
+exception, which stops a running child as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, TextIO
@@ -39,7 +39,6 @@ from bitnet_crossval.errors import (
     CommandTimedOut,
     ProgramCouldNotStart,
     ProgramNotFound,
-    TerminationRequested,
 )
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import os_error, read_regular_file
@@ -358,7 +357,7 @@ def _stream(
                 _kill(child, group=own_group)
                 returncode = child.wait()
         except BaseException:
-            # Ctrl-C, SIGTERM (stop_on_termination) or a callback error: do not leave the child
+            # Ctrl-C, SIGTERM (signals.stop_on_termination) or a callback error: do not leave the child
             # (or its group) running.
             _kill(child, group=own_group)
             child.wait()
@@ -502,35 +501,6 @@ def _tail(output: str) -> str:
     end = output[-(TAIL_LINES + 1) * (TAIL_LINE_CHARS + 1) :]  # never split millions of short lines
     lines = end.splitlines(keepends=True)[-TAIL_LINES:]
     return "".join(line if len(line) <= TAIL_LINE_CHARS else line[:TAIL_LINE_CHARS] + " [...]\n" for line in lines)
-
-
-@contextlib.contextmanager
-def stop_on_termination() -> Iterator[None]:
-    """While inside, SIGTERM and SIGHUP raise :class:`~bitnet_crossval.errors.TerminationRequested`
-    in the main thread, as SIGINT raises ``KeyboardInterrupt``: every way out then stops the
-    children (:func:`run` stops a child's whole group) and removes temporary directories.
-
-    A second signal while that cleanup runs gets the default action (the process ends at once),
-    so an impatient user is not held up. Outside the main thread this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    previous: dict[signal.Signals, object] = {}
-
-    def raise_termination(signum: int, _frame: object) -> None:
-        for each in signals:
-            signal.signal(each, signal.SIG_DFL)
-        raise TerminationRequested(signum, signal.Signals(signum).name)
-
-    for each in signals:
-        previous[each] = signal.signal(each, raise_termination)
-    try:
-        yield
-    finally:
-        for each, handler in previous.items():
-            signal.signal(each, handler)  # type: ignore[arg-type]
 
 
 def _open_log(log_path: Path | None) -> TextIO | None:

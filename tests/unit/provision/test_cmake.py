@@ -13,7 +13,6 @@ import pytest
 from bitnet_crossval.errors import BadInput, BuildFailed
 from bitnet_crossval.provision import cmake
 from bitnet_crossval.provision.cmake import (
-    JOBS,
     CMakeProject,
     build_args,
     configure,
@@ -24,6 +23,7 @@ from bitnet_crossval.provision.cmake import (
     preferred_generator,
     prepare_build_dir,
 )
+from bitnet_crossval.provision.options import JOBS
 from bitnet_crossval.store.sources import read_cmake_cache
 from bitnet_crossval.util import proc
 

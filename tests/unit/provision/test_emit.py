@@ -5,7 +5,8 @@ import shlex
 import pytest
 
 from bitnet_crossval.errors import BadInput
-from bitnet_crossval.provision.emit import SHELLS, emit_lines, quote_fish, quote_pwsh, quote_sh
+from bitnet_crossval.provision.emit import emit_lines, quote_fish, quote_pwsh, quote_sh
+from bitnet_crossval.provision.options import SHELLS
 
 NASTY = [
     "/plain/path",

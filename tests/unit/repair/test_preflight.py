@@ -12,6 +12,7 @@ from bitnet_crossval.errors import BackendUnavailable, BadInput, BuildFailed, Re
 from bitnet_crossval.provision.install import SetupResult
 from bitnet_crossval.reference.sources import shim_source_digest
 from bitnet_crossval.repair import preflight as pf
+from bitnet_crossval.repair.options import REPAIR
 from bitnet_crossval.repair.rebuild import RebuildResult
 from bitnet_crossval.store.constants import BackendRecord, Constants
 from bitnet_crossval.store.layout import CacheLayout
@@ -41,7 +42,7 @@ def test_explicit_mode_wins_over_ci() -> None:
 
 def test_bad_mode_is_bad_input() -> None:
     with pytest.raises(BadInput) as info:
-        pf.REPAIR.parse("sometimes")
+        REPAIR.parse("sometimes")
     assert info.value.exit_code == 6
     assert info.value.message == "--repair 'sometimes' is not one of auto, never, always"
 

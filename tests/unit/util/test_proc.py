@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bitnet_crossval.errors import CommandTimedOut, ProgramCouldNotStart, ProgramNotFound, TerminationRequested
-from bitnet_crossval.util import proc
+from bitnet_crossval.util import proc, signals
 
 
 def running(marker: str) -> list[int]:
@@ -133,7 +133,7 @@ def test_sigterm_inside_stop_on_termination_stops_the_child_and_raises() -> None
     marker = "61.625"
     previous = signal.getsignal(signal.SIGTERM)
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
-    with pytest.raises(TerminationRequested) as raised, proc.stop_on_termination():
+    with pytest.raises(TerminationRequested) as raised, signals.stop_on_termination():
         timer.start()
         proc.run(["sh", "-c", f"sleep {marker}"], own_group=True)
     timer.join()
