@@ -53,50 +53,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks import measure_engine  # noqa: E402
+from benchmarks.measured import run_measured  # noqa: E402
 
 TEXT = measure_engine.TEXT
 N_PROMPT, N_GENERATED = 18, measure_engine.N_GENERATED
 ENGINE_PHASES = ("reference", "candidate_load", "candidate")
-
-
-def measured_child(spec_path: str) -> None:
-    """In a fresh interpreter: run one command, report its wall time, CPU time and peak RSS
-    (RUSAGE_CHILDREN here covers the command and everything it waited for, nothing else)."""
-    import resource
-
-    spec = json.loads(Path(spec_path).read_text())
-    started = time.perf_counter()
-    done = subprocess.run(spec["cmd"], cwd=REPO, env=spec["env"], capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(
-        json.dumps(
-            {
-                "wall_s": wall,
-                "cpu_s": usage.ru_utime + usage.ru_stime,
-                "maxrss_kib": usage.ru_maxrss,
-                "returncode": done.returncode,
-                "stdout": done.stdout,
-                "stderr_tail": done.stderr[-3000:],
-            }
-        )
-    )
-
-
-def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec:
-        json.dump({"cmd": cmd, "env": env}, spec)
-    try:
-        out = subprocess.run(
-            [sys.executable, __file__, "--measured-child", spec.name], check=True, capture_output=True, text=True
-        ).stdout
-    finally:
-        os.unlink(spec.name)
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    if result["returncode"] != 0:
-        raise SystemExit(f"{' '.join(cmd)} exited {result['returncode']}:\n{result['stderr_tail']}")
-    result["document"] = json.loads(result.pop("stdout"))
-    return result
 
 
 def evict_from_page_cache(path: Path) -> None:
@@ -143,15 +104,11 @@ def outside_phases(shim: Any, model: Path, tokens: list[int]) -> dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--measured-child", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=3, help="repeated end-to-end runs (default 3)")
     parser.add_argument("--engine-runs", type=int, default=3, help="runs of each engine/shim timing (default 3)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--prompt-ids", type=int, default=N_PROMPT, help=f"prompt tokens (default {N_PROMPT})")
     args = parser.parse_args()
-    if args.measured_child:
-        measured_child(args.measured_child)
-        return
     if not os.environ.get("BITNET_CACHE_DIR"):
         raise SystemExit("set BITNET_CACHE_DIR to a cache with the llama backend and the fetched Gemma 3 270M")
 

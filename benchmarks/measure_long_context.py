@@ -23,68 +23,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.measured import run_measured  # noqa: E402
+
 PASSING_CODES = (0, 10)  # parity or a divergence: either way the command ran to the end
-
-
-def measured_child(spec_path: str) -> None:
-    """In a fresh interpreter: run one command, report its wall time and the peak RSS of the
-    largest process it waited for."""
-    import resource
-
-    spec = json.loads(Path(spec_path).read_text())
-    started = time.perf_counter()
-    done = subprocess.run(spec["cmd"], cwd=REPO, env=spec["env"], capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(
-        json.dumps(
-            {
-                "wall_s": wall,
-                "cpu_s": usage.ru_utime + usage.ru_stime,
-                "maxrss_kib": usage.ru_maxrss,
-                "returncode": done.returncode,
-                "stdout": done.stdout,
-                "stderr_tail": done.stderr[-3000:],
-            }
-        )
-    )
-
-
-def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec:
-        json.dump({"cmd": cmd, "env": env}, spec)
-    try:
-        out = subprocess.run(
-            [sys.executable, __file__, "--measured-child", spec.name], check=True, capture_output=True, text=True
-        ).stdout
-    finally:
-        os.unlink(spec.name)
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    if result["returncode"] not in PASSING_CODES:
-        raise SystemExit(f"{' '.join(cmd)} exited {result['returncode']}:\n{result['stderr_tail']}")
-    result["document"] = json.loads(result.pop("stdout"))
-    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--measured-child", help=argparse.SUPPRESS)
     parser.add_argument("--lengths", default="256,1024,4096", help="positions per run (default 256,1024,4096)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    if args.measured_child:
-        measured_child(args.measured_child)
-        return
     if not os.environ.get("BITNET_CACHE_DIR"):
         raise SystemExit("set BITNET_CACHE_DIR to a cache with the llama backend and the fetched Gemma 3 270M")
 
@@ -103,7 +58,7 @@ def main() -> None:
     for n in lengths:
         cmd = [sys.executable, "-m", "invoke", "crossval-per-token", "--repair", "never", "--model", "gemma3-270m"]
         cmd += ["--prompt-set", "classics", "--prompt-tokens", str(n), "--max-tokens", "0", "--format", "json"]
-        runs[n] = run_measured(cmd, env)
+        runs[n] = run_measured(cmd, env, passing=PASSING_CODES)
         print(f"measured {n} positions: {runs[n]['wall_s']:.1f} s", file=sys.stderr)
 
     first = lengths[0]

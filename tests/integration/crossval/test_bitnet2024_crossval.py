@@ -14,22 +14,15 @@ the archive, made before the first test; slow).
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bitnet_crossval.backends.specs import BITNET, LLAMA
-from bitnet_crossval.context import load_context
 from bitnet_crossval.crossval.engine import EngineOptions, Fault, load_engine
 from bitnet_crossval.reference.client import Shim
-from bitnet_crossval.reference.sources import shim_source_digest
-from bitnet_crossval.repair.rebuild import record_for
-from bitnet_crossval.store.constants import write_constants
-from bitnet_crossval.util.files import file_sha256
-from tests.bitnet2024 import SKIPS
-from tests.conftest import child_env
+from tests.bitnet2024 import SKIPS, bitnet_cache_env
 from tests.helpers import run_invoke
 from tests.integration.crossval.conftest import assert_one_error, strict_json
 
@@ -65,20 +58,7 @@ class BitnetCache:
 def bitnet_cache(tmp_path_factory: pytest.TempPathFactory, bitnet_install: Path, bitnet: Shim) -> BitnetCache:
     """What `invoke rebuild` writes for the install, with the module's shim instead of a second build."""
     root = tmp_path_factory.mktemp("bitnet-2024-crossval") / "cache"
-    env = child_env(root)
-    env[BITNET.dir_env] = str(bitnet_install)
-    ctx = load_context(env)
-    found = ctx.detector.detect(BITNET)
-    assert found.available, found.reason
-    record = replace(
-        record_for(found),
-        shim=str(bitnet.executable),
-        shim_api=str(bitnet.info()["api"]),
-        shim_sha256=file_sha256(bitnet.executable),
-        shim_source=shim_source_digest(),
-    )
-    write_constants(ctx.cache.constants_file, {"llama": record_for(ctx.detector.detect(LLAMA)), "bitnet": record})
-    return BitnetCache(root=root, env=env)
+    return BitnetCache(root=root, env=bitnet_cache_env(root, bitnet_install, bitnet))
 
 
 def _distances(doc: dict[str, Any]) -> str:

@@ -51,7 +51,7 @@ from bitnet_crossval.reference.sources import shim_source_digest
 from bitnet_crossval.repair.rebuild import record_for
 from bitnet_crossval.store.constants import write_constants
 from bitnet_crossval.util.files import file_sha256
-from tests.bitnet2024 import SKIPS
+from tests.bitnet2024 import SKIPS, bitnet_cache_env
 from tests.conftest import child_env
 from tests.helpers import REPO_ROOT, run_invoke
 
@@ -116,19 +116,7 @@ def bitnet_trace_cache(
     vocab = root / "sources" / "llama-vocab" / "models" / VOCAB_NAME
     vocab.parent.mkdir(parents=True)
     shutil.copyfile(cache.vocab, vocab)
-    env = child_env(root)
-    env[BITNET.dir_env] = str(bitnet_install)
-    ctx = load_context(env)
-    found = ctx.detector.detect(BITNET)
-    assert found.available, found.reason
-    record = replace(
-        record_for(found),
-        shim=str(bitnet.executable),
-        shim_api=str(bitnet.info()["api"]),
-        shim_sha256=file_sha256(bitnet.executable),
-        shim_source=shim_source_digest(),
-    )
-    write_constants(ctx.cache.constants_file, {"llama": record_for(ctx.detector.detect(LLAMA)), "bitnet": record})
+    env = bitnet_cache_env(root, bitnet_install, bitnet)
     return TraceCache(root=root, env=env, ctx=load_context(env), vocab=vocab)
 
 
