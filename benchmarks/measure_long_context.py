@@ -6,13 +6,15 @@
 
 Each length is one fresh process started as a user starts it (``python -m invoke`` from the
 repository root): ``--model gemma3-270m --prompt-set classics --prompt-tokens N --max-tokens 0``
-(the native reference, the NumPy candidate). For each: the wall time, the time per position,
-the run's own phases from its JSON report (reference, candidate, compare), and the peak RSS of
-the largest process of the command (RUSAGE_CHILDREN: the crossval itself or the shim, whichever
-is larger), as a ratio to the model file and to the peak at the first length. The verdict does
+(the native reference unless --reference says otherwise, the NumPy candidate). For each: the
+wall time, the time per position, the run's own phases from its JSON report (reference,
+candidate, compare), and the peak RSS of the largest process of the command (RUSAGE_CHILDREN:
+the crossval itself or the shim, whichever is larger), as a ratio to the model file and to the
+peak at the first length. The verdict does
 not matter here (the Q4_K_M reference against a float engine diverges on some of this text).
 
 Usage: BITNET_CACHE_DIR=DIR python benchmarks/measure_long_context.py [--lengths 256,1024,4096] [--json FILE]
+       [--reference native|auto|dequantized]
 DIR must hold the llama backend with its shim and the fetched Gemma 3 270M (run
 ``invoke crossval-per-token --model gemma3-270m`` there once); nothing is repaired, built or
 downloaded here.
@@ -39,6 +41,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="256,1024,4096", help="positions per run (default 256,1024,4096)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--reference",
+        choices=("native", "auto", "dequantized"),
+        default="native",
+        help="the crossval's --reference (default native: the model as given, one reference)",
+    )
     args = parser.parse_args()
     if not os.environ.get("BITNET_CACHE_DIR"):
         raise SystemExit("set BITNET_CACHE_DIR to a cache with the llama backend and the fetched Gemma 3 270M")
@@ -58,13 +66,15 @@ def main() -> None:
     for n in lengths:
         cmd = [sys.executable, "-m", "invoke", "crossval-per-token", "--repair", "never", "--model", "gemma3-270m"]
         cmd += ["--prompt-set", "classics", "--prompt-tokens", str(n), "--max-tokens", "0", "--format", "json"]
+        cmd += ["--reference", args.reference]
         runs[n] = run_measured(cmd, env, passing=PASSING_CODES)
         print(f"measured {n} positions: {runs[n]['wall_s']:.1f} s", file=sys.stderr)
 
     first = lengths[0]
     base_rss = runs[first]["maxrss_kib"]
     print(
-        f"model: {model.name}, {size / 2**20:.1f} MiB; machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
+        f"model: {model.name}, {size / 2**20:.1f} MiB; --reference {args.reference}; "
+        f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
     )
     print(
         f"{'positions':>9} {'wall s':>8} {'ms/pos':>8} {'reference':>10} {'candidate':>10} {'compare':>9} "

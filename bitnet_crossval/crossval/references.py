@@ -49,6 +49,7 @@ from bitnet_crossval.crossval.defaults import (
 from bitnet_crossval.crossval.metrics import PositionMetrics, Thresholds, compare_logits, kl_divergence, kl_reason
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.jsonsafe import finite_or_none
+from bitnet_crossval.util.npy_rows import release_rows, rows_per_block
 
 if TYPE_CHECKING:
     from bitnet_crossval.reference.dequantize import FloatCopy
@@ -78,15 +79,22 @@ def references_to_run(mode: ReferenceMode, *, quantized: bool) -> tuple[Referenc
 
 def kl_per_position(reference: F32Rows, candidate: F32Rows) -> npt.NDArray[np.float64]:
     """KL(P_reference || P_candidate) at every position, as the table's rows compute it, row by
-    row (a row of a large vocabulary is megabytes in float64); NaN where either row is not finite."""
-    out = np.empty(reference.shape[0], dtype=np.float64)
-    for i in range(reference.shape[0]):
-        r = np.asarray(reference[i], dtype=np.float64)
-        c = np.asarray(candidate[i], dtype=np.float64)
-        if not (np.isfinite(r).all() and np.isfinite(c).all()):
-            out[i] = math.nan
-            continue
-        out[i] = kl_divergence(r, c)
+    row (a row of a large vocabulary is megabytes in float64); NaN where either row is not finite.
+
+    Memory-mapped logits are read a block of rows at a time and each block's pages are handed
+    back after it, as :func:`compare_logits` does: a pass over 4,096 positions of a 262k
+    vocabulary would otherwise keep 4 GB of each file's pages in the process."""
+    n = reference.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    block = rows_per_block(reference.shape[1] if reference.ndim > 1 else 1)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        for i in range(start, stop):
+            r = np.asarray(reference[i], dtype=np.float64)
+            c = np.asarray(candidate[i], dtype=np.float64)
+            out[i] = kl_divergence(r, c) if np.isfinite(r).all() and np.isfinite(c).all() else math.nan
+        release_rows(reference, start, stop)
+        release_rows(candidate, start, stop)
     return out
 
 

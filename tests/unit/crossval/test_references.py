@@ -230,3 +230,31 @@ def test_auto_without_a_float_copy_judges_with_the_model_as_given_and_says_why()
 def test_asked_for_the_float_copy_a_copy_that_cannot_be_made_is_the_error() -> None:
     with pytest.raises(BadInput, match="split into 2 files"):
         _evaluate_without_copy(optional=False)
+
+
+def test_kl_per_position_reads_memory_mapped_logits_a_block_at_a_time_and_hands_the_pages_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bitnet_crossval.crossval import references
+    from bitnet_crossval.util import npy_rows
+
+    native, dequantized = _references(seed=3)
+    maps = []
+    for name, values in (("native", native), ("dequantized", dequantized)):
+        np.save(tmp_path / f"{name}.npy", values.astype(np.float32))
+        maps.append(np.load(tmp_path / f"{name}.npy", mmap_mode="r"))
+    released: list[tuple[int, int, int]] = []
+
+    def spy(array: Any, start: int, stop: int) -> None:
+        released.append((id(array), start, stop))
+        npy_rows.release_rows(array, start, stop)
+
+    monkeypatch.setattr(references, "rows_per_block", lambda n_cols: 5)
+    monkeypatch.setattr(references, "release_rows", spy)
+    kl = kl_per_position(maps[0], maps[1])
+    in_memory = kl_per_position(native.astype(np.float32), dequantized.astype(np.float32))
+    np.testing.assert_array_equal(kl, in_memory)
+    # Every row of both files is handed back, block after block, as the pass goes (not at the end).
+    for mapped in maps:
+        blocks = [(start, stop) for owner, start, stop in released if owner == id(mapped)]
+        assert blocks == [(start, min(N_POSITIONS, start + 5)) for start in range(0, N_POSITIONS, 5)]
