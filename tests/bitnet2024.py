@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import os
 import tarfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bitnet_crossval.backends.specs import BITNET, LLAMA
-from bitnet_crossval.context import load_context
 from bitnet_crossval.crossval.synthetic import write_synthetic_model
 from bitnet_crossval.errors import BuildFailed
 from bitnet_crossval.provision.bitnet_build import find_clang
 from bitnet_crossval.reference.build import build_shim
 from bitnet_crossval.reference.client import Shim
-from bitnet_crossval.reference.sources import shim_source_digest
-from bitnet_crossval.repair.rebuild import record_for
-from bitnet_crossval.store.constants import write_constants
-from bitnet_crossval.util.files import file_sha256
 from tests.conftest import child_env
 from tests.helpers import REPO_ROOT
 from tests.shared_builds import SharedBuildFailed, Workshop, shared_build, shared_result
@@ -157,22 +151,3 @@ def bitnet_models(tmp_path_factory: pytest.TempPathFactory, bitnet: Shim) -> dic
     # One thread: bitnet.cpp's I2_S quantiser writes one scale per call, so chunks would each get theirs.
     bitnet.quantize(made["F32"], made["I2_S"], "I2_S", threads=1)
     return made
-
-
-def bitnet_cache_env(root: Path, install: Path, shim: Shim) -> dict[str, str]:
-    """The environment of a cache at ``root`` whose constants file records ``install`` (as
-    ``BITNET_CPP_DIR``) with ``shim``: what `invoke rebuild` writes, without a second shim build."""
-    env = child_env(root)
-    env[BITNET.dir_env] = str(install)
-    ctx = load_context(env)
-    found = ctx.detector.detect(BITNET)
-    assert found.available, found.reason
-    record = replace(
-        record_for(found),
-        shim=str(shim.executable),
-        shim_api=str(shim.info()["api"]),
-        shim_sha256=file_sha256(shim.executable),
-        shim_source=shim_source_digest(),
-    )
-    write_constants(ctx.cache.constants_file, {"llama": record_for(ctx.detector.detect(LLAMA)), "bitnet": record})
-    return env

@@ -620,16 +620,7 @@ def _explain_reference(
     first_tensor = None
     if request.trace:
         positions = list(range(found.positions[0] + 1))
-        traced = shim.trace(
-            model,
-            tokens,
-            out_dir=work_dir / "reference-trace",
-            layers=request.trace_layers,
-            names=request.trace_names,
-            positions=positions,
-            threads=request.threads,
-            kv_type=request.kv_type,
-        )
+        _, traced = _trace_reference(request, shim, model, tokens, positions=positions, work_dir=work_dir)
         first_tensor = nonfinite.first_in_trace(
             [TracedTensor(name=t.name, layer=t.layer, op=t.op, load=t.load) for t in traced.tensors], positions
         )

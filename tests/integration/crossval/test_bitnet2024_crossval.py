@@ -20,11 +20,13 @@ from typing import Any
 
 import pytest
 
+from bitnet_crossval.backends.specs import BITNET
 from bitnet_crossval.crossval.engine import EngineOptions, Fault, load_engine
 from bitnet_crossval.reference.client import Shim
-from tests.bitnet2024 import SKIPS, bitnet_cache_env
+from tests.bitnet2024 import SKIPS
 from tests.helpers import run_invoke
 from tests.integration.crossval.conftest import assert_one_error, strict_json
+from tests.shim_cache import cache_env_with_shim
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800), *SKIPS]
 
@@ -58,7 +60,7 @@ class BitnetCache:
 def bitnet_cache(tmp_path_factory: pytest.TempPathFactory, bitnet_install: Path, bitnet: Shim) -> BitnetCache:
     """What `invoke rebuild` writes for the install, with the module's shim instead of a second build."""
     root = tmp_path_factory.mktemp("bitnet-2024-crossval") / "cache"
-    return BitnetCache(root=root, env=bitnet_cache_env(root, bitnet_install, bitnet))
+    return BitnetCache(root=root, env=cache_env_with_shim(root, BITNET, bitnet_install, bitnet))
 
 
 def _distances(doc: dict[str, Any]) -> str:

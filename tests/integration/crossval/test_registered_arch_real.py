@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bitnet_crossval.backends.specs import BITNET, LLAMA
+from bitnet_crossval.backends.specs import LLAMA
 from bitnet_crossval.context import SuiteContext, load_context
 from bitnet_crossval.crossval import CrossvalRequest, parse_candidate, parse_model, run_crossval
 from bitnet_crossval.crossval.engine import EngineOptions, Fault, FaultName, TraceRecorder, load_engine, register
@@ -27,13 +26,9 @@ from bitnet_crossval.crossval.engine import unregister as unregister_architectur
 from bitnet_crossval.crossval.models import resolve_model
 from bitnet_crossval.crossval.selfcheck import cases_for, run_selfcheck
 from bitnet_crossval.reference.client import Shim
-from bitnet_crossval.reference.sources import shim_source_digest
-from bitnet_crossval.repair.rebuild import record_for
-from bitnet_crossval.store.constants import write_constants
-from bitnet_crossval.util.files import file_sha256
 from tests import qwen2_architecture
-from tests.conftest import child_env
 from tests.integration.crossval.test_engine_parity import BANDS, parity, reference_logits, rel, sequence
+from tests.shim_cache import cache_env_with_shim
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -59,21 +54,7 @@ def ctx(
     vocab = root / "sources" / "llama-vocab" / "models" / VOCAB_NAME
     vocab.parent.mkdir(parents=True)
     shutil.copyfile(llama_source / "models" / VOCAB_NAME, vocab)
-    env = child_env(root)
-    env["LLAMA_CPP_DIR"] = str(llama_install)
-    context = load_context(env)
-    found = context.detector.detect(LLAMA)
-    assert found.available, found.reason
-    llama = replace(
-        record_for(found),
-        shim=str(llama_shim.executable),
-        shim_api=str(llama_shim.info()["api"]),
-        shim_sha256=file_sha256(llama_shim.executable),
-        shim_source=shim_source_digest(),
-    )
-    bitnet = record_for(context.detector.detect(BITNET))
-    write_constants(context.cache.constants_file, {"llama": llama, "bitnet": bitnet})
-    return load_context(env)
+    return load_context(cache_env_with_shim(root, LLAMA, llama_install, llama_shim))
 
 
 def toy_model(ctx: SuiteContext, tensor_type: str = "F32") -> Path:

@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +47,9 @@ from bitnet_crossval.crossval.models import resolve_model
 from bitnet_crossval.crossval.synthetic import SyntheticSpec, write_synthetic_model
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.reference.client import Shim, TraceResult
-from bitnet_crossval.reference.sources import shim_source_digest
-from bitnet_crossval.repair.rebuild import record_for
-from bitnet_crossval.store.constants import write_constants
-from bitnet_crossval.util.files import file_sha256
-from tests.bitnet2024 import SKIPS, bitnet_cache_env
-from tests.conftest import child_env
+from tests.bitnet2024 import SKIPS
 from tests.helpers import REPO_ROOT, run_invoke
+from tests.shim_cache import cache_env_with_shim
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -88,19 +84,7 @@ def cache(
     vocab = root / "sources" / "llama-vocab" / "models" / VOCAB_NAME
     vocab.parent.mkdir(parents=True)
     shutil.copyfile(llama_source / "models" / VOCAB_NAME, vocab)
-    env = child_env(root)
-    env["LLAMA_CPP_DIR"] = str(llama_install)
-    ctx = load_context(env)
-    found = ctx.detector.detect(LLAMA)
-    assert found.available, found.reason
-    llama = replace(
-        record_for(found),
-        shim=str(llama_shim.executable),
-        shim_api=str(llama_shim.info()["api"]),
-        shim_sha256=file_sha256(llama_shim.executable),
-        shim_source=shim_source_digest(),
-    )
-    write_constants(ctx.cache.constants_file, {"llama": llama, "bitnet": record_for(ctx.detector.detect(BITNET))})
+    env = cache_env_with_shim(root, LLAMA, llama_install, llama_shim)
     return TraceCache(root=root, env=env, ctx=load_context(env), vocab=vocab)
 
 
@@ -116,7 +100,7 @@ def bitnet_trace_cache(
     vocab = root / "sources" / "llama-vocab" / "models" / VOCAB_NAME
     vocab.parent.mkdir(parents=True)
     shutil.copyfile(cache.vocab, vocab)
-    env = bitnet_cache_env(root, bitnet_install, bitnet)
+    env = cache_env_with_shim(root, BITNET, bitnet_install, bitnet)
     return TraceCache(root=root, env=env, ctx=load_context(env), vocab=vocab)
 
 
