@@ -123,21 +123,21 @@ def main() -> None:
     elsewhere = scratch_dir / "elsewhere"  # no tasks.py: the console script needs none
     elsewhere.mkdir()
 
-    # name -> (command, working directory[, environment]); run interleaved, one of each per round.
-    commands: dict[str, tuple[list[str], Path] | tuple[list[str], Path, dict[str, str]]] = {
-        "import_invoke": ([py, "-c", "import invoke"], REPO),
-        "invoke_list": ([py, "-m", "invoke", "--list"], REPO),
-        "empty_task": ([py, "-m", "invoke", "noop"], empty_project),
-        "preflight_present": ([py, "-m", "invoke", "preflight", "--backend", "llama"], REPO),
-        "console_preflight_present": ([_console_script(), "preflight", "--backend", "llama"], elsewhere),
-        "setup_noop": ([py, "-m", "invoke", "setup-cpp-auto", "--backend", "llama"], REPO),
+    # name -> (command, working directory, environment); run interleaved, one of each per round.
+    commands: dict[str, tuple[list[str], Path, dict[str, str]]] = {
+        "import_invoke": ([py, "-c", "import invoke"], REPO, env),
+        "invoke_list": ([py, "-m", "invoke", "--list"], REPO, env),
+        "empty_task": ([py, "-m", "invoke", "noop"], empty_project, env),
+        "preflight_present": ([py, "-m", "invoke", "preflight", "--backend", "llama"], REPO, env),
+        "console_preflight_present": ([_console_script(), "preflight", "--backend", "llama"], elsewhere, env),
+        "setup_noop": ([py, "-m", "invoke", "setup-cpp-auto", "--backend", "llama"], REPO, env),
     }
     if not args.no_bytecode_cache:
         commands["preflight_checkout"] = ([py, "-m", "invoke", "preflight", "--backend", "llama"], REPO, bare_env)
 
     def run_one(name: str) -> float:
-        cmd, cwd, *rest = commands[name]
-        return timed(cmd, rest[0] if rest else env, cwd)
+        cmd, cwd, cmd_env = commands[name]
+        return timed(cmd, cmd_env, cwd)
 
     for name in commands:  # untimed: fills the bytecode caches, warms the page cache
         run_one(name)
