@@ -18,6 +18,8 @@ an installed package (invoke turns bytecode writing off before it loads a task c
 invoke run ever writes the suite's .pyc files), and one untimed round fills in the rest. In the
 same loop `invoke preflight` also runs against a second directory holding no bytecode of the
 suite's modules: a checkout where nothing else has imported them compiles them on every run.
+When DIR is named ``bitnet``, `invoke preflight` also runs without BITNET_CACHE_DIR, finding DIR
+as the default root ($XDG_CACHE_HOME/bitnet), as a user who never set the variable does.
 --no-bytecode-cache measures with the environment as it is instead.
 
 Usage: python benchmarks/measure_setup.py --cache DIR [--runs 15] [--source TREE] [--skip-cold]
@@ -41,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bitnet_crossval.provision.recipes import LLAMA_CMAKE_ARGS  # noqa: E402
+from bitnet_crossval.store.layout import APP_NAME  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> float:
@@ -134,6 +137,15 @@ def main() -> None:
     }
     if not args.no_bytecode_cache:
         commands["preflight_checkout"] = ([py, "-m", "invoke", "preflight", "--backend", "llama"], REPO, bare_env)
+    cache = args.cache.resolve()
+    if cache.name == APP_NAME:  # the same cache found as a user's default root: $XDG_CACHE_HOME/bitnet
+        default_root_env = {k: v for k, v in env.items() if k != "BITNET_CACHE_DIR"}
+        default_root_env["XDG_CACHE_HOME"] = str(cache.parent)
+        commands["preflight_default_root"] = (
+            [py, "-m", "invoke", "preflight", "--backend", "llama"],
+            REPO,
+            default_root_env,
+        )
 
     def run_one(name: str) -> float:
         cmd, cwd, cmd_env = commands[name]
@@ -148,7 +160,14 @@ def main() -> None:
     figures: dict[str, float] = {f"{name}_median_s": statistics.median(values) for name, values in times.items()}
     figures["setup_noop_max_s"] = max(times["setup_noop"])
     bare = figures["import_invoke_median_s"]
-    for name in ("invoke_list", "empty_task", "preflight_present", "console_preflight_present", "preflight_checkout"):
+    for name in (
+        "invoke_list",
+        "empty_task",
+        "preflight_present",
+        "console_preflight_present",
+        "preflight_checkout",
+        "preflight_default_root",
+    ):
         if name in times:
             figures[f"{name}_ratio_to_import_invoke"] = figures[f"{name}_median_s"] / bare
     figures["preflight_present_ratio_to_empty_task"] = (

@@ -45,6 +45,8 @@ class Option(Generic[T]):
     Options are compared by identity (each is declared once, as a module constant), so the option
     classes leave out the generated ``__eq__``, ``__hash__`` and ``__repr__``: each generated
     method costs an ``exec`` when its class is created, and every command loads every option class.
+    For the same reason a subclass that adds no field is not decorated again: it inherits the
+    generated ``__init__`` and frozen ``__setattr__`` as they are.
     """
 
     name: str
@@ -89,7 +91,6 @@ class Option(Generic[T]):
         return BadInput(f"{self.flag} {raw!r} is not {what}", next_step=f"pass {self.flag} {example}")
 
 
-@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Flag(Option[bool]):
     """An on/off switch: ``--trace``."""
 
@@ -116,7 +117,6 @@ class Text(Option[str | None]):
         return self.default_text or (self.default or "")
 
 
-@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class PathOption(Option[Path | None]):
     """A file or directory: ``~`` expanded, made absolute; ``None`` when not given or empty."""
 
