@@ -179,6 +179,21 @@ def probe(
     )
 
 
+def paths_checked(found: Detection) -> list[Path]:
+    """Every file and directory :func:`probe` looks at to reach ``found`` (a passing detection):
+    a change to any of them could change the answer."""
+    assert found.root is not None
+    root = found.root
+    return [
+        root,
+        root / MARKER_NAME,
+        *(root / sub for sub in _LIB_SUBDIRS),
+        *(path for _name, path in sorted(found.libraries.items())),
+        *(root / sub for sub in _INCLUDE_SUBDIRS),
+        *(directory / header for directory in found.include_dirs for header in ("llama.h", "ggml.h")),
+    ]
+
+
 def find_libraries(spec: BackendSpec, root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for name in spec.libraries:

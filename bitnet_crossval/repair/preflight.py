@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bitnet_crossval.backends.detect import Detection
+from bitnet_crossval.backends.detect import Detection, paths_checked
 from bitnet_crossval.backends.platform import library_path_variable
 from bitnet_crossval.backends.specs import BackendSpec
 from bitnet_crossval.context import SuiteContext
 from bitnet_crossval.errors import BackendUnavailable, BadInput, BuildFailed, RevalidationFailed
 from bitnet_crossval.reference.sources import shim_source_digest
+from bitnet_crossval.repair.answer import remember_answer
 from bitnet_crossval.repair.guard import is_repair_child
 from bitnet_crossval.repair.options import RepairMode
 from bitnet_crossval.store.constants import shim_problem
@@ -131,7 +132,7 @@ def run_preflight(
         else:
             problem = shim_problem(record, source_digest=shim_source_digest())
             if problem is None:
-                return _report(ctx, spec, found, repaired=False)
+                return _remembered(ctx, spec, _report(ctx, spec, found, repaired=False), shim=record.shim)
             if mode == "never":
                 raise BackendUnavailable(
                     f"{spec.display} is installed but its shim cannot be used: {problem}",
@@ -199,6 +200,16 @@ def _validate_after_repair(ctx: SuiteContext, spec: BackendSpec) -> PreflightRep
     if problem is not None:
         raise RevalidationFailed(f"{spec.display} was repaired but its shim cannot be used: {problem}")
     return _report(ctx, spec, found, repaired=True)
+
+
+def _remembered(ctx: SuiteContext, spec: BackendSpec, report: PreflightReport, *, shim: str | None) -> PreflightReport:
+    """``report`` of a clean pass, remembered so the next preflight can skip the check while
+    nothing it looked at changes (repair/answer.py)."""
+    if report.detection.root is None:
+        return report
+    checked = [*paths_checked(report.detection), *([Path(shim)] if shim else [])]
+    remember_answer(ctx.env, ctx.cache, spec.name, checked=checked, summary=report.summary(), report=report.to_json())
+    return report
 
 
 def _report(ctx: SuiteContext, spec: BackendSpec, found: Detection, *, repaired: bool) -> PreflightReport:

@@ -63,9 +63,11 @@ def rebuild(ctx: SuiteContext) -> RebuildResult:
         records: dict[str, BackendRecord] = {}
         failures: dict[str, SuiteError] = {}
         # A rebuild detects afresh: each backend's libraries are loaded again, whatever an earlier
-        # check remembered (a system library they need may have changed under the same files).
+        # check or preflight remembered (a system library they need may have changed under the
+        # same files).
         for spec in SPECS.values():
             remove_tree(ctx.cache.load_check(spec.name))
+            remove_tree(ctx.cache.preflight_answer(spec.name))
         for spec, detection in ctx.detector.detect_all():
             record = record_for(detection)
             state = "available" if detection.available else f"not available ({detection.reason})"

@@ -231,6 +231,11 @@ class CacheLayout:
         loaded (backends/detect.py)."""
         return self.checks / f"load-{backend}.json"
 
+    def preflight_answer(self, backend: str) -> Path:
+        """The last clean preflight of ``backend``, with the fingerprint of what it checked
+        (repair/answer.py)."""
+        return self.checks / f"preflight-{backend}.json"
+
     @property
     def constants_file(self) -> Path:
         return self.root / CONSTANTS_FILENAME

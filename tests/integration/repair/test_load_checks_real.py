@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bitnet_crossval.store.layout import CacheLayout
 from tests.conftest import child_env
 from tests.helpers import copy_fake_llama, run_invoke
 
@@ -103,9 +104,13 @@ def test_warm_preflight_checks_once(warm: Repaired) -> None:
 def test_rebuild_checks_each_backend_found_once(warm: Repaired, tmp_path: Path) -> None:
     """Only llama.cpp is installed: one check. With BITNET_CPP_DIR naming a build too (a copy of
     the llama.cpp install, which bitnet.cpp then rejects for its missing quantiser): one each."""
+    assert run_invoke(["preflight", "--backend", "llama"], env=warm.env).returncode == 0
+    answer = CacheLayout(warm.cache).preflight_answer("llama")
+    assert answer.is_file()  # a clean preflight remembers its answer; a rebuild forgets it
     result = run_invoke(["rebuild", "--verbose"], env=warm.env)
 
     assert result.returncode == 0, result.stderr
+    assert not answer.exists()
     check = one_load_check(result.stderr)
     assert (check.backend, check.lib_dir) == ("llama.cpp", warm.lib_dir)
 

@@ -12,6 +12,7 @@ from bitnet_crossval.errors import BackendUnavailable, BadInput, BuildFailed, Re
 from bitnet_crossval.provision.install import SetupResult
 from bitnet_crossval.reference.sources import shim_source_digest
 from bitnet_crossval.repair import preflight as pf
+from bitnet_crossval.repair.answer import remembered_answer
 from bitnet_crossval.repair.options import REPAIR
 from bitnet_crossval.repair.rebuild import RebuildResult
 from bitnet_crossval.store.constants import BackendRecord, Constants
@@ -134,6 +135,24 @@ def test_available_and_recorded_backend_needs_no_repair(flow: Recorder, tmp_path
     report = pf.run_preflight(_ctx(tmp_path, constants=constants), LLAMA, mode="auto", reexec=_fake_reexec(flow))
     assert report.available and not report.repaired
     assert [c[0] for c in flow.calls] == ["detect"]
+
+
+def test_a_clean_pass_is_remembered_and_a_changed_shim_is_not_served(flow: Recorder, tmp_path: Path) -> None:
+    flow.state["available"] = True  # type: ignore[attr-defined]
+    env = {"BITNET_CACHE_DIR": str(tmp_path / "cache")}
+    constants = Constants(path=tmp_path / "c.json", status="ok", backends=_listed(tmp_path))
+    report = pf.run_preflight(_ctx(tmp_path, env=env, constants=constants), LLAMA, mode="auto")
+    assert remembered_answer(env, "llama") == {"summary": report.summary(), "report": report.to_json()}
+    (tmp_path / "bitnet-shim").write_text("#!/bin/sh\n# rebuilt\n")
+    assert remembered_answer(env, "llama") is None
+
+
+def test_a_pass_with_stale_constants_is_not_remembered(flow: Recorder, tmp_path: Path) -> None:
+    flow.state["available"] = True  # type: ignore[attr-defined]
+    env = {"BITNET_CACHE_DIR": str(tmp_path / "cache")}
+    report = pf.run_preflight(_ctx(tmp_path, env=env), LLAMA, mode="never")
+    assert report.available
+    assert remembered_answer(env, "llama") is None
 
 
 def test_available_but_unrecorded_backend_is_repaired_by_a_rebuild_only(flow: Recorder, tmp_path: Path) -> None:

@@ -1,0 +1,167 @@
+"""A passing preflight's answer, remembered with the fingerprint of everything it checked.
+
+``invoke preflight`` on a healthy backend reaches the same answer run after run: the install's
+marker, libraries and headers, the constants file, the shim and the sources it was built from
+have not changed. Reaching it means reading and hashing those files and importing the code that
+does so, which is most of what a quick preflight costs. A clean pass (nothing repaired, the
+constants file lists the backend, its shim is current) therefore writes its report beside the
+list of what it looked at: each path with its ``stat`` (type, inode, size, modification and
+change times; or its absence), and the environment variables and the suite version the answer
+depends on. The next preflight re-reads those ``stat``s, compares, and on a match prints the
+remembered report without importing any of the checking code. Any difference, or any doubt
+(a missing, unreadable or foreign answer file), is a miss: the full check runs and, when it
+passes, remembers again.
+
+A directory is in the list wherever the check looked for a file in it, so a file appearing
+where it was absent (a library in a directory searched earlier) changes the directory's times.
+A change time moves on every write, rename or permission change and cannot be set back by hand,
+so a rewritten file with its old size and modification time still misses.
+
+This module imports only the cache layout: it is loaded on every ``invoke preflight``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import bitnet_crossval
+from bitnet_crossval.errors import SuiteError
+from bitnet_crossval.store.layout import CacheLayout, cache_root_from, constants_path_from
+from bitnet_crossval.util.files import read_json_file
+
+FORMAT = 1
+KEPT_SETTINGS = 8
+
+# The environment a preflight's answer depends on: the suite's own variables (cache root,
+# constants file, backend directories and sources, the re-exec guard, the lock and retry
+# settings validated at start-up), the loader's search path, and what finds the default root and
+# the interpreter of the load check.
+_ENV_PREFIXES = ("BITNET_", "LLAMA_CPP_")
+_ENV_NAMES = ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "PATH", "HOME", "XDG_CACHE_HOME")
+
+# The suite's modules whose code decides the answer: editing one (in a checkout) is a miss.
+_DECIDING_MODULES = (
+    "backends/specs.py",
+    "backends/detect.py",
+    "backends/platform.py",
+    "store/constants.py",
+    "store/marker.py",
+    "store/layout.py",
+    "context.py",
+    "reference/sources.py",
+    "repair/preflight.py",
+    "repair/answer.py",
+)
+
+
+def remembered_answer(env: Mapping[str, str], backend: str) -> dict[str, Any] | None:
+    """The remembered answer for ``backend`` (``summary``: the sentence; ``report``: the JSON
+    document) when nothing it checked has changed since, else None."""
+    try:
+        root = cache_root_from(env)
+        data = read_json_file(CacheLayout(root).preflight_answer(backend))
+    except SuiteError:  # no usable cache root: the full check says what is wrong
+        return None
+    setting = _setting(env, root)
+    for entry in _entries(data):
+        if entry.get("setting") != setting:
+            continue
+        paths, summary, report = entry.get("paths"), entry.get("summary"), entry.get("report")
+        if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+            return None
+        if not (isinstance(summary, str) and isinstance(report, dict)):
+            return None
+        if entry.get("files") != _files([Path(p) for p in paths]):
+            return None
+        return {"summary": summary, "report": report}
+    return None
+
+
+def remember_answer(
+    env: Mapping[str, str],
+    cache: CacheLayout,
+    backend: str,
+    *,
+    checked: Iterable[Path],
+    summary: str,
+    report: Mapping[str, Any],
+) -> None:
+    """Write a clean pass's answer with the fingerprint of ``checked`` (every file and directory
+    the check looked at; the constants file, the shim's sources and the deciding modules are
+    added here). The answers of the last few settings (environments) are kept side by side, so
+    commands run with different settings do not keep replacing each other's. A cache that cannot
+    remember costs the next run the full check, nothing else."""
+    from bitnet_crossval.reference.sources import shim_source_dir
+    from bitnet_crossval.util.files import dump_json, make_dir, write_atomic
+
+    try:
+        sources = shim_source_dir()
+        paths = [
+            *checked,
+            constants_path_from(env, cache.root),
+            sources / "CMakeLists.txt",
+            *_tree(sources / "src"),
+        ]
+        setting = _setting(env, cache.root)
+        target = cache.preflight_answer(backend)
+        others = [entry for entry in _entries(read_json_file(target)) if entry.get("setting") != setting]
+        entry = {
+            "setting": setting,
+            "paths": [str(p) for p in paths],
+            "files": _files(paths),
+            "summary": summary,
+            "report": dict(report),
+        }
+        make_dir(target.parent)
+        document = {"format": FORMAT, "answers": [*others[-(KEPT_SETTINGS - 1) :], entry]}
+        write_atomic(target, dump_json(document), what="the preflight's answer")
+    except (SuiteError, OSError):
+        return
+
+
+def _entries(data: object) -> list[dict[str, Any]]:
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("answers"), list):
+        return []
+    return [entry for entry in data["answers"] if isinstance(entry, dict)]
+
+
+def _tree(directory: Path) -> list[Path]:
+    """``directory`` and everything below it, directories included (their times change when an
+    entry is added or removed)."""
+    found = [directory]
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            found.extend(_tree(Path(entry.path)))
+        else:
+            found.append(Path(entry.path))
+    return found
+
+
+def _setting(env: Mapping[str, str], root: Path) -> dict[str, Any]:
+    return {
+        "suite": bitnet_crossval.__version__,
+        "python": sys.executable,
+        "root": str(root),
+        "env": {k: v for k, v in sorted(env.items()) if k.startswith(_ENV_PREFIXES) or k in _ENV_NAMES},
+    }
+
+
+def _files(paths: list[Path]) -> list[list[Any]]:
+    package = Path(bitnet_crossval.__file__).parent
+    return [_stat(p) for p in (*paths, *(package / name for name in _DECIDING_MODULES))]
+
+
+def _stat(path: Path) -> list[Any]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [str(path), None]
+    return [str(path), st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
