@@ -7,7 +7,6 @@ A case's own options are not here: they are ``crossval-per-token``'s, set in the
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,6 @@ JOBS = Integer(
 )
 
 
-@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class ShardOption(Option["Shard | None"]):
     """``--shard I/N``; None when not given (every case runs)."""
 

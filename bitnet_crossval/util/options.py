@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
@@ -38,15 +38,17 @@ FlagKind = Literal["text", "int", "flag"]
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")
 
 
-@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+@dataclass(kw_only=True, eq=False, repr=False)
 class Option(Generic[T]):
     """One option: ``name`` is the Python name (``max_tokens`` is the flag ``--max-tokens``).
 
     Options are compared by identity (each is declared once, as a module constant), so the option
     classes leave out the generated ``__eq__``, ``__hash__`` and ``__repr__``: each generated
     method costs an ``exec`` when its class is created, and every command loads every option class.
-    For the same reason a subclass that adds no field is not decorated again: it inherits the
-    generated ``__init__`` and frozen ``__setattr__`` as they are.
+    For the same reason they are not ``frozen`` dataclasses (which generate ``__setattr__`` and
+    ``__delattr__`` per class) but write-once: the two methods below, defined once, let
+    ``__init__`` set each field and refuse any later change. A subclass that adds no field is not
+    decorated again: it inherits ``__init__`` as it is.
     """
 
     name: str
@@ -56,6 +58,14 @@ class Option(Generic[T]):
     positional: bool = False
     """Also taken without its flag, as the command's first free word (``invoke crossval-suite
     cases.toml``); invoke then requires it."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self.__dict__:
+            raise FrozenInstanceError(f"cannot assign to field {name!r}: options are declared once")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}: options are declared once")
 
     @property
     def flag(self) -> str:
@@ -102,7 +112,7 @@ class Flag(Option[bool]):
         return bool(raw)
 
 
-@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+@dataclass(kw_only=True, eq=False, repr=False)
 class Text(Option[str | None]):
     """Free text; ``None`` when the option was not given (``--prompt ""`` is the empty text)."""
 
@@ -129,7 +139,7 @@ class PathOption(Option[Path | None]):
         return Path(text).expanduser().absolute()
 
 
-@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+@dataclass(kw_only=True, eq=False, repr=False)
 class Integer(Option[int]):
     """A whole number in ``[minimum, maximum]``."""
 
@@ -159,7 +169,7 @@ class Integer(Option[int]):
         return self.default_text or str(self.default)
 
 
-@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+@dataclass(kw_only=True, eq=False, repr=False)
 class _Bounded:
     """The bounds of a number option, and how it reads the text typed."""
 
@@ -189,7 +199,7 @@ class _Bounded:
         return f"a number{unit}, {low}{high}"
 
 
-@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+@dataclass(kw_only=True, eq=False, repr=False)
 class Number(_Bounded, Option[float]):
     """A finite number within bounds, with a default."""
 
@@ -206,7 +216,7 @@ class Number(_Bounded, Option[float]):
         return self.default_text or f"{self.default:g}"
 
 
-@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+@dataclass(kw_only=True, eq=False, repr=False)
 class OptionalNumber(_Bounded, Option[float | None]):
     """A finite number within bounds; ``None`` when not given (the default is decided later,
     which ``default_text`` says)."""
@@ -218,7 +228,7 @@ class OptionalNumber(_Bounded, Option[float | None]):
         return self._phrase()
 
 
-@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+@dataclass(kw_only=True, eq=False, repr=False)
 class Choice(Option[L]):
     """One of a fixed set of words; parsed into that word (typed as the ``Literal`` of the set)."""
 
@@ -236,7 +246,7 @@ class Choice(Option[L]):
         return self.default_text or str(self.default)
 
 
-@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+@dataclass(kw_only=True, eq=False, repr=False)
 class OptionalChoice(Option[L | None]):
     """One of a fixed set of words, or ``None`` when not given (the default is decided later,
     which ``default_text`` says)."""

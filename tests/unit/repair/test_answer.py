@@ -146,3 +146,9 @@ def test_looking_up_an_answer_loads_none_of_the_checking_code() -> None:
         "bitnet_crossval.context",
     ):
         assert heavy not in loaded
+
+
+def test_every_deciding_module_exists() -> None:
+    """A renamed module would drop out of the fingerprint without a word."""
+    package = Path(answer.__file__).parent.parent
+    assert all((package / name).is_file() for name in answer._DECIDING_MODULES)

@@ -3,18 +3,22 @@ with one sentence (exit 6) naming the flag and a good value, and says in its hel
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
 from bitnet_crossval.errors import BadInput
+from bitnet_crossval.suite.options import SHARD
 from bitnet_crossval.util.options import (
     FORMAT,
+    VERBOSE,
     Choice,
     Flag,
     Integer,
     Number,
+    Option,
     OptionalChoice,
     OptionalNumber,
     OptionValues,
@@ -103,3 +107,12 @@ def test_values_are_parsed_by_the_option_that_declares_them() -> None:
         OptionValues((COUNT,), {"bogus": "1"})
     with pytest.raises(BadInput):
         OptionValues((COUNT, MODE), {"mode": "x"}).check_all()
+
+
+@pytest.mark.parametrize("option", [VERBOSE, FORMAT, SHARD, Integer(name="n", help="h", default=1, maximum=3)])
+def test_an_option_is_set_once_and_never_changed(option: Option[Any]) -> None:
+    with pytest.raises(FrozenInstanceError):
+        option.name = "other"
+    with pytest.raises(FrozenInstanceError):
+        del option.help
+    assert option.name != "other" and option.help
