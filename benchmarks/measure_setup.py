@@ -4,7 +4,8 @@
 """Measure the start-up cost of the tasks, side by side in one run, and print the figures.
 
 1. `invoke preflight --backend llama` with the backend present, as a ratio to a bare
-   `python -c "import invoke"` (runs interleaved, medians compared). In the same loop, each also
+   `python -c "import invoke"` (runs interleaved, medians compared): the answer a clean pass
+   remembered, and with `--verbose` the full check (as on the first run after a change). In the same loop, each also
    as a ratio to `import invoke`: `invoke --list`, an empty invoke task (a temporary tasks.py
    with one no-op task: the floor any invoke command pays) and the console script's
    `bitnet-crossval preflight --backend llama` (run from a directory with no tasks.py).
@@ -133,6 +134,8 @@ def main() -> None:
         "empty_task": ([py, "-m", "invoke", "noop"], empty_project, env),
         "preflight_present": ([py, "-m", "invoke", "preflight", "--backend", "llama"], REPO, env),
         "console_preflight_present": ([_console_script(), "preflight", "--backend", "llama"], elsewhere, env),
+        # --verbose never takes a remembered answer: the full check, as on the first run after a change
+        "preflight_checked_in_full": ([py, "-m", "invoke", "preflight", "--backend", "llama", "--verbose"], REPO, env),
         "setup_noop": ([py, "-m", "invoke", "setup-cpp-auto", "--backend", "llama"], REPO, env),
     }
     if not args.no_bytecode_cache:
@@ -165,6 +168,7 @@ def main() -> None:
         "empty_task",
         "preflight_present",
         "console_preflight_present",
+        "preflight_checked_in_full",
         "preflight_checkout",
         "preflight_default_root",
     ):
