@@ -32,8 +32,8 @@
 Usage: BITNET_CACHE_DIR=DIR python benchmarks/measure_crossval.py [--runs 3] [--engine-runs 3] [--json FILE]
 DIR must hold the llama backend with its shim and the fetched Gemma 3 270M (run
 ``invoke crossval-per-token --model gemma3-270m`` there once); nothing is repaired, built or
-downloaded here, and nothing in DIR is written (the model's pages are only dropped from the
-page cache).
+downloaded here, and nothing in DIR is written but the runs' remembered answers under
+``checks/`` (the model's pages are only dropped from the page cache).
 """
 
 from __future__ import annotations
@@ -107,6 +107,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="repeated end-to-end runs (default 3)")
     parser.add_argument("--engine-runs", type=int, default=3, help="runs of each engine/shim timing (default 3)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--reference",
+        choices=("auto", "native", "dequantized"),
+        default="auto",
+        help="the crossval's --reference (default auto, the command's own default)",
+    )
     parser.add_argument("--prompt-ids", type=int, default=N_PROMPT, help=f"prompt tokens (default {N_PROMPT})")
     args = parser.parse_args()
     if not os.environ.get("BITNET_CACHE_DIR"):
@@ -131,6 +137,7 @@ def main() -> None:
         tokens_file.write_text(json.dumps(prompt))
         cmd = [sys.executable, "-m", "invoke", "crossval-per-token", "--repair", "never", "--model", "gemma3-270m"]
         cmd += ["--tokens-file", str(tokens_file), "--max-tokens", str(N_GENERATED), "--format", "json"]
+        cmd += ["--reference", args.reference]
 
         evict_from_page_cache(model)
         first = run_measured(cmd, env)
