@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,9 +26,14 @@ CASES: list[dict[str, str | None]] = [
     {"XDG_CACHE_HOME": None, "HOME": None},
 ]
 
+# Answers each case in a fresh interpreter, with the suite's function or with platformdirs'.
 CHILD = """
 import json, os, sys
-from bitnet_crossval.store.layout import default_cache_root
+if sys.argv[2] == "suite":
+    from bitnet_crossval.store.layout import default_cache_root as answer
+else:
+    import platformdirs
+    answer = lambda: platformdirs.user_cache_path("bitnet", appauthor=False)
 answers = []
 for case in json.loads(sys.argv[1]):
     for name, value in case.items():
@@ -35,41 +41,27 @@ for case in json.loads(sys.argv[1]):
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    answers.append(str(default_cache_root()))
-print(json.dumps({"ours": answers, "imported_platformdirs": "platformdirs" in sys.modules}))
+    answers.append(str(answer()))
+print(json.dumps({"answers": answers, "imported_platformdirs": "platformdirs" in sys.modules}))
 """
 
-PLATFORMDIRS = """
-import json, os, sys
-import platformdirs
-answers = []
-for case in json.loads(sys.argv[1]):
-    for name, value in case.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    answers.append(str(platformdirs.user_cache_path("bitnet", appauthor=False)))
-print(json.dumps(answers))
-"""
+
+def _answers(which: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANDROID_")}
+    command = [sys.executable, "-c", CHILD, json.dumps(CASES), which]
+    document: dict[str, Any] = json.loads(
+        subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    )
+    return document
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the rule computed without platformdirs is Linux's")
 def test_linux_answer_is_platformdirs_answer_without_importing_it() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANDROID_")}
-    cases = json.dumps(CASES)
-    ours = json.loads(
-        subprocess.run([sys.executable, "-c", CHILD, cases], env=env, capture_output=True, text=True, check=True).stdout
-    )
-    theirs = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", PLATFORMDIRS, cases], env=env, capture_output=True, text=True, check=True
-        ).stdout
-    )
+    ours, theirs = _answers("suite"), _answers("platformdirs")
     assert not ours["imported_platformdirs"]
-    assert [Path(p) for p in ours["ours"]] == [Path(p) for p in theirs]
-    assert Path(ours["ours"][1]) == Path("/var/tmp/xdg/bitnet")  # the cases do reach both branches
-    assert Path(ours["ours"][0]) == Path("/home/someone/.cache/bitnet")
+    assert [Path(p) for p in ours["answers"]] == [Path(p) for p in theirs["answers"]]
+    assert Path(ours["answers"][1]) == Path("/var/tmp/xdg/bitnet")  # the cases do reach both branches
+    assert Path(ours["answers"][0]) == Path("/home/someone/.cache/bitnet")
 
 
 def test_no_home_at_all_is_bad_input_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
