@@ -4,6 +4,7 @@ read once at start-up from the constants file, and this process's backend detect
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,9 @@ class SuiteContext:
     env: Mapping[str, str]
     constants: Constants
     detector: Detector = field(compare=False)
+    started_ns: int = field(default_factory=time.time_ns, compare=False)
+    """``time.time_ns()`` before the context read anything (a file changed after it may have
+    changed while this process read it)."""
 
     @property
     def constants_path(self) -> Path:
@@ -39,6 +43,7 @@ class SuiteContext:
 def load_context(environ: Mapping[str, str] | None = None) -> SuiteContext:
     """The context of this process; the suite's environment variables are validated here, when a
     command starts, so a bad value is reported before any lock, download or build."""
+    started_ns = time.time_ns()
     env = dict(os.environ if environ is None else environ)
     root = cache_root_from(env)
     check_cache_root(root)
@@ -54,4 +59,5 @@ def load_context(environ: Mapping[str, str] | None = None) -> SuiteContext:
         env=env,
         constants=read_constants(constants_path),
         detector=Detector(env=env, cache=cache),
+        started_ns=started_ns,
     )

@@ -179,18 +179,25 @@ def probe(
     )
 
 
-def paths_checked(found: Detection) -> list[Path]:
+def paths_checked(spec: BackendSpec, found: Detection) -> list[Path]:
     """Every file and directory :func:`probe` looks at to reach ``found`` (a passing detection):
-    a change to any of them could change the answer."""
+    a change to any of them could change the answer. Every candidate is listed, not only the
+    directories searched: a dangling link earlier in the search whose target appears changes no
+    directory, but its own ``stat`` goes from missing to present."""
     assert found.root is not None
     root = found.root
     return [
         root,
         root / MARKER_NAME,
         *(root / sub for sub in _LIB_SUBDIRS),
-        *(path for _name, path in sorted(found.libraries.items())),
+        *(
+            root / sub / f"lib{name}{suffix}"
+            for name in spec.libraries
+            for sub in _LIB_SUBDIRS
+            for suffix in shared_library_suffixes()
+        ),
         *(root / sub for sub in _INCLUDE_SUBDIRS),
-        *(directory / header for directory in found.include_dirs for header in ("llama.h", "ggml.h")),
+        *(root / sub / header for sub in _INCLUDE_SUBDIRS for header in ("llama.h", "ggml.h")),
     ]
 
 

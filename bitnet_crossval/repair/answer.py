@@ -30,11 +30,13 @@ from typing import Any
 
 import bitnet_crossval
 from bitnet_crossval.errors import SuiteError
-from bitnet_crossval.store.layout import CacheLayout, cache_root_from, constants_path_from
+from bitnet_crossval.store.layout import CACHEDIR_TAG_NAME, CacheLayout, cache_root_from, constants_path_from
 from bitnet_crossval.util.files import read_json_file
 
 FORMAT = 1
 KEPT_SETTINGS = 8
+# File times come from the kernel's coarse clock, which lags time.time_ns() by up to a tick.
+_CLOCK_SLACK_NS = 20_000_000
 
 # The environment a preflight's answer depends on: the suite's own variables (cache root,
 # constants file, backend directories and sources, the re-exec guard, the lock and retry
@@ -51,10 +53,18 @@ _DECIDING_MODULES = (
     "store/constants.py",
     "store/marker.py",
     "store/layout.py",
+    "store/lock.py",
     "context.py",
     "reference/sources.py",
+    "repair/guard.py",
     "repair/preflight.py",
     "repair/answer.py",
+    "tasks/preflight.py",
+    "util/envnum.py",
+    "util/files.py",
+    "util/proc.py",
+    "util/retry.py",
+    "util/ui.py",
 )
 
 
@@ -89,34 +99,45 @@ def remember_answer(
     checked: Iterable[Path],
     summary: str,
     report: Mapping[str, Any],
+    started_ns: int | None = None,
 ) -> None:
     """Write a clean pass's answer with the fingerprint of ``checked`` (every file and directory
     the check looked at; the constants file, the shim's sources and the deciding modules are
     added here). The answers of the last few settings (environments) are kept side by side, so
     commands run with different settings do not keep replacing each other's. A cache that cannot
-    remember costs the next run the full check, nothing else."""
+    remember costs the next run the full check, nothing else.
+
+    ``started_ns`` (``time.time_ns()`` before the check read anything): a file changed since, or
+    within the resolution of the file system's clock before, may have changed while the check
+    read it, and its ``stat`` would then describe another state than the answer's; such an
+    answer is not remembered (git calls the same case a "racily clean" file)."""
     from bitnet_crossval.reference.sources import shim_source_dir
     from bitnet_crossval.util.files import dump_json, make_dir, write_atomic
 
     try:
         sources = shim_source_dir()
         paths = [
+            cache.root,  # what the cache root holds decides whether it is the suite's to use
+            cache.root / CACHEDIR_TAG_NAME,
             *checked,
             constants_path_from(env, cache.root),
             sources / "CMakeLists.txt",
             *_tree(sources / "src"),
         ]
-        setting = _setting(env, cache.root)
         target = cache.preflight_answer(backend)
+        make_dir(target.parent)  # first, so creating it is not a change to the root after its stat
+        files = _files(paths)
+        if started_ns is not None and any(_changed_since(stat, started_ns - _CLOCK_SLACK_NS) for stat in files):
+            return
+        setting = _setting(env, cache.root)
         others = [entry for entry in _entries(read_json_file(target)) if entry.get("setting") != setting]
         entry = {
             "setting": setting,
             "paths": [str(p) for p in paths],
-            "files": _files(paths),
+            "files": files,
             "summary": summary,
             "report": dict(report),
         }
-        make_dir(target.parent)
         document = {"format": FORMAT, "answers": [*others[-(KEPT_SETTINGS - 1) :], entry]}
         write_atomic(target, dump_json(document), what="the preflight's answer")
     except (SuiteError, OSError):
@@ -150,8 +171,22 @@ def _setting(env: Mapping[str, str], root: Path) -> dict[str, Any]:
         "suite": bitnet_crossval.__version__,
         "python": sys.executable,
         "root": str(root),
+        # A relative BITNET_CONSTANTS_FILE names another file in another directory.
+        "constants": str(constants_path_from(env, root)),
         "env": {k: v for k, v in sorted(env.items()) if k.startswith(_ENV_PREFIXES) or k in _ENV_NAMES},
+        # Whether the shim may be executed and the files read depends on who asks.
+        "user": _user(),
     }
+
+
+def _user() -> list[Any]:
+    if not hasattr(os, "geteuid"):
+        return []
+    return [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), sorted(os.getgroups())]
+
+
+def _changed_since(stat: list[Any], moment_ns: int) -> bool:
+    return stat[1] is not None and max(stat[4], stat[5]) >= moment_ns
 
 
 def _files(paths: list[Path]) -> list[list[Any]]:
@@ -162,6 +197,6 @@ def _files(paths: list[Path]) -> list[list[Any]]:
 def _stat(path: Path) -> list[Any]:
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in a path of a hand-edited answer file
         return [str(path), None]
     return [str(path), st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]

@@ -207,8 +207,16 @@ def _remembered(ctx: SuiteContext, spec: BackendSpec, report: PreflightReport, *
     nothing it looked at changes (repair/answer.py)."""
     if report.detection.root is None:
         return report
-    checked = [*paths_checked(report.detection), *([Path(shim)] if shim else [])]
-    remember_answer(ctx.env, ctx.cache, spec.name, checked=checked, summary=report.summary(), report=report.to_json())
+    checked = [*paths_checked(spec, report.detection), *([Path(shim)] if shim else [])]
+    remember_answer(
+        ctx.env,
+        ctx.cache,
+        spec.name,
+        checked=checked,
+        summary=report.summary(),
+        report=report.to_json(),
+        started_ns=ctx.started_ns,
+    )
     return report
 
 

@@ -38,7 +38,9 @@ def default_cache_root() -> Path:
 
     On Linux that is the XDG rule, computed here: importing platformdirs costs 10-15 ms, a
     tenth of a quick ``invoke preflight``, on every command that uses the default root. A unit
-    test holds the rule to platformdirs' answer for set, empty and relative variables.
+    test holds the rule to the installed platformdirs' answer for set, empty and relative
+    variables (releases before 4.14 took a relative ``XDG_CACHE_HOME`` or ``HOME`` as it was,
+    which the XDG spec says to ignore; this rule ignores them).
     """
     if sys.platform.startswith("linux") and not _maybe_android(os.environ):
         return _xdg_cache_home(os.environ) / APP_NAME

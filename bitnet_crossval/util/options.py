@@ -60,7 +60,7 @@ class Option(Generic[T]):
     cases.toml``); invoke then requires it."""
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name in self.__dict__:
+        if name in self.__dict__ or name not in self.__dataclass_fields__:
             raise FrozenInstanceError(f"cannot assign to field {name!r}: options are declared once")
         object.__setattr__(self, name, value)
 

@@ -6,10 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from bitnet_crossval.backends.detect import Detection, paths_checked
+from bitnet_crossval.backends.specs import LLAMA
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.repair import answer
 from bitnet_crossval.store.layout import CacheLayout
@@ -152,3 +155,69 @@ def test_every_deciding_module_exists() -> None:
     """A renamed module would drop out of the fingerprint without a word."""
     package = Path(answer.__file__).parent.parent
     assert all((package / name).is_file() for name in answer._DECIDING_MODULES)
+
+
+def test_a_file_changed_after_the_check_started_is_not_remembered(tmp_path: Path, install: Path) -> None:
+    env = _env(tmp_path)
+    (tmp_path / "cache" / "checks").mkdir(parents=True)
+    time.sleep(0.05)  # the install's files and the cache are now older than the check
+    started = time.time_ns()
+    cache = CacheLayout(tmp_path / "cache")
+    checked = [install / "lib" / "libllama.so"]
+    answer.remember_answer(env, cache, "llama", checked=checked, summary=SUMMARY, report=REPORT, started_ns=started)
+    assert answer.remembered_answer(env, "llama") is not None
+    started = time.time_ns()
+    (install / "lib" / "libllama.so").write_bytes(b"changed while the check read it")
+    answer.remember_answer(env, cache, "llama", checked=checked, summary="new", report=REPORT, started_ns=started)
+    assert answer.remembered_answer(env, "llama") is None  # neither the new answer nor the old
+
+
+def test_a_relative_constants_file_is_another_file_in_another_directory(
+    tmp_path: Path, install: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = _env(tmp_path, BITNET_CONSTANTS_FILE="constants.json")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    _remember(env, install)
+    assert answer.remembered_answer(env, "llama") is not None
+    monkeypatch.chdir(tmp_path / "b")
+    assert answer.remembered_answer(env, "llama") is None
+
+
+def test_something_foreign_in_the_cache_root_is_a_miss(tmp_path: Path, install: Path) -> None:
+    env = _env(tmp_path)
+    _remember(env, install)
+    (tmp_path / "cache" / "holiday-photos").mkdir()
+    assert answer.remembered_answer(env, "llama") is None
+
+
+def test_a_dangling_link_earlier_in_the_search_is_watched(tmp_path: Path) -> None:
+    """lib/libllama.so points at nothing, so detection takes build/bin's; when the link's target
+    appears, no directory changes, but the full check would now take another library."""
+    root = tmp_path / "inst"
+    (root / "build" / "bin").mkdir(parents=True)
+    (root / "lib").mkdir()
+    (root / "build" / "bin" / "libllama.so").write_bytes(b"library")
+    target = tmp_path / "elsewhere" / "libllama.so"
+    (root / "lib" / "libllama.so").symlink_to(target)
+    found = Detection(
+        backend="llama",
+        available=True,
+        root=root,
+        lib_dir=root / "build" / "bin",
+        libraries={"llama": root / "build" / "bin" / "libllama.so"},
+    )
+    env = _env(tmp_path)
+    answer.remember_answer(
+        env,
+        CacheLayout(tmp_path / "cache"),
+        "llama",
+        checked=paths_checked(LLAMA, found),
+        summary=SUMMARY,
+        report=REPORT,
+    )
+    assert answer.remembered_answer(env, "llama") is not None
+    target.parent.mkdir()
+    target.write_bytes(b"another library")
+    assert answer.remembered_answer(env, "llama") is None

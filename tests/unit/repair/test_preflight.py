@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -141,9 +142,21 @@ def test_a_clean_pass_is_remembered_and_a_changed_shim_is_not_served(flow: Recor
     flow.state["available"] = True  # type: ignore[attr-defined]
     env = {"BITNET_CACHE_DIR": str(tmp_path / "cache")}
     constants = Constants(path=tmp_path / "c.json", status="ok", backends=_listed(tmp_path))
+    (tmp_path / "cache" / "checks").mkdir(parents=True)
+    # Files written just before a check starts are "racily clean" (their times may be those of
+    # a change during the check) and never remembered: let the clock move past them first.
+    time.sleep(0.05)
     report = pf.run_preflight(_ctx(tmp_path, env=env, constants=constants), LLAMA, mode="auto")
     assert remembered_answer(env, "llama") == {"summary": report.summary(), "report": report.to_json()}
     (tmp_path / "bitnet-shim").write_text("#!/bin/sh\n# rebuilt\n")
+    assert remembered_answer(env, "llama") is None
+
+
+def test_a_pass_over_files_changed_as_it_started_is_not_remembered(flow: Recorder, tmp_path: Path) -> None:
+    flow.state["available"] = True  # type: ignore[attr-defined]
+    env = {"BITNET_CACHE_DIR": str(tmp_path / "cache")}
+    constants = Constants(path=tmp_path / "c.json", status="ok", backends=_listed(tmp_path))
+    pf.run_preflight(_ctx(tmp_path, env=env, constants=constants), LLAMA, mode="auto")
     assert remembered_answer(env, "llama") is None
 
 

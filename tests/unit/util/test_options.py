@@ -115,4 +115,6 @@ def test_an_option_is_set_once_and_never_changed(option: Option[Any]) -> None:
         option.name = "other"
     with pytest.raises(FrozenInstanceError):
         del option.help
+    with pytest.raises(FrozenInstanceError):
+        option.hlep = "a misspelt field"
     assert option.name != "other" and option.help
