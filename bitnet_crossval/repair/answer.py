@@ -33,8 +33,8 @@ from bitnet_crossval.errors import SuiteError
 from bitnet_crossval.store.layout import CACHEDIR_TAG_NAME, CacheLayout, cache_root_from, constants_path_from
 from bitnet_crossval.util.files import read_json_file
 
-FORMAT = 1
-KEPT_SETTINGS = 8
+FORMAT = 2
+KEPT_SETTINGS = 4
 # File times come from the kernel's coarse clock, which lags time.time_ns() by up to a tick.
 _CLOCK_SLACK_NS = 20_000_000
 
@@ -80,12 +80,12 @@ def remembered_answer(env: Mapping[str, str], backend: str) -> dict[str, Any] | 
     for entry in _entries(data):
         if entry.get("setting") != setting:
             continue
-        paths, summary, report = entry.get("paths"), entry.get("summary"), entry.get("report")
-        if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+        files, summary, report = entry.get("files"), entry.get("summary"), entry.get("report")
+        if not (isinstance(files, list) and all(isinstance(f, list) and f and isinstance(f[0], str) for f in files)):
             return None
         if not (isinstance(summary, str) and isinstance(report, dict)):
             return None
-        if entry.get("files") != _files([Path(p) for p in paths]):
+        if files != [_stat(f[0]) for f in files]:
             return None
         return {"summary": summary, "report": report}
     return None
@@ -133,7 +133,6 @@ def remember_answer(
         others = [entry for entry in _entries(read_json_file(target)) if entry.get("setting") != setting]
         entry = {
             "setting": setting,
-            "paths": [str(p) for p in paths],
             "files": files,
             "summary": summary,
             "report": dict(report),
@@ -190,13 +189,15 @@ def _changed_since(stat: list[Any], moment_ns: int) -> bool:
 
 
 def _files(paths: list[Path]) -> list[list[Any]]:
+    """Each path's ``stat``, led by the path: the list is both what to look at again and what
+    it must still be."""
     package = Path(bitnet_crossval.__file__).parent
-    return [_stat(p) for p in (*paths, *(package / name for name in _DECIDING_MODULES))]
+    return [_stat(str(p)) for p in (*paths, *(package / name for name in _DECIDING_MODULES))]
 
 
-def _stat(path: Path) -> list[Any]:
+def _stat(path: str) -> list[Any]:
     try:
         st = os.stat(path)
     except (OSError, ValueError):  # ValueError: a NUL in a path of a hand-edited answer file
-        return [str(path), None]
-    return [str(path), st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        return [path, None]
+    return [path, st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]

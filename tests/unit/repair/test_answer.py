@@ -80,7 +80,7 @@ def test_the_constants_file_and_the_shim_sources_are_checked_too(tmp_path: Path,
     constants.write_text("{}")
     _remember(env, install)
     document = json.loads(CacheLayout(tmp_path / "cache").preflight_answer("llama").read_text())
-    paths = document["answers"][0]["paths"]
+    paths = [f[0] for f in document["answers"][0]["files"]]
     assert str(constants) in paths
     assert any(p.endswith("cpp/CMakeLists.txt") for p in paths) and any(p.endswith("cmd_logits.cpp") for p in paths)
     constants.write_text("{} ")
@@ -101,7 +101,15 @@ def test_each_setting_keeps_its_own_answer(tmp_path: Path, install: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    "text", ["", "not json", "[]", '{"format": 99, "answers": []}', '{"format": 1, "answers": [1]}']
+    "text",
+    [
+        "",
+        "not json",
+        "[]",
+        '{"format": 99, "answers": []}',
+        '{"format": 2, "answers": [1]}',
+        '{"format": 2, "answers": [{"files": [[1]]}]}',
+    ],
 )
 def test_a_foreign_or_damaged_answer_file_is_a_miss_and_is_replaced(tmp_path: Path, install: Path, text: str) -> None:
     env = _env(tmp_path)
