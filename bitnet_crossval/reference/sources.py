@@ -24,15 +24,20 @@ def shim_source_dir() -> Path:
     return source
 
 
+def shim_source_files(source_dir: Path | None = None) -> list[Path]:
+    """The files the shim is built from, in a fixed order: CMakeLists.txt, then every file below src/."""
+    root = source_dir or shim_source_dir()
+    return [root / "CMakeLists.txt", *sorted(p for p in (root / "src").rglob("*") if p.is_file())]
+
+
 @functools.cache
 def shim_source_digest(source_dir: Path | None = None) -> str:
-    """A sha256 over the names and contents of the shim's sources (CMakeLists.txt, src/)."""
+    """A sha256 over the names and contents of the shim's sources (:func:`shim_source_files`)."""
     import hashlib
 
     root = source_dir or shim_source_dir()
     digest = hashlib.sha256()
-    files = [root / "CMakeLists.txt", *sorted(p for p in (root / "src").rglob("*") if p.is_file())]
-    for path in files:
+    for path in shim_source_files(root):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()

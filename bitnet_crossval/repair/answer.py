@@ -111,18 +111,19 @@ def remember_answer(
     within the resolution of the file system's clock before, may have changed while the check
     read it, and its ``stat`` would then describe another state than the answer's; such an
     answer is not remembered (git calls the same case a "racily clean" file)."""
-    from bitnet_crossval.reference.sources import shim_source_dir
+    from bitnet_crossval.reference.sources import shim_source_files
     from bitnet_crossval.util.files import dump_json, make_dir, write_atomic
 
     try:
-        sources = shim_source_dir()
+        sources = shim_source_files()
         paths = [
             cache.root,  # what the cache root holds decides whether it is the suite's to use
             cache.root / CACHEDIR_TAG_NAME,
             *checked,
             constants_path_from(env, cache.root),
-            sources / "CMakeLists.txt",
-            *_tree(sources / "src"),
+            # the directories too: their times change when a source file is added or removed
+            *sorted({path.parent for path in sources}),
+            *sources,
         ]
         target = cache.preflight_answer(backend)
         make_dir(target.parent)  # first, so creating it is not a change to the root after its stat
@@ -147,22 +148,6 @@ def _entries(data: object) -> list[dict[str, Any]]:
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("answers"), list):
         return []
     return [entry for entry in data["answers"] if isinstance(entry, dict)]
-
-
-def _tree(directory: Path) -> list[Path]:
-    """``directory`` and everything below it, directories included (their times change when an
-    entry is added or removed)."""
-    found = [directory]
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except OSError:
-        return found
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            found.extend(_tree(Path(entry.path)))
-        else:
-            found.append(Path(entry.path))
-    return found
 
 
 def _setting(env: Mapping[str, str], root: Path) -> dict[str, Any]:
