@@ -131,13 +131,16 @@ def remember_answer(
         if started_ns is not None and any(_changed_since(stat, started_ns - _CLOCK_SLACK_NS) for stat in files):
             return
         setting = _setting(env, cache.root)
-        others = [entry for entry in _entries(read_json_file(target)) if entry.get("setting") != setting]
         entry = {
             "setting": setting,
             "files": files,
             "summary": summary,
             "report": dict(report),
         }
+        entries = _entries(read_json_file(target))
+        if entry in entries:
+            return  # already remembered (every crossval's clean preflight reaches here)
+        others = [other for other in entries if other.get("setting") != setting]
         document = {"format": FORMAT, "answers": [*others[-(KEPT_SETTINGS - 1) :], entry]}
         write_atomic(target, dump_json(document), what="the preflight's answer")
     except (SuiteError, OSError):

@@ -229,3 +229,15 @@ def test_a_dangling_link_earlier_in_the_search_is_watched(tmp_path: Path) -> Non
     target.parent.mkdir()
     target.write_bytes(b"another library")
     assert answer.remembered_answer(env, "llama") is None
+
+
+def test_an_answer_already_remembered_is_not_written_again(tmp_path: Path, install: Path) -> None:
+    env = _env(tmp_path)
+    _remember(env, install)
+    target = CacheLayout(tmp_path / "cache").preflight_answer("llama")
+    before = target.stat()
+    _remember(env, install)
+    assert target.stat().st_ino == before.st_ino  # an atomic write would have replaced the file
+    _remember(env, install, summary="another sentence")
+    assert target.stat().st_ino != before.st_ino
+    assert answer.remembered_answer(env, "llama") == {"summary": "another sentence", "report": REPORT}
