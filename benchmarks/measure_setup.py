@@ -5,8 +5,8 @@
 
 1. `invoke preflight --backend llama` with the backend present, as a ratio to a bare
    `python -c "import invoke"` (runs interleaved, medians compared): the answer a clean pass
-   remembered, and with `--verbose` the full check (as on the first run after a change). In the same loop, each also
-   as a ratio to `import invoke`: `invoke --list`, an empty invoke task (a temporary tasks.py
+   remembered, and with `--verbose` the full check (as on the first run after a change). In
+   the same loop, each also as a ratio to `import invoke`: `invoke --list`, an empty invoke task (a temporary tasks.py
    with one no-op task: the floor any invoke command pays) and the console script's
    `bitnet-crossval preflight --backend llama` (run from a directory with no tasks.py).
 2. `invoke setup-cpp-auto --backend llama` when there is nothing to do.

@@ -12,12 +12,14 @@ remembered report without importing any of the checking code. Any difference, or
 (a missing, unreadable or foreign answer file), is a miss: the full check runs and, when it
 passes, remembers again.
 
-A directory is in the list wherever the check looked for a file in it, so a file appearing
-where it was absent (a library in a directory searched earlier) changes the directory's times.
-A change time moves on every write, rename or permission change and cannot be set back by hand,
-so a rewritten file with its old size and modification time still misses.
+Every candidate path the check looked for is in the list, present or not, and so is each
+directory searched, so a file appearing where it was absent (a library earlier in the search,
+the target of a dangling link) is a miss. A change time moves on every write, rename or
+permission change and cannot be set back by hand, so a rewritten file with its old size and
+modification time still misses.
 
-This module imports only the cache layout: it is loaded on every ``invoke preflight``.
+This module imports only the cache layout and the file helpers: it is loaded on every
+``invoke preflight``.
 """
 
 from __future__ import annotations
