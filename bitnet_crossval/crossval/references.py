@@ -26,7 +26,8 @@ judged against the followed reference:
 The continuation is generated once, by the model as given, and both references evaluate those
 ids: the positions are then the same whatever ``--reference`` says (a run with ``native`` and one
 with ``auto`` line up), they are the tokens the model as given produces, and the generation is
-paid once.
+paid once. The two evaluations then run side by side when the machine has the cores and the
+memory for both (:func:`evaluate`).
 
 Float models have one reference, the model itself.
 """
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +52,7 @@ from bitnet_crossval.crossval.metrics import PositionMetrics, Thresholds, compar
 from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.jsonsafe import finite_or_none
 from bitnet_crossval.util.npy_rows import release_rows, rows_per_block
+from bitnet_crossval.util.side_by_side import side_by_side as run_side_by_side
 
 if TYPE_CHECKING:
     from bitnet_crossval.reference.dequantize import FloatCopy
@@ -224,10 +227,16 @@ class Evaluated:
     float_copy: FloatCopy | None
     no_copy: str | None = None
     """Why ``auto`` runs without the float copy: the sentence of the error that refused it."""
+    side_by_side: bool = False
+    """Whether the float copy was evaluated beside the model as given (at the same time)."""
 
 
-ReferenceRun = Callable[[int, Path, list[int]], tuple[list[int], F32Rows, dict[str, Any]]]
-"""(tokens to generate, model, prompt) -> (prompt + continuation, logits of every position, the run's facts)."""
+Generate = Callable[[Path, list[int], int], list[int]]
+"""(model, prompt, tokens to generate) -> the prompt and its greedy continuation."""
+
+EvaluateLogits = Callable[[Path, list[int], threading.Event | None], tuple[F32Rows, dict[str, Any]]]
+"""(model, token ids, an event that calls the evaluation off or None) -> the logits of every
+position and the run's facts."""
 
 
 def evaluate(
@@ -236,20 +245,27 @@ def evaluate(
     model: Path,
     prompt: list[int],
     max_tokens: int,
-    run_reference: ReferenceRun,
+    generate: Generate,
+    run_logits: EvaluateLogits,
     make_copy: Callable[[], FloatCopy],
     phase: Callable[[str], Any],
     copy_optional: bool = False,
+    side_by_side: Callable[[FloatCopy], bool] = lambda copy: False,
 ) -> Evaluated:
-    """Run each reference on the same ids: the model as given generates the continuation and
-    evaluates every position, then the float copy evaluates those ids with the same backend and
-    settings. ``copy_optional`` (``auto``): a copy that cannot be made (a split model, a type no
+    """Run each reference on the same ids: the model as given generates the continuation, then
+    it and the float copy evaluate every position with the same backend and settings.
+
+    The two evaluations are independent; when ``side_by_side(copy)`` says the machine has the
+    cores and the memory for both at once, the float copy's runs beside the model's (each in a
+    process of its own, one core each by default), and the pair takes as long as the longer.
+    Either way the logits are the same: each process computes exactly what it would alone.
+    ``copy_optional`` (``auto``): a copy that cannot be made (a split model, a type no
     dequantiser knows, too little disk) leaves the model as given alone, and says why."""
-    logits: dict[ReferenceName, F32Rows] = {}
     models: dict[ReferenceName, Path] = {"native": model}
-    copy: FloatCopy | None = None
     with phase("reference"):
-        tokens, logits["native"], settings = run_reference(max_tokens, model, prompt)
+        tokens = generate(model, prompt, max_tokens) if max_tokens > 0 else list(prompt)
+    copy: FloatCopy | None = None
+    no_copy: str | None = None
     if "dequantized" in references:
         with phase("float_copy"):
             try:
@@ -257,13 +273,43 @@ def evaluate(
             except BadInput as exc:
                 if not copy_optional:
                     raise
-                return Evaluated(
-                    tokens=tokens, logits=logits, models=models, settings=settings, float_copy=None, no_copy=exc.message
-                )
+                no_copy = exc.message
+
+    def native() -> tuple[F32Rows, dict[str, Any]]:
+        with phase("reference"):
+            return run_logits(model, tokens, None)
+
+    if copy is None:
+        logits, settings = native()
+        return Evaluated(
+            tokens=tokens,
+            logits={"native": logits},
+            models=models,
+            settings=settings,
+            float_copy=None,
+            no_copy=no_copy,
+        )
+    copy_path = copy.path
+
+    def dequantized(stop: threading.Event | None) -> tuple[F32Rows, dict[str, Any]]:
         with phase("reference_dequantized"):
-            _, logits["dequantized"], _ = run_reference(0, copy.path, tokens)
-        models["dequantized"] = copy.path
-    return Evaluated(tokens=tokens, logits=logits, models=models, settings=settings, float_copy=copy)
+            return run_logits(copy_path, tokens, stop)
+
+    together = side_by_side(copy)
+    if together:
+        (native_logits, settings), (copy_logits, _) = run_side_by_side(native, dequantized)
+    else:
+        native_logits, settings = native()
+        copy_logits, _ = dequantized(None)
+    models["dequantized"] = copy_path
+    return Evaluated(
+        tokens=tokens,
+        logits={"native": native_logits, "dequantized": copy_logits},
+        models=models,
+        settings=settings,
+        float_copy=copy,
+        side_by_side=together,
+    )
 
 
 def choose(

@@ -18,6 +18,7 @@ import functools
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from bitnet_crossval.crossval.candidates import (
     Candidate,
     CandidateOutput,
     CandidateSetting,
+    Prepares,
     ReferenceFacts,
     TraceRequest,
     make_candidate,
@@ -62,7 +64,9 @@ from bitnet_crossval.reference.lookup import recorded_shim
 from bitnet_crossval.store.sources import source_dirs
 from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import make_dir
+from bitnet_crossval.util.machine import available_memory, usable_cores
 from bitnet_crossval.util.npy_rows import row_blocks, rows_per_block
+from bitnet_crossval.util.side_by_side import side_by_side
 from bitnet_crossval.util.timefmt import file_stamp
 
 if TYPE_CHECKING:
@@ -138,22 +142,30 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
             candidate = _load_candidate(
                 request, ctx, model=model, n_vocab=n_vocab, info=info, progress=candidate_progress
             )
-        evaluated, shim_documents = _evaluate_references(
-            request,
-            ctx,
-            shim,
-            model=model,
-            model_description=model_description,
-            prompt_tokens=prompt_tokens,
-            work_dir=work_dir,
-            timer=timer,
-            bar=bar,
+        evaluated, shim_documents = _evaluate_beside(
+            candidate,
+            timer,
+            functools.partial(
+                _evaluate_references,
+                request,
+                ctx,
+                shim,
+                model=model,
+                model_description=model_description,
+                prompt_tokens=prompt_tokens,
+                work_dir=work_dir,
+                timer=timer,
+                bar=bar,
+            ),
         )
         tokens = evaluated.tokens
         shim_doc = shim_documents[model]
         reference.update(evaluated.settings)
         if evaluated.float_copy is not None:
-            reference["float_copy"] = evaluated.float_copy.to_json()
+            reference["float_copy"] = {
+                **evaluated.float_copy.to_json(),
+                "evaluated_side_by_side": evaluated.side_by_side,
+            }
         result = functools.partial(
             CrossvalResult,
             model=model_description,
@@ -460,6 +472,28 @@ def _default_kl_max(weight_types: list[str]) -> float:
     return DEFAULT_KL_MAX_FLOAT if weight_types and set(weight_types) <= FLOAT_TYPES else DEFAULT_KL_MAX_QUANTIZED
 
 
+def _evaluate_beside(
+    candidate: Candidate,
+    timer: Timer,
+    evaluate_references: Callable[[], tuple[references.Evaluated, dict[Path, dict[str, Any]]]],
+) -> tuple[references.Evaluated, dict[Path, dict[str, Any]]]:
+    """The references' run, with the candidate's preparation beside it when it has any."""
+    if not isinstance(candidate, Prepares):
+        return evaluate_references()
+    evaluated, _ = side_by_side(evaluate_references, functools.partial(_prepare_candidate, candidate, timer))
+    return evaluated
+
+
+def _prepare_candidate(candidate: Prepares, timer: Timer, stop: threading.Event) -> None:
+    """The candidate's work before it knows the token ids, beside the references' run (which
+    leaves a core idle while the continuation is generated)."""
+    with timer.phase("candidate_prepare"):
+        try:
+            candidate.prepare(stop)
+        except Exception as exc:  # met again, and reported, where the candidate runs
+            ui.debug(f"the candidate's preparation stopped: {exc}")
+
+
 def _evaluate_references(
     request: CrossvalRequest,
     ctx: SuiteContext,
@@ -476,25 +510,96 @@ def _evaluate_references(
     each evaluation by the model it ran (its pieces, its count of values that are not finite)."""
     names = references.references_to_run(request.reference, quantized=model_description["precision"] != "float")
     shim_documents: dict[Path, dict[str, Any]] = {}
+    together = False
 
-    def run_reference(n: int, path: Path, prompt: list[int]) -> tuple[list[int], Any, dict[str, Any]]:
-        tokens, logits, facts, document = _reference_run(
-            replace(request, max_tokens=n), shim, path, prompt, work_dir, bar=bar
+    def generate(path: Path, prompt: list[int], n: int) -> list[int]:
+        bar.describe(f"cross-validation: the reference generates {n} tokens")
+        generated = shim.generate(path, prompt, n=n, threads=request.threads, kv_type=request.kv_type)
+        return [*prompt, *generated.tokens]
+
+    def side_by_side(copy: FloatCopy) -> bool:
+        nonlocal together
+        together = _references_side_by_side(request.threads, model, copy.path)
+        return together
+
+    def run_logits(path: Path, tokens: list[int], stop: threading.Event | None) -> tuple[Any, dict[str, Any]]:
+        if together:
+            heard = both.hear(path, len(tokens))
+        else:
+            where = "" if path == model else " of the float copy"
+            bar.describe(f"cross-validation: the reference evaluates {len(tokens)} positions{where}")
+            heard = ui.Rate(bar, len(tokens))
+        logits, facts, document = _reference_logits(
+            request,
+            shim,
+            path,
+            tokens,
+            work_dir,
+            progress=heard,
+            stop=stop,
+            log_tag=None if path == model else "float-copy",
         )
+        facts["settings"]["generated"] = len(tokens) - len(prompt_tokens)
         shim_documents[path] = document
-        return tokens, logits, facts
+        return logits, facts
 
+    both = _BothReferences(bar, model=model)
     evaluated = references.evaluate(
         names,
         model=model,
         prompt=prompt_tokens,
         max_tokens=request.max_tokens,
-        run_reference=run_reference,
+        generate=generate,
+        run_logits=run_logits,
         make_copy=lambda: _float_copy(request, ctx, shim, model, sha256=str(model_description["sha256"])),
         phase=timer.phase,
         copy_optional=request.reference == "auto",
+        side_by_side=side_by_side,
     )
     return evaluated, shim_documents
+
+
+def _references_side_by_side(threads: int, model: Path, copy: Path) -> bool:
+    """Whether the float copy may be evaluated beside the model as given: the cores for both at
+    ``--threads`` each, and the memory for both files (each process maps its model whole)."""
+    if 2 * threads > usable_cores():
+        return False
+    memory = available_memory()
+    try:
+        needed = model.stat().st_size + copy.stat().st_size
+    except OSError:
+        return False
+    return memory is None or needed <= memory
+
+
+class _BothReferences:
+    """The progress of two evaluations running side by side, as one count of positions."""
+
+    def __init__(self, bar: ui.ProgressTask, *, model: Path) -> None:
+        self._bar = bar
+        self._model = model
+        self._done: dict[bool, int] = {}
+        self._rate: ui.Rate | None = None
+        self._lock = threading.Lock()
+
+    def hear(self, path: Path, n: int) -> Callable[[int], None]:
+        native = path == self._model
+        with self._lock:
+            if self._rate is None:
+                self._bar.describe(
+                    f"cross-validation: the reference evaluates {n} positions of the model and of its float copy, "
+                    "side by side"
+                )
+                self._rate = ui.Rate(self._bar, 2 * n)
+            self._done[native] = 0
+
+        def heard(done: int) -> None:
+            with self._lock:
+                self._done[native] = done
+                assert self._rate is not None
+                self._rate(sum(self._done.values()))
+
+        return heard
 
 
 def _unreal_reference(
@@ -542,30 +647,22 @@ identical to a one-batch evaluation's with blocks of 64 and 256 (Gemma 3 270M Q4
 tokens), at the same speed: docs/reference/benchmarks.md."""
 
 
-def _reference_run(
+def _reference_logits(
     request: CrossvalRequest,
     shim: Shim,
     model: Path,
-    prompt: list[int],
+    tokens: list[int],
     work_dir: Path,
     *,
-    bar: ui.ProgressTask | None = None,
-) -> tuple[list[int], np.ndarray[Any, Any], dict[str, Any], dict[str, Any]]:
-    """The reference's tokens (the prompt and its greedy continuation), their logits (a
-    read-only memory map of a file in ``work_dir`` written a block of positions at a time), the
-    run's facts for the report and the shim's own document (its pieces, its count of values
-    that are not finite)."""
+    progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+    log_tag: str | None = None,
+) -> tuple[np.ndarray[Any, Any], dict[str, Any], dict[str, Any]]:
+    """The reference's logits of every position of ``tokens`` (a read-only memory map of a file
+    in ``work_dir`` written a block of positions at a time), the run's facts for the report and
+    the shim's own document (its pieces, its count of values that are not finite)."""
     from bitnet_crossval.reference.client import run_report
 
-    continuation: list[int] = []
-    if request.max_tokens > 0:
-        if bar is not None:
-            bar.describe(f"cross-validation: the reference generates {request.max_tokens} tokens")
-        generated = shim.generate(model, prompt, n=request.max_tokens, threads=request.threads, kv_type=request.kv_type)
-        continuation = list(generated.tokens)
-    tokens = [*prompt, *continuation]
-    if bar is not None:
-        bar.describe(f"cross-validation: the reference evaluates {len(tokens)} positions")
     logits, doc = shim.logits(
         model,
         tokens,
@@ -573,7 +670,9 @@ def _reference_run(
         kv_type=request.kv_type,
         out_dir=work_dir,
         block=REFERENCE_BLOCK,
-        progress=ui.Rate(bar, len(tokens)) if bar is not None else None,
+        progress=progress,
+        stop=stop,
+        log_tag=log_tag,
     )
     run = run_report(doc)
     settings = {
@@ -586,9 +685,8 @@ def _reference_run(
         "seed": run.seed,
         "flash_attn": doc.get("flash_attn", False),
         "causal": doc.get("causal", True),
-        "generated": len(continuation),
     }
-    return tokens, logits, {"settings": settings}, doc
+    return logits, {"settings": settings}, doc
 
 
 def _check_ranks(logits: np.ndarray[Any, Any]) -> None:

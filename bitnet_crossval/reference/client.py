@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +239,8 @@ class Shim:
         out_dir: Path | None = None,
         block: int | None = None,
         progress: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+        log_tag: str | None = None,
     ) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
         """Logits of every position, ``[n_tokens, n_vocab]`` float32, evaluated causally: in one
         batch, or ``block`` tokens per ``llama_decode`` call with the KV cache carrying the
@@ -245,7 +248,10 @@ class Shim:
 
         With ``out_dir`` the array is a read-only memory map of a file left there; without it
         the array is read into memory and no file is kept. ``progress`` hears how many
-        positions the shim has evaluated, after each block.
+        positions the shim has evaluated, after each block. Setting ``stop`` interrupts the
+        shim (then the call fails): how work run beside another is called off. ``log_tag``
+        names the call's own log (``shim-logits-TAG.log``), so that two calls running at once
+        do not share one.
         """
         options = _run_options(threads, kv_type)
         if block is not None:
@@ -259,6 +265,8 @@ class Shim:
             options=options,
             out=_NpyOut(flag="--out", rows=len(tokens), directory=out_dir),
             on_progress=progress,
+            stop=stop,
+            log_tag=log_tag,
         )
         assert array is not None
         return array, doc
@@ -352,6 +360,8 @@ class Shim:
         options: Sequence[str] = (),
         out: _NpyOut | None = None,
         on_progress: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+        log_tag: str | None = None,
     ) -> tuple[dict[str, Any], npt.NDArray[np.float32] | None]:
         """Run ``command`` on ``model`` with its inputs in files of a private temporary directory
         (token ids as JSON, text as UTF-8 bytes), and read the array it writes when ``out`` asks."""
@@ -364,12 +374,21 @@ class Shim:
                 text_file.write_bytes(text.encode("utf-8"))
                 args += ["--text-file", str(text_file)]
             if out is None:
-                return self._run([*args, *options], on_progress=on_progress), None
+                return self._run([*args, *options], on_progress=on_progress, stop=stop, log_tag=log_tag), None
             out_path = _output_path(out.directory, Path(tmp), command)
-            doc = self._run([*args, out.flag, str(out_path), *options], on_progress=on_progress)
+            doc = self._run(
+                [*args, out.flag, str(out_path), *options], on_progress=on_progress, stop=stop, log_tag=log_tag
+            )
             return doc, _load_npy(out_path, rows=out.rows, doc=doc, keep=out.directory is not None)
 
-    def _run(self, args: list[str], *, on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    def _run(
+        self,
+        args: list[str],
+        *,
+        on_progress: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+        log_tag: str | None = None,
+    ) -> dict[str, Any]:
         if not self.executable.is_file():
             raise BackendUnavailable(
                 f"the reference shim {self.executable} does not exist",
@@ -379,7 +398,7 @@ class Shim:
         stream_log = False
         if self._log_dir is not None:
             make_dir(self._log_dir)
-            log_path = self._log_dir / f"shim-{args[0]}.log"
+            log_path = self._log_dir / (f"shim-{args[0]}-{log_tag}.log" if log_tag else f"shim-{args[0]}.log")
             args = [*args, "--log-file", str(log_path)]
         elif ui.is_verbose():
             # llama.cpp's log then arrives with the output; show it as debug lines.
@@ -395,6 +414,7 @@ class Shim:
                 check=False,
                 timeout=self._timeout,
                 on_line=on_line,
+                stop=stop,
             )
         except ProgramCouldNotStart as exc:  # not executable, not a program, a bad ELF
             raise BackendUnavailable(

@@ -8,13 +8,10 @@ largest model file of the cases still to run. More jobs than cores only makes ev
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 BASE_BYTES = 300 << 20
 MODEL_FACTOR = 6
-MEMINFO = Path("/proc/meminfo")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,24 +21,6 @@ class JobLimit:
     """Whether fewer than ``--jobs`` asked for."""
     reason: str
     """What bounds the number: the cores, the memory and a case's reckoned size."""
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # pragma: no cover (platforms without affinity)
-        return os.cpu_count() or 1
-
-
-def available_memory(meminfo: Path = MEMINFO) -> int | None:
-    """``MemAvailable`` in bytes (Linux), None where the system does not say."""
-    try:
-        for line in meminfo.read_text(encoding="ascii", errors="replace").splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def job_limit(requested: int, *, largest_model: int, cores: int, memory: int | None) -> JobLimit:

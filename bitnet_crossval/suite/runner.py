@@ -32,12 +32,13 @@ from bitnet_crossval.suite.cases import Case, CasesFile, case_options, key_of
 from bitnet_crossval.suite.defaults import DEFAULT_CASE_TIMEOUT
 from bitnet_crossval.suite.keys import KeyInputs, backend_facts, case_files, passed_through, suite_version
 from bitnet_crossval.suite.outcome import CaseOutcome, not_run, outcome_from_child, timed_out
-from bitnet_crossval.suite.resources import available_memory, job_limit, usable_cores
+from bitnet_crossval.suite.resources import job_limit
 from bitnet_crossval.suite.result import SuiteResult
 from bitnet_crossval.suite.shard import Shard
 from bitnet_crossval.suite.store import LOG_FILE, REPORT_FILE, STDOUT_FILE, ResultStore
 from bitnet_crossval.util import proc, ui
 from bitnet_crossval.util.files import file_sha256, remove_tree
+from bitnet_crossval.util.machine import available_memory, usable_cores
 from bitnet_crossval.util.options import Flag
 
 if TYPE_CHECKING:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -110,6 +111,17 @@ class Candidate(Protocol):
         self, model: Path, tokens: npt.NDArray[np.int32], *, request: TraceRequest, work_dir: Path
     ) -> Traced | None:
         """The candidate's intermediates by llama.cpp name, or None when it cannot trace."""
+        ...
+
+
+@runtime_checkable
+class Prepares(Protocol):
+    """A candidate with work to do before it knows the token ids (the built-in engine
+    dequantises its weights): done beside the reference's run, on a core it leaves idle."""
+
+    def prepare(self, stop: threading.Event) -> None:
+        """Do that work now; return early once ``stop`` is set. A failure here is met again,
+        and reported, when the candidate runs."""
         ...
 
 

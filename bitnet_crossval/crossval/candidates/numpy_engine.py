@@ -3,6 +3,7 @@ the self-check runs)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ from bitnet_crossval.errors import BadInput
 from bitnet_crossval.util.npy_rows import NpyWriter
 
 if TYPE_CHECKING:
-    from bitnet_crossval.crossval.engine import EngineOptions
+    from bitnet_crossval.crossval.engine import Engine, EngineOptions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,19 +72,32 @@ class NumpyCandidate:
     would be most of the memory (640 MiB of Gemma 3 270M's), and it is read once per run.
     """
 
-    def __init__(self, model: Path, options: EngineOptions, *, progress: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: Path,
+        options: EngineOptions,
+        *,
+        progress: Callable[[float], None] | None = None,
+        engine: Engine | None = None,
+    ) -> None:
         from bitnet_crossval.crossval.engine import load_engine
 
         self.label = "numpy"
-        self.engine = load_engine(model, options)
+        self.engine = engine if engine is not None else load_engine(model, options)
         self._progress = progress
+
+    def prepare(self, stop: threading.Event) -> None:
+        """Dequantise the weights before the token ids are known (beside the reference's run)."""
+        self.engine.preload(stop)
 
     def follow(self, reference: ReferenceFacts) -> Candidate:
         if reference.kv_type_v == "f16" and self.engine.options.kv_cache != "f16":
             # The backend refused an F32 V cache (the 2024 bitnet.cpp fork): round as it does.
-            return NumpyCandidate(
-                self.engine.model.path, replace(self.engine.options, kv_cache="f16"), progress=self._progress
-            )
+            # The same model file, with the weights it has dequantised already.
+            from bitnet_crossval.crossval.engine import Engine
+
+            engine = Engine(self.engine.model, replace(self.engine.options, kv_cache="f16"))
+            return NumpyCandidate(self.engine.model.path, engine.options, progress=self._progress, engine=engine)
         return self
 
     def run(self, model: Path, tokens: npt.NDArray[np.int32], *, work_dir: Path, trace: bool) -> CandidateOutput:

@@ -7,6 +7,7 @@ shapes, decodable tensor types) before any weight is dequantised, so a bad model
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -172,16 +173,18 @@ class Engine:
             return None
         return positions_needed(self.options.fault, self.hparams)
 
-    def preload(self) -> float:
-        """Dequantise every weight now (not a streamed output matrix); returns the seconds it took."""
+    def preload(self, stop: threading.Event | None = None) -> float:
+        """Dequantise every weight now (not a streamed output matrix); returns the seconds it took.
+
+        ``stop``, when set, ends it early (between two weights): what is left is dequantised
+        on first use, as without a preload."""
         started = time.perf_counter()
         streamed = {"token_embd.weight", "output.weight"} if self.options.output_weights == "stream" else set()
-        for name in self._required:
-            if name not in streamed:
-                self.weight(name)
-        for name in self.model.tensors:
-            if name.endswith(_OPTIONAL_SUFFIXES) or name == "rope_freqs.weight":
-                self.weight(name)
+        optional = [n for n in self.model.tensors if n.endswith(_OPTIONAL_SUFFIXES) or n == "rope_freqs.weight"]
+        for name in [*(n for n in self._required if n not in streamed), *optional]:
+            if stop is not None and stop.is_set():
+                break
+            self.weight(name)
         return time.perf_counter() - started
 
     def describe(self) -> dict[str, Any]:

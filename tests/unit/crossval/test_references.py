@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +201,11 @@ def test_the_choice_in_json_names_the_limits_and_distances() -> None:
 def _evaluate_without_copy(*, optional: bool) -> Evaluated:
     native, _ = _references()
 
-    def run_reference(n: int, model: Path, prompt: list[int]) -> tuple[list[int], np.ndarray, dict[str, Any]]:
-        return list(range(N_POSITIONS)), native, {"settings": {}}
+    def generate(model: Path, prompt: list[int], n: int) -> list[int]:
+        return list(range(N_POSITIONS))
+
+    def run_logits(model: Path, tokens: list[int], stop: threading.Event | None) -> tuple[np.ndarray, dict[str, Any]]:
+        return native, {"settings": {}}
 
     def refuse() -> FloatCopy:
         raise BadInput("model.gguf is one part of a model split into 2 files", next_step="merge the parts")
@@ -211,7 +215,8 @@ def _evaluate_without_copy(*, optional: bool) -> Evaluated:
         model=Path("/models/model.gguf"),
         prompt=[0],
         max_tokens=4,
-        run_reference=run_reference,
+        generate=generate,
+        run_logits=run_logits,
         make_copy=refuse,
         phase=lambda name: contextlib.nullcontext(),
         copy_optional=optional,
@@ -258,3 +263,124 @@ def test_kl_per_position_reads_memory_mapped_logits_a_block_at_a_time_and_hands_
     for mapped in maps:
         blocks = [(start, stop) for owner, start, stop in released if owner == id(mapped)]
         assert blocks == [(start, min(N_POSITIONS, start + 5)) for start in range(0, N_POSITIONS, 5)]
+
+
+# --- the two evaluations, side by side or one after the other ---
+
+MODEL, COPY = Path("/models/model.gguf"), Path("/copies/model-f32.gguf")
+WAIT = 10.0  # seconds an event is waited for: never reached when the code is right
+
+
+def _copy() -> FloatCopy:
+    return FloatCopy(
+        path=COPY,
+        float_type="F32",
+        size_bytes=0,
+        seconds=0.0,
+        cached=True,
+        reason="",
+        source=MODEL,
+        source_sha256="0" * 64,
+        backend="llama",
+        backend_commit="0" * 12,
+        by_backend=0,
+        by_decoder=0,
+    )
+
+
+class _Evaluations:
+    """The two evaluations as events: which started, which ended, which was asked to stop."""
+
+    def __init__(self, *, native_waits_for_copy: bool = False, fail: Path | None = None) -> None:
+        self.native, self.dequantized = _references()
+        self.started = {MODEL: threading.Event(), COPY: threading.Event()}
+        self.ended = {MODEL: threading.Event(), COPY: threading.Event()}
+        self.stopped = threading.Event()
+        self.copy_running_at_native_end = False
+        self.native_waits_for_copy = native_waits_for_copy
+        self.fail = fail
+
+    def run_logits(self, model: Path, tokens: list[int], stop: threading.Event | None) -> tuple[np.ndarray, Any]:
+        self.started[model].set()
+        try:
+            if model == MODEL:
+                if self.native_waits_for_copy:
+                    assert self.started[COPY].wait(WAIT), "the float copy did not start while the model ran"
+                    self.copy_running_at_native_end = not self.ended[COPY].is_set()
+                if self.fail == MODEL:
+                    raise BadInput("the model's evaluation failed", next_step="look at its log")
+                return self.native, {"settings": {"which": "native"}}
+            if self.fail == COPY:
+                raise BadInput("the copy's evaluation failed", next_step="look at its log")
+            # Stays until it is called off, as a shim still computing would.
+            if self.fail == MODEL and stop is not None and stop.wait(WAIT):
+                self.stopped.set()
+                raise BadInput("interrupted", next_step="")
+            if self.native_waits_for_copy:
+                self.ended[MODEL].wait(WAIT)
+            return self.dequantized, {"settings": {"which": "dequantized"}}
+        finally:
+            self.ended[model].set()
+
+    def evaluate(self, *, together: bool) -> Evaluated:
+        seen: list[str] = []
+
+        @contextlib.contextmanager
+        def phase(name: str) -> Any:
+            seen.append(name)
+            yield
+
+        return evaluate(
+            ("native", "dequantized"),
+            model=MODEL,
+            prompt=[0, 1],
+            max_tokens=N_POSITIONS - 2,
+            generate=lambda model, prompt, n: [*prompt, *range(2, 2 + n)],
+            run_logits=self.run_logits,
+            make_copy=_copy,
+            phase=phase,
+            side_by_side=lambda copy: together,
+        )
+
+
+def test_the_float_copy_is_evaluated_beside_the_model_when_the_machine_allows() -> None:
+    evaluations = _Evaluations(native_waits_for_copy=True)
+    evaluated = evaluations.evaluate(together=True)
+    assert evaluations.copy_running_at_native_end  # both were running at once
+    assert evaluated.side_by_side
+    assert evaluated.tokens == list(range(N_POSITIONS))
+    assert evaluated.logits["native"] is evaluations.native
+    assert evaluated.logits["dequantized"] is evaluations.dequantized
+    assert evaluated.settings == {"settings": {"which": "native"}}  # the model as given's facts
+    assert evaluated.models == {"native": MODEL, "dequantized": COPY}
+
+
+def test_one_after_the_other_when_the_machine_does_not_allow() -> None:
+    evaluations = _Evaluations()
+    order: list[Path] = []
+    run = evaluations.run_logits
+
+    def recorded(model: Path, tokens: list[int], stop: threading.Event | None) -> tuple[np.ndarray, Any]:
+        order.append(model)
+        assert model == MODEL or evaluations.ended[MODEL].is_set()
+        return run(model, tokens, stop)
+
+    evaluations.run_logits = recorded  # type: ignore[method-assign]
+    evaluated = evaluations.evaluate(together=False)
+    assert order == [MODEL, COPY] and not evaluated.side_by_side
+    assert evaluated.logits["dequantized"] is evaluations.dequantized
+
+
+def test_a_failing_evaluation_of_the_model_calls_the_copys_off_and_is_the_error() -> None:
+    evaluations = _Evaluations(native_waits_for_copy=True, fail=MODEL)
+    with pytest.raises(BadInput, match="the model's evaluation failed"):
+        evaluations.evaluate(together=True)
+    assert evaluations.stopped.is_set()  # the copy's evaluation was told to stop ...
+    assert evaluations.ended[COPY].is_set()  # ... and was waited for
+
+
+def test_a_failing_evaluation_of_the_copy_is_the_error_once_the_model_is_done() -> None:
+    evaluations = _Evaluations(fail=COPY)
+    with pytest.raises(BadInput, match="the copy's evaluation failed"):
+        evaluations.evaluate(together=True)
+    assert evaluations.ended[MODEL].is_set()

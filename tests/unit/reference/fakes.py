@@ -44,6 +44,9 @@ if plan.get("quantized"):
         handle.write(b"GGUF" + bytes(plan["quantized"]))
 if plan.get("signal"):
     os.kill(os.getpid(), plan["signal"])
+if plan.get("sleep"):
+    import time
+    time.sleep(plan["sleep"])
 sys.stdout.write(plan.get("stdout", ""))
 sys.stderr.write(plan.get("stderr", ""))
 sys.exit(plan.get("exit", 0))

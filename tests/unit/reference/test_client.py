@@ -4,6 +4,8 @@ records the arguments it gets and answers as the plan says."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,26 @@ def test_log_dir_adds_a_log_file_per_command(plan: Plan, tmp_path: Path) -> None
     client.info()
     argv = calls(tmp_path)[0]["argv"]
     assert option(argv, "--log-file") == str(tmp_path / "logs" / "shim-info.log")
+
+
+def test_a_tagged_call_has_a_log_of_its_own(plan: Plan, tmp_path: Path) -> None:
+    # Two evaluations running at once must not append to one log.
+    client = plan(stdout=json.dumps({"n_vocab": 2}), npy_shape=[1, 2], log_dir=tmp_path / "logs")
+    client.logits(Path("m.gguf"), [1])
+    client.logits(Path("copy.gguf"), [1], log_tag="float-copy")
+    first, second = (option(call["argv"], "--log-file") for call in calls(tmp_path))
+    assert first == str(tmp_path / "logs" / "shim-logits.log")
+    assert second == str(tmp_path / "logs" / "shim-logits-float-copy.log")
+
+
+def test_setting_stop_interrupts_the_shim_and_the_call_fails(plan: Plan) -> None:
+    client = plan(stdout=json.dumps({"n_vocab": 2}), npy_shape=[1, 2], sleep=60)
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(SuiteError):
+        client.logits(Path("m.gguf"), [1], stop=stop)
+    assert time.monotonic() - started < 30  # interrupted, not slept out
 
 
 def test_verbose_mode_asks_for_llama_cpp_log_when_no_log_dir(

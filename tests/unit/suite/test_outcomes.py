@@ -15,9 +15,10 @@ from bitnet_crossval.errors import BadInput, CandidateFailed, ParityFailed, Uncl
 from bitnet_crossval.suite.cases import Case
 from bitnet_crossval.suite.junit import junit_xml
 from bitnet_crossval.suite.outcome import CaseOutcome, Status, outcome_from_child, suite_exit_code
-from bitnet_crossval.suite.resources import available_memory, job_limit
+from bitnet_crossval.suite.resources import job_limit
 from bitnet_crossval.suite.result import SuiteResult, merge_results, read_report
 from bitnet_crossval.suite.shard import Shard, parse_shard
+from bitnet_crossval.util.machine import available_memory
 
 GB = 1 << 30
 

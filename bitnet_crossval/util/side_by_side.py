@@ -1,0 +1,85 @@
+"""Two pieces of work at once: one in the calling thread, the other in a thread beside it.
+
+Made for two child processes that each use one core (two evaluations by the reference shim):
+the threads only wait on their children, so the pair takes as long as the longer one rather
+than as long as both. The calling thread keeps the first piece, because signals arrive there:
+Ctrl-C, or SIGTERM turned into an exception (:mod:`bitnet_crossval.util.signals`), interrupts
+it as it would any run, and the second is then stopped through its ``stop`` event (its child
+interrupted, then killed; see :func:`bitnet_crossval.util.proc.run`) and waited for, so nothing
+is left running. Errors come out as they would one after the other: the first piece's if it
+failed, else the second's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+_JOIN_POLL = 0.1
+"""Seconds between looks at the second piece while waiting for it, so a signal is never held up."""
+
+
+class _Beside(Generic[B]):
+    """The second piece, run in a thread of its own; what it returned or raised is kept for the caller."""
+
+    def __init__(self, work: Callable[[threading.Event], B]) -> None:
+        self.stop = threading.Event()
+        self._work = work
+        self._result: B | None = None
+        self._error: BaseException | None = None
+        # Waited on instead of the thread: a Ctrl-C that lands inside Thread.join can leave the
+        # thread looking finished while it still runs.
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="side-by-side", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._work(self.stop)
+        except BaseException as exc:  # handed to the calling thread, which raises it
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def wait(self) -> None:
+        while not self._done.wait(_JOIN_POLL):
+            pass
+
+    def stop_and_wait(self) -> None:
+        self.stop.set()
+        while not self._done.is_set():
+            # A second Ctrl-C while it stops changes nothing: it is stopping already, and leaving
+            # now could leave its child running.
+            with contextlib.suppress(BaseException):
+                self.wait()
+
+    def result(self) -> B:
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]  # set whenever _error is not
+
+
+def side_by_side(first: Callable[[], A], second: Callable[[threading.Event], B]) -> tuple[A, B]:
+    """Run ``first`` here and ``second`` beside it, and return both results.
+
+    ``second`` is given an event that is set when it must stop early (``first`` failed, or the
+    run was interrupted); it should pass it on to the child it waits for. When ``first`` raises,
+    ``second`` is stopped and waited for, and ``first``'s exception is raised; otherwise
+    ``second``'s, if it raised.
+    """
+    beside = _Beside(second)
+    beside.start()
+    try:
+        a = first()
+        beside.wait()
+    except BaseException:
+        beside.stop_and_wait()
+        raise
+    return a, beside.result()

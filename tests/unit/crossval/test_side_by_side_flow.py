@@ -1,0 +1,117 @@
+"""What a run does at once, on the fake reference shim: the float copy evaluated beside the model
+as given when the machine has two cores and the memory, and the built-in engine dequantising its
+weights beside the references' run. Either way the report's figures are the same."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from bitnet_crossval.context import SuiteContext
+from bitnet_crossval.crossval import CrossvalRequest, CrossvalResult, parse_candidate, parse_model, run_crossval
+from bitnet_crossval.crossval import run as run_module
+from bitnet_crossval.crossval.candidates import Prepares, ReferenceFacts
+from bitnet_crossval.crossval.candidates.numpy_engine import NumpyCandidate
+from bitnet_crossval.crossval.engine import EngineOptions
+from bitnet_crossval.crossval.models import resolve_model
+from tests.unit.crossval.fake_reference import FakeCache
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread_here")
+
+QUANTISED = "synthetic:llama:Q4_0"
+GB = 1 << 30
+
+
+def _files(tmp_path: Path, model_bytes: int, copy_bytes: int) -> tuple[Path, Path]:
+    model, copy = tmp_path / "model.gguf", tmp_path / "copy.gguf"
+    for path, size in ((model, model_bytes), (copy, copy_bytes)):
+        with path.open("wb") as handle:
+            handle.truncate(size)  # sparse: only the size matters
+    return model, copy
+
+
+@pytest.mark.parametrize(
+    ("threads", "cores", "memory", "together"),
+    [
+        (1, 2, 8 * GB, True),
+        (1, 1, 8 * GB, False),  # one core: the second would only wait for the first
+        (2, 2, 8 * GB, False),  # --threads 2 each would need four
+        (2, 4, 8 * GB, True),
+        (1, 2, 4 * GB, False),  # 1 GB + 4 GB of files do not fit beside each other
+        (1, 2, None, True),  # a system that does not say: the cores decide
+    ],
+)
+def test_side_by_side_when_the_cores_and_the_memory_allow(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    threads: int,
+    cores: int,
+    memory: int | None,
+    together: bool,
+) -> None:
+    model, copy = _files(tmp_path, 1 * GB, 4 * GB)
+    monkeypatch.setattr(run_module, "usable_cores", lambda: cores)
+    monkeypatch.setattr(run_module, "available_memory", lambda: memory)
+    assert run_module._references_side_by_side(threads, model, copy) is together
+
+
+def _crossval(ctx: SuiteContext) -> CrossvalResult:
+    request = CrossvalRequest(
+        model=parse_model(QUANTISED), candidate=parse_candidate("numpy"), prompt="The quick brown fox", max_tokens=4
+    )
+    return run_crossval(request, ctx)
+
+
+def test_the_report_is_the_same_side_by_side_or_one_after_the_other(
+    fake_cache: FakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = fake_cache.context()
+    monkeypatch.setattr(run_module, "usable_cores", lambda: 2)
+    together = _crossval(ctx)
+    monkeypatch.setattr(run_module, "usable_cores", lambda: 1)
+    alone = _crossval(ctx)
+    assert together.reference["float_copy"]["evaluated_side_by_side"] is True
+    assert alone.reference["float_copy"]["evaluated_side_by_side"] is False
+    assert together.verdict == alone.verdict == "parity"
+    assert json.dumps([row.to_json() for row in together.rows]) == json.dumps([row.to_json() for row in alone.rows])
+    assert together.references is not None and alone.references is not None
+    assert together.references.kl_by_reference == alone.references.kl_by_reference
+    assert together.references.noise == alone.references.noise
+    # The engine dequantised its weights beside the references' run.
+    assert "candidate_prepare" in together.timings and "candidate_prepare" in alone.timings
+
+
+def _candidate(fake_cache: FakeCache) -> NumpyCandidate:
+    ctx = fake_cache.context()
+    path = resolve_model(parse_model(QUANTISED), cache=ctx.cache, env=ctx.env, source_dirs=[])
+    return NumpyCandidate(path, EngineOptions(output_weights="stream"))
+
+
+def test_the_engine_prepares_by_dequantising_its_weights(fake_cache: FakeCache) -> None:
+    candidate = _candidate(fake_cache)
+    assert isinstance(candidate, Prepares)
+    cached = candidate.engine.model._cache
+    assert not cached
+    candidate.prepare(threading.Event())
+    assert "blk.0.attn_q.weight" in cached and "output_norm.weight" in cached
+    assert "token_embd.weight" not in cached  # streamed: read once per run, never held
+
+
+def test_a_stop_set_before_the_engine_prepares_leaves_the_weights_to_first_use(fake_cache: FakeCache) -> None:
+    candidate = _candidate(fake_cache)
+    stop = threading.Event()
+    stop.set()
+    candidate.prepare(stop)
+    assert not candidate.engine.model._cache
+
+
+def test_following_an_f16_v_cache_keeps_the_prepared_weights(fake_cache: FakeCache) -> None:
+    candidate = _candidate(fake_cache)
+    candidate.prepare(threading.Event())
+    followed = candidate.follow(ReferenceFacts(kv_type_v="f16"))
+    assert isinstance(followed, NumpyCandidate) and followed is not candidate
+    assert followed.engine.options.kv_cache == "f16"
+    assert followed.engine.model is candidate.engine.model  # the same file, its weights dequantised once

@@ -1,0 +1,103 @@
+"""Two pieces of work at once: the results, the errors, and the second stopped when the first fails."""
+
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+
+import pytest
+
+from bitnet_crossval.util.side_by_side import side_by_side
+
+WAIT = 10.0  # seconds an event is waited for: never reached when the code is right
+
+
+def test_both_run_at_the_same_time_and_both_results_come_back() -> None:
+    second_started = threading.Event()
+    first_done = threading.Event()
+
+    def first() -> str:
+        assert second_started.wait(WAIT)
+        first_done.set()
+        return "first"
+
+    def second(stop: threading.Event) -> int:
+        second_started.set()
+        assert first_done.wait(WAIT)  # still running when the first finished
+        return 2
+
+    assert side_by_side(first, second) == ("first", 2)
+
+
+def test_the_first_failing_stops_the_second_waits_for_it_and_raises_the_first_error() -> None:
+    stopped, finished = threading.Event(), threading.Event()
+    started = threading.Event()
+
+    def first() -> None:
+        assert started.wait(WAIT)
+        raise ValueError("first failed")
+
+    def second(stop: threading.Event) -> None:
+        started.set()
+        if stop.wait(WAIT):
+            stopped.set()
+        time.sleep(0.05)  # stopping takes a moment: the caller must wait for it
+        finished.set()
+        raise RuntimeError("stopped")
+
+    with pytest.raises(ValueError, match="first failed"):
+        side_by_side(first, second)
+    assert stopped.is_set() and finished.is_set()
+
+
+def test_the_second_failing_is_raised_after_the_first_finished() -> None:
+    first_finished = threading.Event()
+
+    def first() -> None:
+        time.sleep(0.05)
+        first_finished.set()
+
+    def second(stop: threading.Event) -> None:
+        raise OSError("second failed")
+
+    with pytest.raises(OSError, match="second failed"):
+        side_by_side(first, second)
+    assert first_finished.is_set()
+
+
+def test_ctrl_c_in_the_calling_thread_stops_the_second() -> None:
+    stopped = threading.Event()
+    started = threading.Event()
+
+    def first() -> None:
+        assert started.wait(WAIT)
+        _thread.interrupt_main()  # Ctrl-C, delivered to the calling thread as a signal would be
+        time.sleep(WAIT)
+
+    def second(stop: threading.Event) -> None:
+        started.set()
+        if stop.wait(WAIT):
+            stopped.set()
+
+    with pytest.raises(KeyboardInterrupt):
+        side_by_side(first, second)
+    assert stopped.is_set()
+
+
+def test_ctrl_c_while_waiting_for_the_second_stops_it() -> None:
+    stopped = threading.Event()
+    started = threading.Event()
+
+    def first() -> None:
+        assert started.wait(WAIT)
+        threading.Timer(0.1, _thread.interrupt_main).start()  # arrives while the second is waited for
+
+    def second(stop: threading.Event) -> None:
+        started.set()
+        if stop.wait(WAIT):
+            stopped.set()
+
+    with pytest.raises(KeyboardInterrupt):
+        side_by_side(first, second)
+    assert stopped.is_set()
