@@ -9,8 +9,10 @@
    started the way a user starts it (``python -m invoke`` from the repository root):
    - the first run: the model file evicted from the OS page cache first (posix_fadvise
      DONTNEED on the GGUF), so the engine's first load reads it from disk, as the first run
-     after a fetch or a reboot does. Python's bytecode caches stay as they are (an installed
-     suite has its .pyc files), the shim's libraries are usually still cached;
+     after a fetch or a reboot does. Python's bytecode caches stay as they are: the suite's
+     modules are compiled first, beside their sources, as pip compiles an installed package
+     (where PYTHONDONTWRITEBYTECODE is set a checkout would compile them on every run;
+     --no-bytecode-cache measures that). The shim's libraries are usually still cached;
    - repeated runs: the same command again, everything warm (median and minimum of --runs).
    With each: CPU time (user + system of the command and everything it ran, the shim included)
    and peak RSS of the largest process (the crossval itself, which holds the NumPy engine).
@@ -53,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks import measure_engine  # noqa: E402
-from benchmarks.measured import run_measured  # noqa: E402
+from benchmarks.measured import compile_suite, run_measured  # noqa: E402
 
 TEXT = measure_engine.TEXT
 N_PROMPT, N_GENERATED = 18, measure_engine.N_GENERATED
@@ -114,6 +116,7 @@ def main() -> None:
         help="the crossval's --reference (default auto, the command's own default)",
     )
     parser.add_argument("--prompt-ids", type=int, default=N_PROMPT, help=f"prompt tokens (default {N_PROMPT})")
+    parser.add_argument("--no-bytecode-cache", action="store_true", help="leave PYTHONDONTWRITEBYTECODE as it is")
     args = parser.parse_args()
     if not os.environ.get("BITNET_CACHE_DIR"):
         raise SystemExit("set BITNET_CACHE_DIR to a cache with the llama backend and the fetched Gemma 3 270M")
@@ -131,6 +134,8 @@ def main() -> None:
     env = {**os.environ, "NO_COLOR": "1"}
     cores = os.cpu_count() or 1
 
+    if not args.no_bytecode_cache:
+        compile_suite()
     with tempfile.TemporaryDirectory(prefix="measure-crossval-") as tmp:
         prompt = list(shim.tokenize(model, TEXT, add_bos=True, parse_special=False).tokens)[: args.prompt_ids]
         tokens_file = Path(tmp) / "prompt.json"

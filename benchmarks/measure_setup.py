@@ -43,6 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.measured import with_bytecode_cache  # noqa: E402
 from bitnet_crossval.provision.recipes import LLAMA_CMAKE_ARGS  # noqa: E402
 from bitnet_crossval.store.layout import APP_NAME  # noqa: E402
 
@@ -113,14 +114,11 @@ def main() -> None:
     env.pop("CI", None)
     env.update(BITNET_CACHE_DIR=str(args.cache.resolve()), NO_COLOR="1")
     if not args.no_bytecode_cache:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(scratch_dir / "pycache")
+        env = with_bytecode_cache(env, scratch_dir / "pycache")
     py = sys.executable
     bare_env = dict(env)  # a checkout: the suite's own modules are compiled on every run
     if not args.no_bytecode_cache:
         bare_env["PYTHONPYCACHEPREFIX"] = str(scratch_dir / "pycache-checkout")
-        package = REPO / "bitnet_crossval"
-        subprocess.run([py, "-m", "compileall", "-q", str(package)], env=env, check=True, stdout=subprocess.DEVNULL)
     empty_project = scratch_dir / "empty-project"  # tasks.py with one no-op task
     empty_project.mkdir()
     (empty_project / "tasks.py").write_text(EMPTY_TASKS, encoding="utf-8")

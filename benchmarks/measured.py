@@ -44,6 +44,31 @@ def measured_child(spec_path: str) -> None:
     )
 
 
+def with_bytecode_cache(env: dict[str, str], prefix: Path) -> dict[str, str]:
+    """``env`` with the suite's modules compiled into ``prefix`` (PYTHONPYCACHEPREFIX) and
+    bytecode writing back on, as pip compiles an installed package: where PYTHONDONTWRITEBYTECODE
+    is set, every run of a checkout would otherwise compile them again (invoke turns bytecode
+    writing off before it loads a task collection, so no invoke run writes them)."""
+    cached = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    cached["PYTHONPYCACHEPREFIX"] = str(prefix)
+    package = REPO / "bitnet_crossval"
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(package)], env=cached, check=True, stdout=subprocess.DEVNULL
+    )
+    return cached
+
+
+def compile_suite() -> None:
+    """Compile the suite's modules beside their sources, as pip compiles an installed package.
+
+    Where PYTHONDONTWRITEBYTECODE is set, a checkout would otherwise compile them on every run;
+    a private PYTHONPYCACHEPREFIX is no cure for a command that imports numpy and rich (every
+    module then looks there, and invoke turns bytecode writing off before it loads a task
+    collection, so what the tasks import would be compiled on every run instead)."""
+    package = REPO / "bitnet_crossval"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True, stdout=subprocess.DEVNULL)
+
+
 def run_measured(cmd: list[str], env: dict[str, str], *, passing: Container[int] = (0,)) -> dict[str, Any]:
     """The figures of ``cmd`` run once (``document``: its JSON output); a return code not in
     ``passing`` ends the benchmark with the command's output."""

@@ -71,6 +71,7 @@ from bitnet_crossval.util.timefmt import file_stamp
 
 if TYPE_CHECKING:
     from bitnet_crossval.context import SuiteContext
+    from bitnet_crossval.crossval.engine import GGUFModelFile
     from bitnet_crossval.reference.client import Shim, TraceResult
     from bitnet_crossval.reference.dequantize import FloatCopy
     from bitnet_crossval.store.constants import BackendRecord
@@ -283,7 +284,9 @@ def _prepare(request: CrossvalRequest, ctx: SuiteContext, shim: Shim, timer: Tim
         )
         facts = model_facts(ctx.cache, shim.executable, model, ask=lambda: shim.info(model))
         info = facts.info
-        _check_hyperparameters(model)
+        gguf = _open_gguf(model)
+        if gguf is not None:
+            _check_hyperparameters(gguf)
     n_vocab = int(info["vocab_size"])
     add_bos = bool(info.get("add_bos")) if request.add_bos is None else request.add_bos
     bar.advance_to(1)
@@ -292,7 +295,7 @@ def _prepare(request: CrossvalRequest, ctx: SuiteContext, shim: Shim, timer: Tim
         prompt_tokens, prompt_text = prompt_ids(request, shim, model, add_bos=add_bos, n_vocab=n_vocab)
         mismatch = _tokenizer_mismatch(request, prompt_tokens, prompt_text, add_bos=add_bos)
     _check_context(len(prompt_tokens) + request.max_tokens, info, model)
-    model_description, weight_types = _model_facts(model, info, sha256=facts.sha256)
+    model_description, weight_types = _model_facts(model, gguf, info, sha256=facts.sha256)
     thresholds = Thresholds(
         kl_max=request.kl_max if request.kl_max is not None else _default_kl_max(weight_types),
         tie_margin=request.tie_margin,
@@ -357,16 +360,23 @@ def _load_candidate(
     )
 
 
-def _check_hyperparameters(model: Path) -> None:
-    """Hyperparameters that make llama.cpp abort (a negative norm epsilon: SIGABRT) or compute
-    NaN are bad input before the reference runs, for any architecture and any candidate."""
+def _open_gguf(model: Path) -> GGUFModelFile | None:
+    """The model's header and tensor directory (read once for the checks and facts below), or
+    None when the NumPy reader cannot read it: llama.cpp loaded it, and what the reader cannot
+    read is reported by whoever reads it."""
     from bitnet_crossval.crossval.engine import GGUFModelFile
-    from bitnet_crossval.crossval.engine.hparams import check_hyperparameters
 
     try:
-        gguf = GGUFModelFile(model)
+        return GGUFModelFile(model)
     except BadInput:
-        return  # llama.cpp loaded it; what the NumPy reader cannot read is reported by whoever reads it
+        return None
+
+
+def _check_hyperparameters(gguf: GGUFModelFile) -> None:
+    """Hyperparameters that make llama.cpp abort (a negative norm epsilon: SIGABRT) or compute
+    NaN are bad input before the reference runs, for any architecture and any candidate."""
+    from bitnet_crossval.crossval.engine.hparams import check_hyperparameters
+
     check_hyperparameters(gguf)
 
 
@@ -434,17 +444,15 @@ def _check_context(n_positions: int, info: dict[str, Any], model: Path) -> None:
         )
 
 
-def _model_facts(model: Path, info: dict[str, Any], *, sha256: str) -> tuple[dict[str, Any], list[str]]:
-    from bitnet_crossval.crossval.engine import GGUFModelFile
-
-    weight_types: list[str] = []
-    try:
-        gguf = GGUFModelFile(model)
-        weight_types = sorted(
-            {t.type_name for name, t in gguf.tensors.items() if len(t.shape) >= 2 and name.endswith(".weight")}
-        )
-    except BadInput:
-        weight_types = []  # the reference loaded it; the candidate will say what it cannot read
+def _model_facts(
+    model: Path, gguf: GGUFModelFile | None, info: dict[str, Any], *, sha256: str
+) -> tuple[dict[str, Any], list[str]]:
+    # Unreadable here: the reference loaded it; the candidate will say what it cannot read.
+    weight_types = (
+        sorted({t.type_name for name, t in gguf.tensors.items() if len(t.shape) >= 2 and name.endswith(".weight")})
+        if gguf is not None
+        else []
+    )
     facts = {
         "path": str(model),
         "sha256": sha256,
