@@ -121,6 +121,16 @@ CANDIDATE_TIMEOUT = Number(
 THREADS = Integer(
     name="threads", help="threads of the reference (1 is deterministic)", default=1, minimum=1, maximum=MAX_THREADS
 )
+CORES = Integer(
+    name="cores",
+    help=(
+        "cores the run may keep busy at once (0: every core this process may use); with two per "
+        "--threads it evaluates the model and its float copy side by side"
+    ),
+    default=0,
+    minimum=0,
+    maximum=MAX_THREADS,
+)
 BITNET_ACTIVATION: Choice[ActivationChoice] = Choice(
     name="bitnet_activation",
     help="the FFN activation the numpy engine uses for bitnet models",
@@ -173,6 +183,7 @@ REQUEST_OPTIONS: tuple[Option[Any], ...] = (
     TIE_MARGIN,
     CANDIDATE_TIMEOUT,
     THREADS,
+    CORES,
     BITNET_ACTIVATION,
     TRACE,
     TRACE_LAYERS,
@@ -258,6 +269,7 @@ def build_request(values: OptionValues) -> CrossvalRequest:
         tie_margin=values[TIE_MARGIN],
         candidate_timeout=values[CANDIDATE_TIMEOUT],
         threads=values[THREADS],
+        cores=values[CORES],
         bitnet_activation=None if activation == "auto" else activation,
         trace=values[TRACE] or bool(trace_layers.strip() or trace_names.strip()),
         trace_layers=parse_layers(trace_layers),

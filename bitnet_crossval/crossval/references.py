@@ -251,19 +251,33 @@ def evaluate(
     phase: Callable[[str], Any],
     copy_optional: bool = False,
     side_by_side: Callable[[FloatCopy], bool] = lambda copy: False,
+    beside_generation: Callable[[threading.Event], None] | None = None,
 ) -> Evaluated:
     """Run each reference on the same ids: the model as given generates the continuation, then
     it and the float copy evaluate every position with the same backend and settings.
 
-    The two evaluations are independent; when ``side_by_side(copy)`` says the machine has the
-    cores and the memory for both at once, the float copy's runs beside the model's (each in a
-    process of its own, one core each by default), and the pair takes as long as the longer.
+    The two evaluations are independent; when ``side_by_side(copy)`` (asked once, before
+    either starts) says the machine has the cores and the memory for both at once, the float
+    copy's runs beside the model's (each in a process of its own, one core each by default), and
+    the pair takes as long as the longer. When the float copy's fails, the model's runs to its
+    end first (as one after the other); when the model's fails, the float copy's is stopped.
     Either way the logits are the same: each process computes exactly what it would alone.
+    ``beside_generation`` is work that needs no token ids (the candidate's preparation), done
+    while the continuation is generated and finished before the evaluations start.
     ``copy_optional`` (``auto``): a copy that cannot be made (a split model, a type no
     dequantiser knows, too little disk) leaves the model as given alone, and says why."""
     models: dict[ReferenceName, Path] = {"native": model}
-    with phase("reference"):
-        tokens = generate(model, prompt, max_tokens) if max_tokens > 0 else list(prompt)
+
+    def continuation() -> list[int]:
+        with phase("reference"):
+            return generate(model, prompt, max_tokens)
+
+    if max_tokens <= 0:
+        tokens = list(prompt)
+    elif beside_generation is not None:
+        tokens, _ = run_side_by_side(continuation, beside_generation)
+    else:
+        tokens = continuation()
     copy: FloatCopy | None = None
     no_copy: str | None = None
     if "dequantized" in references:

@@ -50,6 +50,10 @@ class CrossvalRequest:
     tie_margin: float = DEFAULT_TIE_MARGIN
     candidate_timeout: float = DEFAULT_CANDIDATE_TIMEOUT
     threads: int = 1
+    cores: int = 0
+    """Cores the run may keep busy at once (0: every core the process may use): what decides
+    whether the two references are evaluated side by side, and whether the candidate prepares
+    while the continuation is generated."""
     kv_type: KvType = "auto"
     bitnet_activation: Literal["silu", "relu2"] | None = None
     trace: bool = False

@@ -66,7 +66,6 @@ from bitnet_crossval.util import ui
 from bitnet_crossval.util.files import make_dir
 from bitnet_crossval.util.machine import available_memory, usable_cores
 from bitnet_crossval.util.npy_rows import row_blocks, rows_per_block
-from bitnet_crossval.util.side_by_side import side_by_side
 from bitnet_crossval.util.timefmt import file_stamp
 
 if TYPE_CHECKING:
@@ -143,21 +142,17 @@ def run_crossval(request: CrossvalRequest, ctx: SuiteContext, *, work_dir: Path 
             candidate = _load_candidate(
                 request, ctx, model=model, n_vocab=n_vocab, info=info, progress=candidate_progress
             )
-        evaluated, shim_documents = _evaluate_beside(
-            candidate,
-            timer,
-            functools.partial(
-                _evaluate_references,
-                request,
-                ctx,
-                shim,
-                model=model,
-                model_description=model_description,
-                prompt_tokens=prompt_tokens,
-                work_dir=work_dir,
-                timer=timer,
-                bar=bar,
-            ),
+        evaluated, shim_documents = _evaluate_references(
+            request,
+            ctx,
+            shim,
+            model=model,
+            model_description=model_description,
+            prompt_tokens=prompt_tokens,
+            work_dir=work_dir,
+            timer=timer,
+            bar=bar,
+            candidate=candidate,
         )
         tokens = evaluated.tokens
         shim_doc = shim_documents[model]
@@ -480,21 +475,25 @@ def _default_kl_max(weight_types: list[str]) -> float:
     return DEFAULT_KL_MAX_FLOAT if weight_types and set(weight_types) <= FLOAT_TYPES else DEFAULT_KL_MAX_QUANTIZED
 
 
-def _evaluate_beside(
-    candidate: Candidate,
-    timer: Timer,
-    evaluate_references: Callable[[], tuple[references.Evaluated, dict[Path, dict[str, Any]]]],
-) -> tuple[references.Evaluated, dict[Path, dict[str, Any]]]:
-    """The references' run, with the candidate's preparation beside it when it has any."""
-    if not isinstance(candidate, Prepares):
-        return evaluate_references()
-    evaluated, _ = side_by_side(evaluate_references, functools.partial(_prepare_candidate, candidate, timer))
-    return evaluated
+def _prepare_beside_generation(threads: int, candidate: Candidate, model: Path, *, cores: int) -> Prepares | None:
+    """The candidate, when it has work to do before it knows the token ids and the machine has
+    a core the generation leaves idle (more than ``--threads``) and the memory: for what the work
+    fills, and for the float copy the backend maps next (about as large: both are the model's
+    weights as floats) beside the model."""
+    if not isinstance(candidate, Prepares) or cores <= threads:
+        return None
+    memory = available_memory()
+    if memory is None:
+        return candidate
+    try:
+        needed = 2 * candidate.prepare_bytes() + model.stat().st_size
+    except OSError:
+        return None
+    return candidate if needed <= memory else None
 
 
 def _prepare_candidate(candidate: Prepares, timer: Timer, stop: threading.Event) -> None:
-    """The candidate's work before it knows the token ids, beside the references' run (which
-    leaves a core idle while the continuation is generated)."""
+    """The candidate's work before it knows the token ids, while the continuation is generated."""
     with timer.phase("candidate_prepare"):
         try:
             candidate.prepare(stop)
@@ -513,21 +512,26 @@ def _evaluate_references(
     work_dir: Path,
     timer: Timer,
     bar: ui.ProgressTask,
+    candidate: Candidate,
 ) -> tuple[references.Evaluated, dict[Path, dict[str, Any]]]:
     """The references the request asks for, on the same ids, and the shim's own document of
-    each evaluation by the model it ran (its pieces, its count of values that are not finite)."""
+    each evaluation by the model it ran (its pieces, its count of values that are not finite);
+    the candidate prepares while the continuation is generated, when it can."""
     names = references.references_to_run(request.reference, quantized=model_description["precision"] != "float")
     shim_documents: dict[Path, dict[str, Any]] = {}
     together = False
+    cores = _cores(request)
+    preparing = _prepare_beside_generation(request.threads, candidate, model, cores=cores)
 
     def generate(path: Path, prompt: list[int], n: int) -> list[int]:
         bar.describe(f"cross-validation: the reference generates {n} tokens")
         generated = shim.generate(path, prompt, n=n, threads=request.threads, kv_type=request.kv_type)
         return [*prompt, *generated.tokens]
 
-    def side_by_side(copy: FloatCopy) -> bool:
+    def decide_side_by_side(copy: FloatCopy) -> bool:
+        # references.evaluate asks this once, before either evaluation starts.
         nonlocal together
-        together = _references_side_by_side(request.threads, model, copy.path)
+        together = _references_side_by_side(request.threads, model, copy.path, cores=cores)
         return together
 
     def run_logits(path: Path, tokens: list[int], stop: threading.Event | None) -> tuple[Any, dict[str, Any]]:
@@ -562,15 +566,22 @@ def _evaluate_references(
         make_copy=lambda: _float_copy(request, ctx, shim, model, sha256=str(model_description["sha256"])),
         phase=timer.phase,
         copy_optional=request.reference == "auto",
-        side_by_side=side_by_side,
+        side_by_side=decide_side_by_side,
+        beside_generation=functools.partial(_prepare_candidate, preparing, timer) if preparing else None,
     )
     return evaluated, shim_documents
 
 
-def _references_side_by_side(threads: int, model: Path, copy: Path) -> bool:
+def _cores(request: CrossvalRequest) -> int:
+    """The cores the run may keep busy: ``--cores``, within what the process may use."""
+    usable = usable_cores()
+    return min(request.cores, usable) if request.cores > 0 else usable
+
+
+def _references_side_by_side(threads: int, model: Path, copy: Path, *, cores: int) -> bool:
     """Whether the float copy may be evaluated beside the model as given: the cores for both at
     ``--threads`` each, and the memory for both files (each process maps its model whole)."""
-    if 2 * threads > usable_cores():
+    if 2 * threads > cores:
         return False
     memory = available_memory()
     try:

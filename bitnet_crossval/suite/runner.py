@@ -26,6 +26,7 @@ from bitnet_crossval.backends.specs import BACKEND
 from bitnet_crossval.crossval.candidates import parse_candidate
 from bitnet_crossval.crossval.candidates.backend import ShimSpec
 from bitnet_crossval.crossval.models import parse_model, resolve_model, shim_quantizer
+from bitnet_crossval.crossval.options import CORES
 from bitnet_crossval.errors import CommandTimedOut, Interrupted, SuiteError
 from bitnet_crossval.store.sources import source_dirs
 from bitnet_crossval.suite.cases import Case, CasesFile, case_options, key_of
@@ -103,11 +104,12 @@ def run_suite(
         f"crossval-suite: {_count(len(planned), 'case')}{shard}: {reused} reused from earlier runs, "
         f"{len(to_run)} to run{at_once}{capped}"
     )
+    share = max(1, usable_cores() // workers) if workers > 1 else None
     stop = threading.Event()
     done = len(planned) - len(to_run)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="case") as pool:
         futures: dict[Future[CaseOutcome], _Planned] = {
-            pool.submit(_run_case, p, request, child_env or ctx.env, store, stop): p for p in to_run
+            pool.submit(_run_case, p, request, child_env or ctx.env, store, stop, cores=share): p for p in to_run
         }
         try:
             for future in as_completed(futures):
@@ -221,9 +223,11 @@ def _text(value: str | bool | None) -> str:
 # --- one case ---------------------------------------------------------------------------------------------
 
 
-def command_line(case: Case, *, program: tuple[str, ...], verbose: bool = False) -> list[str]:
+def command_line(case: Case, *, program: tuple[str, ...], verbose: bool = False, cores: int | None = None) -> list[str]:
     """The ``crossval-per-token`` command of one case. Its ``--format json`` document on stdout is
-    the case's report (the child writes no file into the cache itself: it refuses outputs there)."""
+    the case's report (the child writes no file into the cache itself: it refuses outputs there).
+    ``cores``: the case's share of the machine when several run at once (``--cores``, unless the
+    case sets it), so that each does not run its references side by side on cores another uses."""
     options = {key_of(option): option for option in case_options()}
     argv = [*program, "crossval-per-token", "--repair", "never"]
     argv += ["--format", "json"]
@@ -234,17 +238,25 @@ def command_line(case: Case, *, program: tuple[str, ...], verbose: bool = False)
                 argv.append(option.flag)
         else:
             argv.append(f"{option.flag}={value}")  # one word: a value may start with '-'
+    if cores is not None and case.value(key_of(CORES)) is None:
+        argv.append(f"{CORES.flag}={cores}")
     if verbose:
         argv.append("--verbose")
     return argv
 
 
 def _run_case(
-    planned: _Planned, request: SuiteRequest, env: Mapping[str, str], store: ResultStore, stop: threading.Event
+    planned: _Planned,
+    request: SuiteRequest,
+    env: Mapping[str, str],
+    store: ResultStore,
+    stop: threading.Event,
+    *,
+    cores: int | None = None,
 ) -> CaseOutcome:
     case, key = planned.case, planned.key
     attempt = store.attempt(key, case)
-    argv = command_line(case, program=request.program, verbose=request.verbose)
+    argv = command_line(case, program=request.program, verbose=request.verbose, cores=cores)
     started = time.monotonic()
     outcome: CaseOutcome
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -22,6 +23,8 @@ B = TypeVar("B")
 
 _JOIN_POLL = 0.1
 """Seconds between looks at the second piece while waiting for it, so a signal is never held up."""
+_START_GRACE = 1.0
+"""Seconds to wait for a thread whose start a signal cut short to show whether it exists."""
 
 
 class _Beside(Generic[B]):
@@ -36,9 +39,13 @@ class _Beside(Generic[B]):
         # thread looking finished while it still runs.
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="side-by-side", daemon=True)
+        self._start_called = False
+        self._started = False
 
     def start(self) -> None:
+        self._start_called = True
         self._thread.start()
+        self._started = True
 
     def _run(self) -> None:
         try:
@@ -53,12 +60,21 @@ class _Beside(Generic[B]):
             pass
 
     def stop_and_wait(self) -> None:
-        self.stop.set()
+        # A second Ctrl-C while it stops changes nothing: it is stopping already, and leaving
+        # now could leave its child running.
+        deadline = time.monotonic() + _START_GRACE
         while not self._done.is_set():
-            # A second Ctrl-C while it stops changes nothing: it is stopping already, and leaving
-            # now could leave its child running.
             with contextlib.suppress(BaseException):
-                self.wait()
+                self.stop.set()
+                if not self._start_called or (not self._may_run() and time.monotonic() >= deadline):
+                    return
+                self._done.wait(_JOIN_POLL)
+
+    def _may_run(self) -> bool:
+        """Whether the thread runs: it started, or Thread.start() was cut short by a signal
+        after creating it (its ident then appears at once; a thread that could not be created
+        never has one)."""
+        return self._started or self._thread.ident is not None
 
     def result(self) -> B:
         if self._error is not None:
@@ -75,8 +91,8 @@ def side_by_side(first: Callable[[], A], second: Callable[[threading.Event], B])
     ``second``'s, if it raised.
     """
     beside = _Beside(second)
-    beside.start()
     try:
+        beside.start()
         a = first()
         beside.wait()
     except BaseException:

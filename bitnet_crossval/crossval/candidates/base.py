@@ -117,11 +117,16 @@ class Candidate(Protocol):
 @runtime_checkable
 class Prepares(Protocol):
     """A candidate with work to do before it knows the token ids (the built-in engine
-    dequantises its weights): done beside the reference's run, on a core it leaves idle."""
+    dequantises its weights): done while the reference generates the continuation, on a core
+    the generation leaves idle, when the machine has one and the memory."""
 
     def prepare(self, stop: threading.Event) -> None:
         """Do that work now; return early once ``stop`` is set. A failure here is met again,
         and reported, when the candidate runs."""
+        ...
+
+    def prepare_bytes(self) -> int:
+        """The memory that work fills (and the candidate's run would fill anyway)."""
         ...
 
 

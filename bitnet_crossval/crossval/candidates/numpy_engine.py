@@ -87,8 +87,11 @@ class NumpyCandidate:
         self._progress = progress
 
     def prepare(self, stop: threading.Event) -> None:
-        """Dequantise the weights before the token ids are known (beside the reference's run)."""
+        """Dequantise the weights before the token ids are known (beside the reference's generation)."""
         self.engine.preload(stop)
+
+    def prepare_bytes(self) -> int:
+        return self.engine.preload_bytes()
 
     def follow(self, reference: ReferenceFacts) -> Candidate:
         if reference.kv_type_v == "f16" and self.engine.options.kv_cache != "f16":

@@ -179,13 +179,20 @@ class Engine:
         ``stop``, when set, ends it early (between two weights): what is left is dequantised
         on first use, as without a preload."""
         started = time.perf_counter()
-        streamed = {"token_embd.weight", "output.weight"} if self.options.output_weights == "stream" else set()
-        optional = [n for n in self.model.tensors if n.endswith(_OPTIONAL_SUFFIXES) or n == "rope_freqs.weight"]
-        for name in [*(n for n in self._required if n not in streamed), *optional]:
+        for name in self._preloaded():
             if stop is not None and stop.is_set():
                 break
             self.weight(name)
         return time.perf_counter() - started
+
+    def preload_bytes(self) -> int:
+        """The memory :meth:`preload` fills: every weight it dequantises, as float32."""
+        return sum(4 * self.model.info(name).n_elements for name in self._preloaded())
+
+    def _preloaded(self) -> list[str]:
+        streamed = {"token_embd.weight", "output.weight"} if self.options.output_weights == "stream" else set()
+        optional = [n for n in self.model.tensors if n.endswith(_OPTIONAL_SUFFIXES) or n == "rope_freqs.weight"]
+        return [*(n for n in self._required if n not in streamed), *optional]
 
     def describe(self) -> dict[str, Any]:
         """What was computed, for a report's provenance."""

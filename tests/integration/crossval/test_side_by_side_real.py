@@ -1,7 +1,7 @@
 """The model as given and its float copy evaluated side by side, against the real llama.cpp.
 
 - the report is the same, to the last bit, whether the two evaluations ran at once (two cores)
-  or one after the other (the run held to one core);
+  or one after the other (the run held to one core by its affinity, or told `--cores 1`);
 - they do run at once: with the model's shim frozen (SIGSTOP), the float copy's shim still
   starts, which it could not if it waited for the other;
 - stopped (SIGTERM) while both shims are there, frozen, the run exits 143 and takes both shims
@@ -40,9 +40,9 @@ WAIT = 240.0  # seconds to wait for a shim to appear: never reached when the cod
 needs_two_cores = pytest.mark.skipif(usable_cores() < 2, reason="side by side needs two cores; this run has one")
 
 
-def _crossval(cache: CrossvalCache, *, one_core: bool) -> dict[str, Any]:
+def _crossval(cache: CrossvalCache, *extra: str, one_core: bool = False) -> dict[str, Any]:
     argv = [sys.executable, "-c", ONE_CORE] if one_core else [sys.executable, "-m", "invoke"]
-    argv += ["crossval-per-token", "--repair", "never", *ARGS, "--format", "json"]
+    argv += ["crossval-per-token", "--repair", "never", *ARGS, *extra, "--format", "json"]
     done = subprocess.run(argv, cwd=REPO_ROOT, env=cache.env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     document: dict[str, Any] = strict_json(done.stdout)
@@ -51,10 +51,15 @@ def _crossval(cache: CrossvalCache, *, one_core: bool) -> dict[str, Any]:
 
 @needs_two_cores
 def test_side_by_side_and_one_after_the_other_give_the_same_report(crossval_cache: CrossvalCache) -> None:
-    together = _crossval(crossval_cache, one_core=False)
+    together = _crossval(crossval_cache)
     alone = _crossval(crossval_cache, one_core=True)
+    told = _crossval(crossval_cache, "--cores", "1")  # as a suite tells each of its cases at once
     assert together["reference"]["float_copy"]["evaluated_side_by_side"] is True
     assert alone["reference"]["float_copy"]["evaluated_side_by_side"] is False
+    assert told["reference"]["float_copy"]["evaluated_side_by_side"] is False
+    assert "candidate_prepare" in together["timings"]  # the engine dequantised during the generation
+    assert "candidate_prepare" not in alone["timings"] and "candidate_prepare" not in told["timings"]
+    assert json.dumps(told["rows"]) == json.dumps(alone["rows"])
     assert together["verdict"] == alone["verdict"] == "parity"
     assert together["tokens"] == alone["tokens"]
     # Every figure of every position, and the reference choice (its KL to each reference and the

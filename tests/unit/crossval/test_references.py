@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -384,3 +385,65 @@ def test_a_failing_evaluation_of_the_copy_is_the_error_once_the_model_is_done() 
     with pytest.raises(BadInput, match="the copy's evaluation failed"):
         evaluations.evaluate(together=True)
     assert evaluations.ended[MODEL].is_set()
+
+
+def test_the_preparation_runs_while_the_continuation_is_generated_and_ends_before_the_evaluations() -> None:
+    evaluations = _Evaluations()
+    preparing, prepared = threading.Event(), threading.Event()
+
+    def generate(model: Path, prompt: list[int], n: int) -> list[int]:
+        assert preparing.wait(WAIT), "the preparation did not start while the continuation was generated"
+        return [*prompt, *range(2, 2 + n)]
+
+    def prepare(stop: threading.Event) -> None:
+        preparing.set()
+        time.sleep(0.05)
+        prepared.set()
+
+    run = evaluations.run_logits
+
+    def run_logits(model: Path, tokens: list[int], stop: threading.Event | None) -> tuple[np.ndarray, Any]:
+        assert prepared.is_set(), "an evaluation started before the preparation ended"
+        return run(model, tokens, stop)
+
+    evaluated = evaluate(
+        ("native", "dequantized"),
+        model=MODEL,
+        prompt=[0, 1],
+        max_tokens=N_POSITIONS - 2,
+        generate=generate,
+        run_logits=run_logits,
+        make_copy=_copy,
+        phase=lambda name: contextlib.nullcontext(),
+        side_by_side=lambda copy: True,
+        beside_generation=prepare,
+    )
+    assert evaluated.tokens == list(range(N_POSITIONS))
+
+
+def test_a_failing_generation_stops_the_preparation_and_is_the_error() -> None:
+    stopped = threading.Event()
+    started = threading.Event()
+
+    def generate(model: Path, prompt: list[int], n: int) -> list[int]:
+        assert started.wait(WAIT)
+        raise BadInput("the reference could not generate", next_step="look at its log")
+
+    def prepare(stop: threading.Event) -> None:
+        started.set()
+        if stop.wait(WAIT):
+            stopped.set()
+
+    with pytest.raises(BadInput, match="could not generate"):
+        evaluate(
+            ("native",),
+            model=MODEL,
+            prompt=[0, 1],
+            max_tokens=4,
+            generate=generate,
+            run_logits=lambda model, tokens, stop: (np.zeros((6, 4), np.float32), {}),
+            make_copy=_copy,
+            phase=lambda name: contextlib.nullcontext(),
+            beside_generation=prepare,
+        )
+    assert stopped.is_set()

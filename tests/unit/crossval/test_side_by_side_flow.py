@@ -53,9 +53,8 @@ def test_side_by_side_when_the_cores_and_the_memory_allow(
     together: bool,
 ) -> None:
     model, copy = _files(tmp_path, 1 * GB, 4 * GB)
-    monkeypatch.setattr(run_module, "usable_cores", lambda: cores)
     monkeypatch.setattr(run_module, "available_memory", lambda: memory)
-    assert run_module._references_side_by_side(threads, model, copy) is together
+    assert run_module._references_side_by_side(threads, model, copy, cores=cores) is together
 
 
 def _crossval(ctx: SuiteContext) -> CrossvalResult:
@@ -80,8 +79,60 @@ def test_the_report_is_the_same_side_by_side_or_one_after_the_other(
     assert together.references is not None and alone.references is not None
     assert together.references.kl_by_reference == alone.references.kl_by_reference
     assert together.references.noise == alone.references.noise
-    # The engine dequantised its weights beside the references' run.
-    assert "candidate_prepare" in together.timings and "candidate_prepare" in alone.timings
+    # Two cores: the engine dequantised its weights while the continuation was generated; one:
+    # on first use, as it evaluated.
+    assert "candidate_prepare" in together.timings and "candidate_prepare" not in alone.timings
+
+
+def test_a_preparation_that_fails_changes_nothing_the_run_reports(
+    fake_cache: FakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = fake_cache.context()
+    monkeypatch.setattr(run_module, "usable_cores", lambda: 2)
+    prepared = _crossval(ctx)
+    calls: list[bool] = []
+
+    def fails(self: NumpyCandidate, stop: threading.Event) -> None:
+        calls.append(True)
+        raise MemoryError("no room for the weights")
+
+    monkeypatch.setattr(NumpyCandidate, "prepare", fails)
+    failed = _crossval(ctx)
+    assert calls  # it was asked to prepare, and failed
+    assert failed.verdict == prepared.verdict == "parity"
+    assert json.dumps([row.to_json() for row in failed.rows]) == json.dumps([row.to_json() for row in prepared.rows])
+
+
+@pytest.mark.parametrize(
+    ("threads", "cores", "memory", "prepares"),
+    [
+        (1, 2, 8 * GB, True),
+        (1, 1, 8 * GB, False),  # the generation takes the only core
+        (2, 2, 8 * GB, False),
+        (1, 2, 600 << 20, False),  # twice the weights and the model do not fit
+        (1, 2, None, True),
+    ],
+)
+def test_the_engine_prepares_beside_the_generation_when_a_core_and_the_memory_are_free(
+    fake_cache: FakeCache,
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+    cores: int,
+    memory: int | None,
+    prepares: bool,
+) -> None:
+    candidate = _candidate(fake_cache)
+    monkeypatch.setattr(candidate.engine, "preload_bytes", lambda: 400 << 20)
+    monkeypatch.setattr(run_module, "available_memory", lambda: memory)
+    model = candidate.engine.model.path
+    assert (run_module._prepare_beside_generation(threads, candidate, model, cores=cores) is candidate) is prepares
+
+
+def test_preload_bytes_are_what_the_preload_holds(fake_cache: FakeCache) -> None:
+    candidate = _candidate(fake_cache)
+    candidate.prepare(threading.Event())
+    held = sum(array.nbytes for array in candidate.engine.model._cache.values())
+    assert candidate.prepare_bytes() == held > 0
 
 
 def _candidate(fake_cache: FakeCache) -> NumpyCandidate:

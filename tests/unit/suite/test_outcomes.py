@@ -18,7 +18,6 @@ from bitnet_crossval.suite.outcome import CaseOutcome, Status, outcome_from_chil
 from bitnet_crossval.suite.resources import job_limit
 from bitnet_crossval.suite.result import SuiteResult, merge_results, read_report
 from bitnet_crossval.suite.shard import Shard, parse_shard
-from bitnet_crossval.util.machine import available_memory
 
 GB = 1 << 30
 
@@ -255,8 +254,12 @@ def test_jobs_stay_within_the_cores_and_the_memory() -> None:
     assert job_limit(2, largest_model=10 * GB, cores=4, memory=GB).jobs == 1  # never fewer than one
 
 
-def test_available_memory_reads_meminfo(tmp_path: Path) -> None:
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text("MemTotal: 100 kB\nMemAvailable:   2048 kB\n")
-    assert available_memory(meminfo) == 2048 * 1024
-    assert available_memory(tmp_path / "none") is None
+def test_cases_running_at_once_get_their_share_of_the_cores_unless_they_set_it() -> None:
+    from bitnet_crossval.suite.cases import Case
+    from bitnet_crossval.suite.runner import command_line
+
+    plain = Case(index=0, id="plain", options=(("model", "m.gguf"),))
+    own = Case(index=1, id="own", options=(("model", "m.gguf"), ("cores", "3")))
+    assert "--cores=1" in command_line(plain, program=("x",), cores=1)
+    assert not any(a.startswith("--cores") for a in command_line(plain, program=("x",)))  # alone: every core
+    assert [a for a in command_line(own, program=("x",), cores=1) if a.startswith("--cores")] == ["--cores=3"]

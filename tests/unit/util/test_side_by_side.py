@@ -101,3 +101,36 @@ def test_ctrl_c_while_waiting_for_the_second_stops_it() -> None:
     with pytest.raises(KeyboardInterrupt):
         side_by_side(first, second)
     assert stopped.is_set()
+
+
+def test_ctrl_c_as_the_second_starts_still_stops_and_waits_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal can land inside Thread.start(), after the thread exists: it is stopped all the same."""
+    stopped, finished = threading.Event(), threading.Event()
+    real_start = threading.Thread.start
+
+    def start_then_interrupted(self: threading.Thread) -> None:
+        real_start(self)
+        raise KeyboardInterrupt  # as if Ctrl-C arrived while start() waited for the thread
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupted)
+
+    def second(stop: threading.Event) -> None:
+        if stop.wait(WAIT):
+            stopped.set()
+        time.sleep(0.05)
+        finished.set()
+
+    with pytest.raises(KeyboardInterrupt):
+        side_by_side(lambda: None, second)
+    assert stopped.is_set() and finished.is_set()
+
+
+def test_a_second_that_could_not_start_is_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    def cannot_start(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", cannot_start)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        side_by_side(lambda: None, lambda stop: None)
+    assert time.monotonic() - started < 5
