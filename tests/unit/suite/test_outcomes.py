@@ -248,8 +248,8 @@ def test_jobs_stay_within_the_cores_and_the_memory() -> None:
     assert job_limit(0, largest_model=0, cores=2, memory=24 * GB).jobs == 2
     capped = job_limit(8, largest_model=0, cores=2, memory=24 * GB)
     assert capped.jobs == 2 and capped.capped and capped.reason.startswith("2 cores, 24.0 GB available")
-    by_memory = job_limit(4, largest_model=GB, cores=8, memory=8 * GB)
-    assert by_memory.jobs == 1 and by_memory.capped  # 300 MB + 6 GB per case
+    by_memory = job_limit(4, largest_model=GB, cores=8, memory=12 * GB)
+    assert by_memory.jobs == 1 and by_memory.capped  # 300 MB + 9 GB per case
     assert job_limit(3, largest_model=0, cores=4, memory=None).jobs == 3
     assert job_limit(2, largest_model=10 * GB, cores=4, memory=GB).jobs == 1  # never fewer than one
 
