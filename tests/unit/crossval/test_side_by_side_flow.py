@@ -57,30 +57,37 @@ def test_side_by_side_when_the_cores_and_the_memory_allow(
     assert run_module._references_side_by_side(threads, model, copy, cores=cores) is together
 
 
-def _crossval(ctx: SuiteContext) -> CrossvalResult:
+def _crossval(ctx: SuiteContext, *, cores: int = 0) -> CrossvalResult:
     request = CrossvalRequest(
-        model=parse_model(QUANTISED), candidate=parse_candidate("numpy"), prompt="The quick brown fox", max_tokens=4
+        model=parse_model(QUANTISED),
+        candidate=parse_candidate("numpy"),
+        prompt="The quick brown fox",
+        max_tokens=4,
+        cores=cores,
     )
     return run_crossval(request, ctx)
+
+
+def _rows(result: CrossvalResult) -> str:
+    """Every figure of every position, as JSON text: equal text, equal to the last bit."""
+    return json.dumps([row.to_json() for row in result.rows])
 
 
 def test_the_report_is_the_same_side_by_side_or_one_after_the_other(
     fake_cache: FakeCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ctx = fake_cache.context()
     monkeypatch.setattr(run_module, "usable_cores", lambda: 2)
-    together = _crossval(ctx)
-    monkeypatch.setattr(run_module, "usable_cores", lambda: 1)
-    alone = _crossval(ctx)
+    together = _crossval(fake_cache.context())
+    alone = _crossval(fake_cache.context(), cores=1)  # --cores 1
     assert together.reference["float_copy"]["evaluated_side_by_side"] is True
     assert alone.reference["float_copy"]["evaluated_side_by_side"] is False
     assert together.verdict == alone.verdict == "parity"
-    assert json.dumps([row.to_json() for row in together.rows]) == json.dumps([row.to_json() for row in alone.rows])
+    assert _rows(together) == _rows(alone)
     assert together.references is not None and alone.references is not None
     assert together.references.kl_by_reference == alone.references.kl_by_reference
     assert together.references.noise == alone.references.noise
-    # Two cores: the engine dequantised its weights while the continuation was generated; one:
-    # on first use, as it evaluated.
+    # Two cores: the engine dequantised its weights while the continuation was generated; told
+    # one: on first use, as it evaluated.
     assert "candidate_prepare" in together.timings and "candidate_prepare" not in alone.timings
 
 
@@ -100,7 +107,7 @@ def test_a_preparation_that_fails_changes_nothing_the_run_reports(
     failed = _crossval(ctx)
     assert calls  # it was asked to prepare, and failed
     assert failed.verdict == prepared.verdict == "parity"
-    assert json.dumps([row.to_json() for row in failed.rows]) == json.dumps([row.to_json() for row in prepared.rows])
+    assert _rows(failed) == _rows(prepared)
 
 
 @pytest.mark.parametrize(

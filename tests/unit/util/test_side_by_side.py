@@ -66,32 +66,18 @@ def test_the_second_failing_is_raised_after_the_first_finished() -> None:
     assert first_finished.is_set()
 
 
-def test_ctrl_c_in_the_calling_thread_stops_the_second() -> None:
+@pytest.mark.parametrize("when", ["while the first runs", "while the second is waited for"])
+def test_ctrl_c_in_the_calling_thread_stops_the_second(when: str) -> None:
     stopped = threading.Event()
     started = threading.Event()
 
     def first() -> None:
         assert started.wait(WAIT)
-        _thread.interrupt_main()  # Ctrl-C, delivered to the calling thread as a signal would be
-        time.sleep(WAIT)
-
-    def second(stop: threading.Event) -> None:
-        started.set()
-        if stop.wait(WAIT):
-            stopped.set()
-
-    with pytest.raises(KeyboardInterrupt):
-        side_by_side(first, second)
-    assert stopped.is_set()
-
-
-def test_ctrl_c_while_waiting_for_the_second_stops_it() -> None:
-    stopped = threading.Event()
-    started = threading.Event()
-
-    def first() -> None:
-        assert started.wait(WAIT)
-        threading.Timer(0.1, _thread.interrupt_main).start()  # arrives while the second is waited for
+        if when == "while the first runs":
+            _thread.interrupt_main()  # Ctrl-C, delivered to the calling thread as a signal would be
+            time.sleep(WAIT)
+        else:
+            threading.Timer(0.1, _thread.interrupt_main).start()  # arrives once the first has returned
 
     def second(stop: threading.Event) -> None:
         started.set()
