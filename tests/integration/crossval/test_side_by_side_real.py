@@ -40,10 +40,17 @@ WAIT = 240.0  # seconds to wait for a shim to appear: never reached when the cod
 needs_two_cores = pytest.mark.skipif(usable_cores() < 2, reason="side by side needs two cores; this run has one")
 
 
+# numpy's BLAS on one thread in every run: the NumPy candidate's sums then do not depend on the
+# cores a run may use (OpenBLAS starts a thread per core of the affinity mask), and its logits
+# are the same in every run, so that only the references' side could tell the runs apart.
+ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def _crossval(cache: CrossvalCache, *extra: str, one_core: bool = False) -> dict[str, Any]:
     argv = [sys.executable, "-c", ONE_CORE] if one_core else [sys.executable, "-m", "invoke"]
     argv += ["crossval-per-token", "--repair", "never", *ARGS, *extra, "--format", "json"]
-    done = subprocess.run(argv, cwd=REPO_ROOT, env=cache.env, capture_output=True, text=True, timeout=600)
+    env = {**cache.env, **ONE_BLAS_THREAD}
+    done = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     document: dict[str, Any] = strict_json(done.stdout)
     return document
@@ -59,14 +66,17 @@ def test_side_by_side_and_one_after_the_other_give_the_same_report(crossval_cach
     assert told["reference"]["float_copy"]["evaluated_side_by_side"] is False
     assert "candidate_prepare" in together["timings"]  # the engine dequantised during the generation
     assert "candidate_prepare" not in alone["timings"] and "candidate_prepare" not in told["timings"]
-    assert json.dumps(told["rows"]) == json.dumps(alone["rows"])
-    assert together["verdict"] == alone["verdict"] == "parity"
-    assert together["tokens"] == alone["tokens"]
+    assert together["verdict"] == alone["verdict"] == told["verdict"] == "parity"
+    assert together["tokens"] == alone["tokens"] == told["tokens"]
     # Every figure of every position, and the reference choice (its KL to each reference and the
-    # noise between them): equal as JSON, so equal to the last bit.
-    assert json.dumps(together["rows"]) == json.dumps(alone["rows"])
-    for key in ("followed", "distances", "kl_by_reference", "noise"):
-        assert together["references"][key] == alone["references"][key], key
+    # noise between them): equal as JSON, so equal to the last bit. Compared as one boolean each:
+    # pytest's diff of two long JSON texts would take hours.
+    for name, other in (("one core", alone), ("--cores 1", told)):
+        for key in ("followed", "distances", "kl_by_reference", "noise"):
+            same = together["references"][key] == other["references"][key]
+            assert same, f"references.{key} differs between two cores and {name}"
+        same_rows = json.dumps(together["rows"]) == json.dumps(other["rows"])
+        assert same_rows, f"the rows differ between two cores and {name}"
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -114,7 +124,7 @@ def test_the_copys_shim_starts_while_the_models_is_frozen_and_both_go_when_the_r
         run = subprocess.Popen(
             [sys.executable, "-m", "invoke", "crossval-per-token", "--repair", "never", *ARGS],
             cwd=REPO_ROOT,
-            env={**crossval_cache.env, "TMPDIR": str(temp)},
+            env={**crossval_cache.env, **ONE_BLAS_THREAD, "TMPDIR": str(temp)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
