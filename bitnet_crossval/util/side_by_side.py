@@ -12,7 +12,6 @@ failed, else the second's.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -59,16 +58,21 @@ class _Beside(Generic[B]):
         while not self._done.wait(_JOIN_POLL):
             pass
 
-    def stop_and_wait(self) -> None:
-        # A second Ctrl-C while it stops changes nothing: it is stopping already, and leaving
-        # now could leave its child running.
+    def stop_and_wait(self) -> BaseException | None:
+        """Stop it and wait for it; the first signal's exception (Ctrl-C, SIGTERM) that arrived
+        meanwhile, if any. A signal does not cut the wait short: the piece is stopping already,
+        and leaving now could leave its child running."""
         deadline = time.monotonic() + _START_GRACE
+        interrupted: BaseException | None = None
         while not self._done.is_set():
-            with contextlib.suppress(BaseException):
+            try:
                 self.stop.set()
                 if not self._start_called or (not self._may_run() and time.monotonic() >= deadline):
-                    return
+                    break
                 self._done.wait(_JOIN_POLL)
+            except BaseException as exc:
+                interrupted = interrupted or exc
+        return interrupted
 
     def _may_run(self) -> bool:
         """Whether the thread runs: it started, or Thread.start() was cut short by a signal
@@ -95,7 +99,10 @@ def side_by_side(first: Callable[[], A], second: Callable[[threading.Event], B])
         beside.start()
         a = first()
         beside.wait()
-    except BaseException:
-        beside.stop_and_wait()
+    except BaseException as exc:
+        interrupted = beside.stop_and_wait()
+        if interrupted is not None and interrupted is not exc:
+            # The run was interrupted while it stopped: it ends as interrupted, whatever failed first.
+            raise interrupted from exc
         raise
     return a, beside.result()

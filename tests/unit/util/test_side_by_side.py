@@ -120,3 +120,21 @@ def test_a_second_that_could_not_start_is_not_waited_for(monkeypatch: pytest.Mon
     with pytest.raises(RuntimeError, match="can't start new thread"):
         side_by_side(lambda: None, lambda stop: None)
     assert time.monotonic() - started < 5
+
+
+def test_ctrl_c_while_the_second_stops_after_the_first_failed_ends_the_run_as_interrupted() -> None:
+    started = threading.Event()
+
+    def first() -> None:
+        assert started.wait(WAIT)
+        raise ValueError("first failed")
+
+    def second(stop: threading.Event) -> None:
+        started.set()
+        assert stop.wait(WAIT)
+        _thread.interrupt_main()  # Ctrl-C while the calling thread waits for this one to stop
+        time.sleep(0.3)
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        side_by_side(first, second)
+    assert isinstance(caught.value.__cause__, ValueError)
