@@ -51,22 +51,22 @@ def with_bytecode_cache(env: dict[str, str], prefix: Path) -> dict[str, str]:
     writing off before it loads a task collection, so no invoke run writes them)."""
     cached = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
     cached["PYTHONPYCACHEPREFIX"] = str(prefix)
-    package = REPO / "bitnet_crossval"
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(package)], env=cached, check=True, stdout=subprocess.DEVNULL
-    )
+    compile_suite(cached)
     return cached
 
 
-def compile_suite() -> None:
-    """Compile the suite's modules beside their sources, as pip compiles an installed package.
+def compile_suite(env: dict[str, str] | None = None) -> None:
+    """Compile the suite's modules, as pip compiles an installed package: beside their sources,
+    or where ``env``'s PYTHONPYCACHEPREFIX says.
 
     Where PYTHONDONTWRITEBYTECODE is set, a checkout would otherwise compile them on every run;
     a private PYTHONPYCACHEPREFIX is no cure for a command that imports numpy and rich (every
     module then looks there, and invoke turns bytecode writing off before it loads a task
     collection, so what the tasks import would be compiled on every run instead)."""
     package = REPO / "bitnet_crossval"
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(package)], env=env, check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def run_measured(cmd: list[str], env: dict[str, str], *, passing: Container[int] = (0,)) -> dict[str, Any]:

@@ -482,14 +482,7 @@ def _prepare_beside_generation(threads: int, candidate: Candidate, model: Path, 
     weights as floats) beside the model."""
     if not isinstance(candidate, Prepares) or cores <= threads:
         return None
-    memory = available_memory()
-    if memory is None:
-        return candidate
-    try:
-        needed = 2 * candidate.prepare_bytes() + model.stat().st_size
-    except OSError:
-        return None
-    return candidate if needed <= memory else None
+    return candidate if _memory_holds(model, also=2 * candidate.prepare_bytes()) else None
 
 
 def _prepare_candidate(candidate: Prepares, timer: Timer, stop: threading.Event) -> None:
@@ -581,14 +574,20 @@ def _cores(request: CrossvalRequest) -> int:
 def _references_side_by_side(threads: int, model: Path, copy: Path, *, cores: int) -> bool:
     """Whether the float copy may be evaluated beside the model as given: the cores for both at
     ``--threads`` each, and the memory for both files (each process maps its model whole)."""
-    if 2 * threads > cores:
-        return False
+    return 2 * threads <= cores and _memory_holds(model, copy)
+
+
+def _memory_holds(*files: Path, also: int = 0) -> bool:
+    """Whether ``MemAvailable`` holds the files (a process maps each whole) and ``also`` bytes
+    more at once: yes where the system does not say, no when a file cannot be looked at."""
     memory = available_memory()
+    if memory is None:
+        return True
     try:
-        needed = model.stat().st_size + copy.stat().st_size
+        needed = also + sum(path.stat().st_size for path in files)
     except OSError:
         return False
-    return memory is None or needed <= memory
+    return needed <= memory
 
 
 class _BothReferences:

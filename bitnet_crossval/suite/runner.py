@@ -88,10 +88,11 @@ def run_suite(
     planned = _plan(request, ctx, store, unusable or {})
     to_run = [p for p in planned if p.ready is None]
     outcomes = {p.case.index: p.ready for p in planned if p.ready is not None}
+    cores = usable_cores()
     limit = job_limit(
         request.jobs,
         largest_model=max((p.model_bytes for p in to_run), default=0),
-        cores=usable_cores(),
+        cores=cores,
         memory=available_memory(),
     )
     shard = f" (shard {request.shard.label} of {len(request.cases.cases)})" if request.shard else ""
@@ -104,7 +105,7 @@ def run_suite(
         f"crossval-suite: {_count(len(planned), 'case')}{shard}: {reused} reused from earlier runs, "
         f"{len(to_run)} to run{at_once}{capped}"
     )
-    share = max(1, usable_cores() // workers) if workers > 1 else None
+    share = max(1, cores // workers) if workers > 1 else None
     stop = threading.Event()
     done = len(planned) - len(to_run)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="case") as pool:

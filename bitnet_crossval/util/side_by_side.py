@@ -1,13 +1,14 @@
 """Two pieces of work at once: one in the calling thread, the other in a thread beside it.
 
-Made for two child processes that each use one core (two evaluations by the reference shim):
-the threads only wait on their children, so the pair takes as long as the longer one rather
-than as long as both. The calling thread keeps the first piece, because signals arrive there:
-Ctrl-C, or SIGTERM turned into an exception (:mod:`bitnet_crossval.util.signals`), interrupts
-it as it would any run, and the second is then stopped through its ``stop`` event (its child
-interrupted, then killed; see :func:`bitnet_crossval.util.proc.run`) and waited for, so nothing
-is left running. Errors come out as they would one after the other: the first piece's if it
-failed, else the second's.
+Made for work that leaves the interpreter free while it runs: two child processes that each
+use one core (two evaluations by the reference shim; the threads only wait on their children),
+or numpy's array work beside a child (the engine's dequantisation during the generation). The
+pair then takes as long as the longer one rather than as long as both. The calling thread
+keeps the first piece, because signals arrive there: Ctrl-C, or SIGTERM turned into an
+exception (:mod:`bitnet_crossval.util.signals`), interrupts it as it would any run, and the
+second is then stopped through its ``stop`` event (its child interrupted, then killed; see
+:func:`bitnet_crossval.util.proc.run`) and waited for, so nothing is left running. Errors come
+out as they would one after the other: the first piece's if it failed, else the second's.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -30,13 +31,20 @@ def test_both_run_at_the_same_time_and_both_results_come_back() -> None:
     assert side_by_side(first, second) == ("first", 2)
 
 
-def test_the_first_failing_stops_the_second_waits_for_it_and_raises_the_first_error() -> None:
-    stopped, finished = threading.Event(), threading.Event()
-    started = threading.Event()
+def _failing_once_started(started: threading.Event) -> Callable[[], None]:
+    """A first piece that fails as soon as the second has started."""
 
     def first() -> None:
         assert started.wait(WAIT)
         raise ValueError("first failed")
+
+    return first
+
+
+def test_the_first_failing_stops_the_second_waits_for_it_and_raises_the_first_error() -> None:
+    stopped, finished = threading.Event(), threading.Event()
+    started = threading.Event()
+    first = _failing_once_started(started)
 
     def second(stop: threading.Event) -> None:
         started.set()
@@ -124,10 +132,7 @@ def test_a_second_that_could_not_start_is_not_waited_for(monkeypatch: pytest.Mon
 
 def test_ctrl_c_while_the_second_stops_after_the_first_failed_ends_the_run_as_interrupted() -> None:
     started = threading.Event()
-
-    def first() -> None:
-        assert started.wait(WAIT)
-        raise ValueError("first failed")
+    first = _failing_once_started(started)
 
     def second(stop: threading.Event) -> None:
         started.set()
