@@ -41,6 +41,7 @@ OPTION_CASES = [
     (["--kl-max", "nan"], "--kl-max 'nan' is not a number of nats, at least 0"),
     (["--tie-margin", "-0.5"], "--tie-margin '-0.5'"),
     (["--threads", "0"], "--threads '0'"),
+    (["--cores", "-1"], "--cores '-1' is not a whole number from 0 to 512"),
     (["--backend", "gpt"], "gpt"),
     (["--prompt", "hi", "--tokens-file", "ids.txt"], "--prompt and --tokens-file both give the tokens"),
     (["--model", "synthetic:llama:Q3_K"], "is not a synthetic model the suite can write"),
